@@ -1,0 +1,368 @@
+"""Object-store access for stemflow: every read and write of the output goes through here.
+
+All functions take an fsspec URL (a local path, ``file://…``, ``s3://bucket/key``,
+``memory://…``, ``gs://…``) and an explicit ``storage_options`` argument: either
+the keyword arguments of the fsspec filesystem (e.g. ``{"key": …, "secret": …,
+"client_kwargs": {"endpoint_url": …}}`` for S3) or an already constructed
+:class:`fsspec.AbstractFileSystem`. The library never reads credentials from the
+environment itself; fsspec's backends may (boto's credential chain).
+
+Write semantics per backend:
+
+=========  ==========================================  ===========================================
+backend    :func:`write_atomic` (overwrite)            :func:`write_create_only` (first writer wins)
+=========  ==========================================  ===========================================
+local      temp file in the same folder + ``os.replace``  temp file + ``os.link`` (fails if present)
+s3         one ``PutObject`` (or a multipart upload,  ``If-None-Match: *`` on the PUT or on
+           visible only when completed)               ``CompleteMultipartUpload`` (HTTP 412 → exists)
+memory     one assignment in the store                 check + write under a process-wide lock
+other      ``fs.pipe_file``                            ``fs.pipe_file(mode="create")`` (the backend's
+                                                       guarantee; gcsfs, adlfs: check their docs)
+=========  ==========================================  ===========================================
+
+Readers therefore never observe a half-written object on local, S3 or memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fsspec import AbstractFileSystem
+from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.core import url_to_fs
+
+from stemflow.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+StorageOptions = Mapping[str, Any] | AbstractFileSystem | None
+"""fsspec filesystem keyword arguments, a ready filesystem, or ``None`` (defaults)."""
+
+HASH_BLOCK_BYTES = 1 << 20
+"""Read size when streaming an object through sha256 (1 MiB)."""
+
+_MEMORY_LOCK = threading.Lock()
+# memory:// checks existence and writes in two steps; this lock makes create-only
+# writes atomic between threads of this process (memory:// is process-local anyway).
+
+_SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store tells about one object without reading it.
+
+    Attributes:
+        url: normalised URL (``s3://b/k``, ``file:///abs/path``, ``memory:///p``).
+        size: bytes.
+        etag: the store's entity tag without quotes (S3, GCS), or ``None`` (local, memory).
+        mtime_ns: modification time in integer nanoseconds since the epoch, or ``None``.
+    """
+
+    url: str
+    size: int
+    etag: str | None
+    mtime_ns: int | None
+
+
+def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[AbstractFileSystem, str]:
+    """Resolve ``url`` to ``(filesystem, path inside it)``.
+
+    Raises:
+        StorageError: the protocol is unknown or its backend is not installed.
+    """
+    if isinstance(storage_options, AbstractFileSystem):
+        fs = storage_options
+        return fs, fs._strip_protocol(url)
+    try:
+        fs, path = url_to_fs(url, **dict(storage_options or {}))
+    except (ValueError, ImportError, TypeError) as e:
+        raise StorageError(f"cannot open a filesystem for {url!r}: {e}") from e
+    return fs, path
+
+
+def url_of(fs: AbstractFileSystem, path: str) -> str:
+    """The normalised URL of ``path`` on ``fs``: ``s3://b/k``, ``file:///abs``, ``memory:///p``."""
+    return fs.unstrip_protocol(fs._strip_protocol(path))
+
+
+def normalise_url(url: str, storage_options: StorageOptions = None) -> str:
+    """Canonical form of ``url``: relative local paths made absolute, protocol always explicit.
+
+    >>> normalise_url("s3://bucket/a/b.wav")
+    's3://bucket/a/b.wav'
+    """
+    fs, path = filesystem(url, storage_options)
+    return url_of(fs, path)
+
+
+def check_component(name: str, what: str = "path component") -> str:
+    """Return ``name`` if it is safe as one component of an object key, else raise.
+
+    Safe means: 1–200 characters from ``[A-Za-z0-9._=+-]``, starting with a letter
+    or digit. That excludes ``..``, ``.``, ``/``, ``\\``, empty strings, absolute
+    paths, whitespace and control characters, so a joined key can never leave the
+    prefix it is joined under. Model ids, track ids, run ids and stem names all
+    pass through this check.
+
+    Raises:
+        StorageError: ``name`` is not a safe component.
+    """
+    if not isinstance(name, str) or _SAFE_COMPONENT.fullmatch(name) is None:
+        raise StorageError(
+            f"unsafe {what} {name!r}: use 1-200 characters of [A-Za-z0-9._=+-], "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def join_url(base_url: str, *components: str) -> str:
+    """Join safe components under ``base_url`` with ``/`` (each one checked).
+
+    >>> join_url("s3://b/out", "stems", "m1", "abc", "vocals.flac")
+    's3://b/out/stems/m1/abc/vocals.flac'
+
+    Raises:
+        StorageError: a component is unsafe (see :func:`check_component`).
+    """
+    for component in components:
+        check_component(component)
+    return "/".join([base_url.rstrip("/"), *components])
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    return "file" in _protocols(fs)
+
+
+def _is_memory(fs: AbstractFileSystem) -> bool:
+    return "memory" in _protocols(fs)
+
+
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _local_temp_path(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+
+
+def write_atomic(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+    """Write ``data`` to ``url``, replacing any object there; readers see old or new, never half.
+
+    Raises:
+        StorageError: the write failed.
+    """
+    fs, path = filesystem(url, storage_options)
+    try:
+        if _is_local(fs):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            temp = _local_temp_path(path)
+            try:
+                with open(temp, "wb") as handle:
+                    handle.write(data)
+                os.replace(temp, path)
+            finally:
+                if os.path.exists(temp):
+                    os.unlink(temp)
+        else:
+            fs.pipe_file(path, data)
+    except OSError as e:
+        raise StorageError(f"cannot write {url!r}: {e}") from e
+
+
+def write_create_only(url: str, data: bytes, storage_options: StorageOptions = None) -> bool:
+    """Create ``url`` holding ``data`` unless an object already exists there.
+
+    Exactly one of several concurrent callers gets ``True`` (see the module
+    docstring for how each backend guarantees it); the others get ``False`` and
+    the object keeps the winner's bytes.
+
+    Raises:
+        StorageError: the write failed for another reason than "already exists".
+    """
+    fs, path = filesystem(url, storage_options)
+    try:
+        if _is_local(fs):
+            return _create_local(path, data)
+        if _is_memory(fs):
+            with _MEMORY_LOCK:
+                fs.pipe_file(path, data, mode="create")
+            return True
+        fs.pipe_file(path, data, mode="create")
+        return True
+    except FileExistsError:
+        logger.debug("create-only write lost: %s already exists", url)
+        return False
+    except OSError as e:
+        raise StorageError(f"cannot create {url!r}: {e}") from e
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    """Write a temp file, then hard-link it to ``path`` (``link`` fails if ``path`` exists)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp = _local_temp_path(path)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError:
+            # Filesystems without hard links: O_EXCL create (a reader may briefly see it partial).
+            with open(path, "xb") as handle:
+                handle.write(data)
+        return True
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
+    """Read a whole object.
+
+    Raises:
+        FileNotFoundError: nothing at ``url``.
+        StorageError: the read failed otherwise.
+    """
+    fs, path = filesystem(url, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StorageError(f"cannot read {url!r}: {e}") from e
+
+
+def exists(url: str, storage_options: StorageOptions = None) -> bool:
+    """Whether an object (or folder) exists at ``url``."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        return bool(fs.exists(path))
+    except OSError as e:
+        raise StorageError(f"cannot check {url!r}: {e}") from e
+
+
+def exists_many(
+    urls: Iterable[str], storage_options: StorageOptions = None, *, concurrency: int = 64
+) -> list[bool]:
+    """:func:`exists` for many URLs of one filesystem, concurrently on async backends (S3).
+
+    On S3 each URL costs one HEAD request; ``concurrency`` of them are in flight at once.
+
+    Raises:
+        StorageError: a check failed.
+    """
+    url_list = list(urls)
+    if not url_list:
+        return []
+    fs, _ = filesystem(url_list[0], storage_options)
+    paths = [fs._strip_protocol(url) for url in url_list]
+    try:
+        if isinstance(fs, AsyncFileSystem) and fs.loop is not None:
+            return sync(fs.loop, _exists_async, fs, paths, concurrency)
+        return [bool(fs.exists(path)) for path in paths]
+    except OSError as e:
+        raise StorageError(f"cannot check {len(paths)} objects under {url_list[0]!r}: {e}") from e
+
+
+async def _exists_async(fs: AsyncFileSystem, paths: list[str], concurrency: int) -> list[bool]:
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(path: str) -> bool:
+        async with gate:
+            return bool(await fs._exists(path))
+
+    return list(await asyncio.gather(*(one(path) for path in paths)))
+
+
+def info_to_object(fs: AbstractFileSystem, entry: Mapping[str, Any]) -> ObjectInfo:
+    """Turn one fsspec ``info``/``ls`` entry into :class:`ObjectInfo`."""
+    etag = entry.get("ETag") or entry.get("etag")
+    mtime = entry.get("mtime", entry.get("LastModified", entry.get("created")))
+    if hasattr(mtime, "timestamp"):
+        mtime_ns: int | None = int(mtime.timestamp() * 1e9)
+    elif isinstance(mtime, (int, float)):
+        mtime_ns = int(mtime * 1e9)
+    else:
+        mtime_ns = None
+    return ObjectInfo(
+        url=url_of(fs, entry["name"]),
+        size=int(entry.get("size") or 0),
+        etag=str(etag).strip('"') if etag else None,
+        mtime_ns=mtime_ns,
+    )
+
+
+def object_info(url: str, storage_options: StorageOptions = None) -> ObjectInfo:
+    """Size, etag and mtime of one object (one HEAD on S3).
+
+    Raises:
+        FileNotFoundError: nothing at ``url``.
+        StorageError: the request failed otherwise.
+    """
+    fs, path = filesystem(url, storage_options)
+    try:
+        entry = fs.info(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StorageError(f"cannot stat {url!r}: {e}") from e
+    return info_to_object(fs, entry)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of bytes in memory."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_object(url: str, storage_options: StorageOptions = None) -> str:
+    """Hex sha256 of an object, streamed in :data:`HASH_BLOCK_BYTES` reads (memory O(1 MiB)).
+
+    Raises:
+        FileNotFoundError: nothing at ``url``.
+        StorageError: the read failed otherwise.
+    """
+    fs, path = filesystem(url, storage_options)
+    digest = hashlib.sha256()
+    try:
+        with fs.open(path, "rb", block_size=HASH_BLOCK_BYTES) as handle:
+            while block := handle.read(HASH_BLOCK_BYTES):
+                digest.update(block)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StorageError(f"cannot read {url!r}: {e}") from e
+    return digest.hexdigest()
+
+
+__all__ = [
+    "HASH_BLOCK_BYTES",
+    "ObjectInfo",
+    "StorageOptions",
+    "check_component",
+    "exists",
+    "exists_many",
+    "filesystem",
+    "info_to_object",
+    "join_url",
+    "normalise_url",
+    "object_info",
+    "read_bytes",
+    "sha256_hex",
+    "sha256_object",
+    "url_of",
+    "write_atomic",
+    "write_create_only",
+]
