@@ -1,0 +1,257 @@
+"""Transformer building blocks shared by BS-RoFormer and Mel-Band-RoFormer.
+
+Module and attribute names follow the Music-Source-Separation-Training (MSST)
+layout, so that published checkpoints load with ``strict=True``: the attribute
+names below *are* the state-dict keys (``norm.gamma``, ``to_qkv.weight``,
+``to_gates.bias``, ``to_out.0.weight``, ``rotary_embed.freqs``, ``net.1.weight``...).
+
+Dimension letters used in the shape comments::
+
+    b  batch (or a batch folded with an axis the transformer does not attend over)
+    n  sequence length (time frames or frequency bands)
+    h  attention heads
+    d  feature dimension per head (``dim_head``)
+    D  model dimension (``dim``)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation with a learned per-channel gain.
+
+    ``y = x / ||x||_2 * sqrt(dim) * gamma`` along the last axis (the L2 norm is
+    clamped at 1e-12, as ``F.normalize`` does). Shape-preserving: ``[..., dim]``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * self.scale * self.gamma
+
+
+class FeedForward(nn.Module):
+    """Pre-norm GELU feed-forward: ``[..., D] -> [..., D]`` through ``int(D * mult)`` hidden units."""
+
+    def __init__(self, dim: int, mult: float = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        dim_inner = int(dim * mult)
+        # Indices matter: the checkpoint keys are net.0.gamma, net.1.*, net.4.*.
+        self.net = nn.Sequential(
+            RMSNorm(dim),
+            nn.Linear(dim, dim_inner),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(dim_inner, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding over the sequence axis (RoFormer), interleaved pairs.
+
+    Channel pairs ``(2i, 2i+1)`` of each head are rotated by the angle
+    ``position * freqs[i]`` with ``freqs[i] = theta ** (-2i / dim)``. This is the
+    ``rotary_embedding_torch`` convention (adjacent pairs, not split halves).
+    ``freqs`` is a frozen parameter so that it appears in the state dict, as the
+    reference checkpoints store it under every attention layer.
+    """
+
+    def __init__(self, dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        exponents = torch.arange(0, dim, 2)[: dim // 2].float() / dim
+        self.freqs = nn.Parameter(1.0 / (theta**exponents), requires_grad=False)
+
+    def rotate(self, t: Tensor) -> Tensor:
+        """Rotate queries or keys ``[..., n, d]`` by their position along ``n``.
+
+        Angles are computed in float32 whatever ``t``'s dtype (the result is cast
+        back), so long sequences under half-precision autocast keep exact positions.
+        """
+        seq_len, rot_dim = t.shape[-2], 2 * self.freqs.shape[0]
+        positions = torch.arange(seq_len, device=t.device, dtype=torch.float32)
+        angles = positions[:, None] * self.freqs.float()[None, :]  # [n, d/2]
+        cos, sin = angles.cos(), angles.sin()
+        rotated = t[..., :rot_dim].float().unflatten(-1, (-1, 2))  # [..., n, d/2, 2]
+        even, odd = rotated[..., 0], rotated[..., 1]
+        out = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+        if rot_dim < t.shape[-1]:
+            out = torch.cat((out, t[..., rot_dim:].float()), dim=-1)
+        return out.to(t.dtype)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
+    """Softmax attention with ``F.scaled_dot_product_attention`` (fused kernels on GPU).
+
+    ``q``, ``k``, ``v``: ``[b, h, n, d]``; returns ``[b, h, n, d]``. ``scale``
+    defaults to ``d ** -0.5``.
+    """
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+
+
+def attend_explicit(
+    q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, dropout: nn.Module | None = None
+) -> Tensor:
+    """The same attention as :func:`attend`, written out (``softmax(q k^T * scale) v``).
+
+    Used when a config sets ``flash_attn: false`` and as the test oracle for
+    :func:`attend`. Shapes as in :func:`attend`; materialises the ``[b, h, n, n]`` matrix.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    weights = (q @ k.transpose(-1, -2) * scale).softmax(dim=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    return weights @ v
+
+
+class Attention(nn.Module):
+    """Gated multi-head self-attention with rotary positions: ``[b, n, D] -> [b, n, D]``.
+
+    Each head's output is multiplied by ``sigmoid(to_gates(x))`` (one gate per
+    head and position) before the output projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        rotary_embed: RotaryEmbedding | None = None,
+        flash: bool = True,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.flash = flash
+        dim_inner = heads * dim_head
+        self.rotary_embed = rotary_embed  # shared per axis: its freqs appear under every layer
+        self.attn_dropout = nn.Dropout(dropout)
+        self.norm = RMSNorm(dim)
+        self.to_qkv = nn.Linear(dim, dim_inner * 3, bias=False)
+        self.to_gates = nn.Linear(dim, heads)
+        self.to_out = nn.Sequential(nn.Linear(dim_inner, dim, bias=False), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        batch, seq_len, _ = x.shape
+        # [b, n, (3 h d)] -> [3, b, h, n, d]
+        q, k, v = self.to_qkv(x).view(batch, seq_len, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if self.rotary_embed is not None:
+            q, k = self.rotary_embed.rotate(q), self.rotary_embed.rotate(k)
+        if self.flash:
+            out = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            out = attend_explicit(q, k, v, dropout=self.attn_dropout)
+        gates = self.to_gates(x).transpose(1, 2).unsqueeze(-1).sigmoid()  # [b, n, h] -> [b, h, n, 1]
+        out = (out * gates).transpose(1, 2).reshape(batch, seq_len, -1)  # [b, n, (h d)]
+        return self.to_out(out)
+
+
+class LinearAttention(nn.Module):
+    """Cross-covariance ("linear") attention of El-Nouby et al. 2021 (XCiT): ``[b, n, D] -> [b, n, D]``.
+
+    Attention runs across the ``d`` feature channels of each head instead of
+    across positions: queries and keys are ``[b, h, d, n]``, L2-normalised over
+    ``n``, queries scaled by ``exp(temperature)`` per head, and the softmax
+    uses the fixed scale ``scale`` (8). Cost is linear in ``n``.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        dim_head: int = 32,
+        heads: int = 8,
+        scale: float = 8,
+        flash: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        dim_inner = dim_head * heads
+        self.heads = heads
+        self.scale = scale
+        self.dropout = dropout
+        self.flash = flash
+        self.attn_dropout = nn.Dropout(dropout)
+        self.norm = RMSNorm(dim)
+        # The reference wraps the projections in Sequentials with a reshape layer
+        # next to them; the explicit indices keep its keys: to_qkv.0.*, to_out.1.*.
+        self.to_qkv = nn.Sequential(OrderedDict([("0", nn.Linear(dim, dim_inner * 3, bias=False))]))
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.to_out = nn.Sequential(OrderedDict([("1", nn.Linear(dim_inner, dim, bias=False))]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        batch, seq_len, _ = x.shape
+        # [b, n, (3 h d)] -> [3, b, h, d, n]
+        q, k, v = self.to_qkv(x).view(batch, seq_len, 3, self.heads, -1).permute(2, 0, 3, 4, 1)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        q = q * self.temperature.exp()
+        if self.flash:
+            out = attend(q, k, v, scale=self.scale, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            out = attend_explicit(q, k, v, scale=self.scale, dropout=self.attn_dropout)
+        out = out.permute(0, 3, 1, 2).reshape(batch, seq_len, -1)  # [b, h, d, n] -> [b, n, (h d)]
+        return self.to_out(out)
+
+
+class Transformer(nn.Module):
+    """``depth`` pre-norm residual blocks (attention, then feed-forward): ``[b, n, D] -> [b, n, D]``.
+
+    ``norm_output`` adds a final RMSNorm (key ``norm.gamma``): Mel-Band-RoFormer
+    uses it on every transformer, BS-RoFormer does not (it has one ``final_norm``).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        depth: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0.0,
+        ff_mult: float = 4,
+        norm_output: bool = True,
+        rotary_embed: RotaryEmbedding | None = None,
+        flash_attn: bool = True,
+        linear_attn: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for _ in range(depth):
+            attn: nn.Module
+            if linear_attn:
+                attn = LinearAttention(
+                    dim=dim, dim_head=dim_head, heads=heads, dropout=attn_dropout, flash=flash_attn
+                )
+            else:
+                attn = Attention(
+                    dim=dim,
+                    heads=heads,
+                    dim_head=dim_head,
+                    dropout=attn_dropout,
+                    rotary_embed=rotary_embed,
+                    flash=flash_attn,
+                )
+            self.layers.append(nn.ModuleList([attn, FeedForward(dim, mult=ff_mult, dropout=ff_dropout)]))
+        self.norm: nn.Module = RMSNorm(dim) if norm_output else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for attn, ff in self.layers:  # type: ignore[misc]
+            x = attn(x) + x
+            x = ff(x) + x
+        return self.norm(x)
