@@ -1,0 +1,131 @@
+"""Exactly-once commit markers on local disk, memory:// and moto S3."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from s3_fixtures import backend, moto_server, s3_bucket, s3_options  # noqa: F401
+
+from stemflow import commit, storage
+from stemflow.errors import StorageError
+
+MODEL = "bs-roformer-1297-0123456789ab-cafe"
+
+
+def _write_all(base: str, options: Any, track: str, payload: bytes) -> list[commit.StemObject]:
+    return [
+        commit.write_stem(base, MODEL, track, stem, "flac", payload + stem.encode(), storage_options=options)
+        for stem in ("vocals", "drums", "bass", "other")
+    ]
+
+
+def test_commit_then_read_marker(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    stems = _write_all(base, options, "t0000000000000001", b"audio-")
+    assert stems[0] == commit.StemObject(
+        "vocals", "vocals.flac", len(b"audio-vocals"), storage.sha256_hex(b"audio-vocals")
+    )
+    assert not commit.is_committed(base, MODEL, "t0000000000000001", storage_options=options)
+    won = commit.commit_track(
+        base, MODEL, "t0000000000000001", stems, source_url="s3://cat/a.wav", run_id="run-1",
+        committed_at="2026-11-24T10:00:00+00:00", extra={"device": "cpu"}, storage_options=options,
+    )
+    assert won is True
+    marker = commit.read_marker(base, MODEL, "t0000000000000001", storage_options=options)
+    assert marker == commit.CommitMarker(
+        model_id=MODEL, track_id="t0000000000000001", source_url="s3://cat/a.wav", run_id="run-1",
+        stems=tuple(stems), committed_at="2026-11-24T10:00:00+00:00", extra={"device": "cpu"},
+    )
+    assert commit.is_committed(base, MODEL, "t0000000000000001", storage_options=options)
+    assert commit.verify_track(base, MODEL, "t0000000000000001", storage_options=options)
+    assert storage.read_bytes(
+        commit.stem_url(base, MODEL, "t0000000000000001", "drums", "flac"), options
+    ) == b"audio-drums"
+    again = commit.commit_track(
+        base, MODEL, "t0000000000000001", stems, source_url="s3://cat/a.wav", run_id="run-2",
+        storage_options=options,
+    )
+    assert again is False
+    assert commit.read_marker(base, MODEL, "t0000000000000001", storage_options=options).run_id == "run-1"
+
+
+def test_committed_tracks_lists_only_markers(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    for track in ("a1", "b2", "c3"):
+        stems = _write_all(base, options, track, b"x")
+        if track != "b2":  # b2 "crashed" before its marker
+            assert commit.commit_track(base, MODEL, track, stems, source_url="u", run_id="r", storage_options=options)
+    assert list(commit.committed_tracks(base, MODEL, storage_options=options)) == ["a1", "c3"]
+    assert list(commit.committed_tracks(base, "other-model", storage_options=options)) == []
+    assert commit.read_marker(base, MODEL, "b2", storage_options=options) is None
+    assert not commit.verify_track(base, MODEL, "b2", storage_options=options)
+
+
+def test_crashed_attempt_stems_are_adopted(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    _write_all(base, options, "t1", b"first-attempt-")  # crash: no marker
+    second = _write_all(base, options, "t1", b"second-attempt-with-other-bytes-")
+    assert second[0].sha256 == storage.sha256_hex(b"first-attempt-vocals")
+    assert second[0].size == len(b"first-attempt-vocals")
+    assert commit.commit_track(base, MODEL, "t1", second, source_url="u", run_id="r2", storage_options=options)
+    assert commit.verify_track(base, MODEL, "t1", storage_options=options)
+
+
+def test_racing_runs_commit_exactly_once(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    n_runs = 6
+    barrier = threading.Barrier(n_runs)
+    outcomes: list[bool] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        stems = _write_all(base, options, "race", f"run-{i}-differs-".encode())
+        outcomes.append(
+            commit.commit_track(base, MODEL, "race", stems, source_url="u", run_id=f"run-{i}", storage_options=options)
+        )
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_runs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == [False] * (n_runs - 1) + [True]
+    # Whoever won, the marker's hashes are those of the stored objects.
+    assert commit.verify_track(base, MODEL, "race", storage_options=options)
+    assert list(commit.committed_tracks(base, MODEL, storage_options=options)) == ["race"]
+
+
+def test_commit_refuses_missing_or_resized_stems(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    ghost = commit.StemObject("vocals", "vocals.flac", 3, storage.sha256_hex(b"abc"))
+    with pytest.raises(StorageError, match="missing"):
+        commit.commit_track(base, MODEL, "t2", [ghost], source_url="u", run_id="r", storage_options=options)
+    real = commit.write_stem(base, MODEL, "t2", "vocals", "flac", b"abcd", storage_options=options)
+    wrong = commit.StemObject("vocals", "vocals.flac", real.size + 1, real.sha256)
+    with pytest.raises(StorageError, match="bytes"):
+        commit.commit_track(base, MODEL, "t2", [wrong], source_url="u", run_id="r", storage_options=options)
+    with pytest.raises(StorageError, match="no stems"):
+        commit.commit_track(base, MODEL, "t2", [], source_url="u", run_id="r", storage_options=options)
+    assert not commit.is_committed(base, MODEL, "t2", storage_options=options)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "track_id", "stem"),
+    [(MODEL, "../escape", "vocals"), (MODEL, "/abs", "vocals"), ("..", "t", "vocals"),
+     (MODEL, "t", "../../x"), (MODEL, "t", "a/b"), (MODEL, "t/..", "vocals")],
+)
+def test_keys_cannot_escape_the_output_prefix(tmp_path: Any, model_id: str, track_id: str, stem: str) -> None:
+    out = str(tmp_path / "out")
+    with pytest.raises(StorageError, match="unsafe"):
+        commit.write_stem(out, model_id, track_id, stem, "flac", b"x")
+    assert list(tmp_path.rglob("*")) == []
+    if stem == "vocals":
+        with pytest.raises(StorageError, match="unsafe"):
+            commit.read_marker(out, model_id, track_id)
+
+
+def test_malformed_marker_is_an_error() -> None:
+    with pytest.raises(StorageError, match="malformed"):
+        commit.CommitMarker.from_json(b'{"format": "other"}')
