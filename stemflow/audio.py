@@ -71,6 +71,8 @@ _EXTENSION_FORMATS: dict[str, AudioFormat] = {
     ".mp3": "mp3", ".ogg": "ogg", ".oga": "ogg",
 }  # fmt: skip
 _PCM_SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
+# libsndfile reports SF_COUNT_MAX frames when a stream's header carries no length.
+_UNKNOWN_FRAMES = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -222,8 +224,12 @@ def probe(source: AudioSource, *, name: str | None = None) -> AudioInfo:
 def _decode_soundfile(src: _Source) -> tuple[np.ndarray, int]:
     """``([channels, samples] float32, rate)`` via libsndfile; raises soundfile's errors."""
     file: Path | io.BytesIO = src.path if src.path is not None else io.BytesIO(src.data)  # type: ignore[arg-type]
-    data, rate = sf.read(file, dtype="float32", always_2d=True)
-    return np.ascontiguousarray(data.T), int(rate)
+    with sf.SoundFile(file) as handle:
+        rate = int(handle.samplerate)
+        if handle.frames >= _UNKNOWN_FRAMES:  # soundfile cannot read these; ffmpeg can
+            raise sf.SoundFileError("the header carries no length (a streamed file)")
+        data = handle.read(dtype="float32", always_2d=True)
+    return np.ascontiguousarray(data.T), rate
 
 
 def _decode_ffmpeg(src: _Source, stream: int) -> tuple[np.ndarray, int]:
