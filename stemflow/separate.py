@@ -1,0 +1,339 @@
+"""The separation engine: chunked overlap-add of a model over a whole track.
+
+The work splits in three steps, so that chunks of several tracks can later
+share a batch:
+
+1. plan: :func:`stemflow.chunking.plan_chunks` cuts the track into chunk
+   descriptors (pure geometry);
+2. run: chunks are gathered ``batch_size`` at a time into one tensor
+   ``[B, 2, chunk_size]`` (in pinned memory on CUDA) and go through
+   ``model.separate_chunks`` under ``torch.inference_mode()``;
+3. scatter-add: each chunk's output, times its cross-fade window, is added to
+   a per-track :class:`OverlapAdd` accumulator that lives on the CPU and only
+   spans the chunks still open; finished samples are divided by the summed
+   window and handed out block by block.
+
+Memory is bounded by the chunk and the batch, not the track: the in-memory
+path (:meth:`Separator.separate`) holds the input and the output stems, the
+streaming path (:mod:`stemflow.streaming`) not even those. The output does not
+depend on ``batch_size`` (to float rounding of the model, ~1e-8).
+
+The model contract: an ``nn.Module`` with ``config`` (a
+:class:`stemflow.config.ModelConfig`) and ``separate_chunks(x)`` mapping
+``[B, 2, L]`` to ``[B, S, 2, L]`` with ``S = len(config.model_stems)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from stemflow.chunking import Chunk, ChunkPlan, chunk_source_indices, plan_chunks
+from stemflow.config import ModelConfig
+from stemflow.errors import AudioDecodeError, ConfigError, StemflowError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class TrackSource(Protocol):
+    """Random access to a stereo track, read mostly front to back.
+
+    ``read(start, stop)`` returns float32 ``[2, stop - start]`` on the CPU;
+    ``release(before)`` promises that samples before ``before`` are not read again.
+    """
+
+    @property
+    def num_samples(self) -> int: ...
+
+    def read(self, start: int, stop: int) -> torch.Tensor: ...
+
+    def release(self, before: int) -> None: ...
+
+
+class TensorSource:
+    """A :class:`TrackSource` over a tensor already in memory (reads are views)."""
+
+    def __init__(self, audio: torch.Tensor) -> None:
+        self._audio = audio
+
+    @property
+    def num_samples(self) -> int:
+        return int(self._audio.shape[-1])
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self._audio[:, start:stop]
+
+    def release(self, before: int) -> None:
+        """Nothing to free: the caller owns the tensor."""
+
+
+@dataclass(frozen=True)
+class SeparatedBlock:
+    """Finished output for track samples ``[start, start + n)``: ``stems`` float32 ``[S, 2, n]``."""
+
+    start: int
+    stems: torch.Tensor
+
+
+class OverlapAdd:
+    """Window-weighted sum of chunk outputs for one track, over a sliding span.
+
+    Holds ``[num_stems, 2, span]`` sums and ``[span]`` window totals on the CPU,
+    where ``span`` covers only chunks not yet finished (a few chunks long).
+    Chunks must be added in plan order; :meth:`pop` hands out finished samples.
+    """
+
+    def __init__(self, plan: ChunkPlan, num_stems: int, *, span: int | None = None) -> None:
+        self.plan = plan
+        self.offset = 0  # padded position of buffer index 0
+        self._used = 0
+        size = span or plan.chunk_size * 2
+        self._sums = torch.zeros(num_stems, 2, size, dtype=torch.float32)
+        self._weights = torch.zeros(size, dtype=torch.float32)
+        self._windows: dict[tuple[bool, bool], torch.Tensor] = {}
+
+    def _window(self, chunk: Chunk) -> torch.Tensor:
+        key = (chunk.fade_in, chunk.fade_out)
+        if key not in self._windows:
+            self._windows[key] = self.plan.window(chunk)
+        return self._windows[key]
+
+    def add(self, chunk: Chunk, output: torch.Tensor) -> None:
+        """Add one chunk's model output, float32 ``[num_stems, 2, chunk_size]``."""
+        if chunk.start < self.offset:
+            raise StemflowError(f"chunk {chunk.index} starts before the finished part; add chunks in order")
+        begin, end = chunk.start - self.offset, chunk.stop - self.offset
+        if end > self._weights.shape[0]:
+            self._grow(end)
+        window = self._window(chunk)[: chunk.valid]
+        self._sums[..., begin:end] += output[..., : chunk.valid] * window
+        self._weights[begin:end] += window
+        self._used = max(self._used, end)
+
+    def _grow(self, needed: int) -> None:
+        size = max(needed, 2 * self._weights.shape[0])
+        sums = torch.zeros(*self._sums.shape[:2], size, dtype=torch.float32)
+        weights = torch.zeros(size, dtype=torch.float32)
+        sums[..., : self._used] = self._sums[..., : self._used]
+        weights[: self._used] = self._weights[: self._used]
+        self._sums, self._weights = sums, weights
+
+    def pop(self, stop: int) -> SeparatedBlock:
+        """Finish padded samples ``[offset, stop)`` and return them cropped to the track.
+
+        Each sample is its weighted sum over its window total (0/0 -> 0, as the
+        reference's ``nan_to_num``); the reflect-padded border is dropped.
+        """
+        count = stop - self.offset
+        done = torch.nan_to_num(self._sums[..., :count] / self._weights[:count], nan=0.0)
+        rest = self._used - count
+        if rest > 0:
+            self._sums[..., :rest] = self._sums[..., count : self._used].clone()
+            self._weights[:rest] = self._weights[count : self._used].clone()
+        self._sums[..., max(rest, 0) : self._used] = 0
+        self._weights[max(rest, 0) : self._used] = 0
+        self._used = max(rest, 0)
+        pad, length = self.plan.pad, self.plan.num_samples
+        first = min(max(self.offset - pad, 0), length)
+        last = min(max(stop - pad, 0), length)
+        block = done[..., first + pad - self.offset : last + pad - self.offset]
+        self.offset = stop
+        return SeparatedBlock(start=first, stems=block)
+
+
+def check_finite(audio: torch.Tensor, *, where: str = "input") -> None:
+    """Raise :class:`AudioDecodeError` if ``audio`` holds NaN or infinite samples."""
+    if not bool(torch.isfinite(audio).all()):
+        bad = int((~torch.isfinite(audio)).sum())
+        raise AudioDecodeError(f"{where}: {bad} sample(s) are NaN or infinite; cannot separate")
+
+
+class Separator:
+    """Separates stereo tracks with one model, by chunked overlap-add.
+
+    ``model``: see the module docstring; it is put in eval mode and moved to
+    ``device``. ``chunk_size`` / ``num_overlap`` / ``batch_size`` default to the
+    config's ``audio.chunk_size``, ``inference.num_overlap`` and
+    ``inference.batch_size``. ``precision``: "float32", or "bfloat16" /
+    "float16" autocast (bfloat16 also on CPU; float16 only on CUDA); sums are
+    always float32. ``stems``: the stems to return (default: all of
+    ``config.stems``, i.e. the model's plus the complement ``mixture - target``
+    of a single-target model). ``sample_rate``: the rate the model runs at
+    (default: ``config.audio.sample_rate``); inputs must already be at it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = "cpu",
+        chunk_size: int | None = None,
+        num_overlap: int | None = None,
+        batch_size: int | None = None,
+        precision: str = "float32",
+        stems: Sequence[str] | None = None,
+        sample_rate: int | None = None,
+    ) -> None:
+        config = getattr(model, "config", None)
+        if not isinstance(config, ModelConfig):
+            raise ConfigError("the model has no 'config' (a stemflow.config.ModelConfig); load it with load_model")
+        if not callable(getattr(model, "separate_chunks", None)):
+            raise ConfigError("the model has no separate_chunks(x) method")
+        self.config = config
+        self.device = torch.device(device)
+        self.chunk_size = _positive("chunk_size", chunk_size, config.audio.chunk_size)
+        self.num_overlap = _positive("num_overlap", num_overlap, config.inference.num_overlap)
+        self.batch_size = _positive("batch_size", batch_size, config.inference.batch_size)
+        self.sample_rate = _positive("sample_rate", sample_rate, config.audio.sample_rate)
+        plan_chunks(1, self.chunk_size, self.num_overlap)  # validates the geometry early
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if precision == "float16" and self.device.type != "cuda":
+            raise ConfigError("precision 'float16' needs a CUDA device; use 'bfloat16' or 'float32' on CPU")
+        self.precision = precision
+        self.model_stems: tuple[str, ...] = config.model_stems
+        self.all_stems: tuple[str, ...] = config.stems
+        requested = tuple(stems) if stems is not None else self.all_stems
+        unknown = [s for s in requested if s not in self.all_stems]
+        if unknown or not requested:
+            raise ConfigError(f"unknown stems {unknown or requested}; this model gives {list(self.all_stems)}")
+        self.stems: tuple[str, ...] = tuple(s for s in self.all_stems if s in requested)
+        self.model = model.eval().to(self.device)
+        self._batch: torch.Tensor | None = None
+
+    def plan(self, num_samples: int) -> ChunkPlan:
+        """The chunk plan of a track of ``num_samples`` samples with this separator's settings."""
+        return plan_chunks(num_samples, self.chunk_size, self.num_overlap)
+
+    def check_audio(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Validate a mixture and return it as a float32 CPU tensor ``[2, N]`` (no copy if already so)."""
+        if sample_rate != self.sample_rate:
+            raise AudioDecodeError(
+                f"input is at {sample_rate} Hz but the model runs at {self.sample_rate} Hz; "
+                "resample it first (stemflow.audio)"
+            )
+        tensor = torch.from_numpy(audio) if isinstance(audio, np.ndarray) else audio
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise AudioDecodeError(f"input must be floating-point audio, got {getattr(audio, 'dtype', type(audio))}")
+        if tensor.ndim != 2 or tensor.shape[0] != 2:
+            raise AudioDecodeError(
+                f"input must be stereo [2, samples], got shape {tuple(tensor.shape)}; "
+                "convert mono / multichannel first (stemflow.audio)"
+            )
+        if tensor.shape[1] == 0:
+            raise AudioDecodeError("input is empty (0 samples)")
+        tensor = tensor.detach().to(device="cpu", dtype=torch.float32)
+        check_finite(tensor)
+        return tensor
+
+    def separate(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> dict[str, np.ndarray]:
+        """Separate one track.
+
+        ``audio``: float ``[2, N]`` at :attr:`sample_rate`. Returns one float32
+        ``[2, N]`` array per stem of :attr:`stems`, in that order.
+        """
+        mixture = self.check_audio(audio, sample_rate)
+        length = mixture.shape[1]
+        outputs = {stem: np.empty((2, length), dtype=np.float32) for stem in self.stems}
+        rows = [(stem, self.all_stems.index(stem)) for stem in self.stems]
+        for block in self.iter_blocks(TensorSource(mixture)):
+            stop = block.start + block.stems.shape[-1]
+            for stem, row in rows:
+                outputs[stem][:, block.start : stop] = block.stems[row].numpy()
+        return outputs
+
+    def iter_blocks(self, source: TrackSource) -> Iterator[SeparatedBlock]:
+        """Separate ``source`` and yield its finished output front to back.
+
+        Blocks are contiguous and cover ``[0, num_samples)``; ``stems`` rows are
+        :attr:`all_stems` (the complement last, from the unpadded mixture).
+        """
+        plan = self.plan(source.num_samples)
+        accumulator = OverlapAdd(plan, len(self.model_stems), span=plan.chunk_size + self.batch_size * plan.step)
+        first_reads = _suffix_min_first_read(plan)
+        chunks = plan.chunks
+        for begin in range(0, len(chunks), self.batch_size):
+            batch = chunks[begin : begin + self.batch_size]
+            outputs = self.run_batch(self._gather(plan, batch, source))
+            for chunk, output in zip(batch, outputs):
+                accumulator.add(chunk, output)
+            block = accumulator.pop(plan.final_before(batch[-1].index))
+            if block.stems.shape[-1] > 0:
+                yield self._with_complement(block, source)
+            after = batch[-1].index + 1
+            keep = min(first_reads[after] if after < len(chunks) else plan.num_samples, block.start)
+            source.release(keep)
+
+    def _with_complement(self, block: SeparatedBlock, source: TrackSource) -> SeparatedBlock:
+        if self.config.complement_stem is None:
+            return block
+        mixture = source.read(block.start, block.start + block.stems.shape[-1])
+        complement = (mixture - block.stems[0]).unsqueeze(0)
+        return SeparatedBlock(start=block.start, stems=torch.cat([block.stems, complement], dim=0))
+
+    def _gather(self, plan: ChunkPlan, batch: Sequence[Chunk], source: TrackSource) -> torch.Tensor:
+        """Model input for ``batch``: float32 ``[len(batch), 2, chunk_size]`` in a reused buffer."""
+        if self._batch is None or self._batch.shape[-1] != plan.chunk_size:
+            buffer = torch.empty(self.batch_size, 2, plan.chunk_size, dtype=torch.float32)
+            self._batch = buffer.pin_memory() if self.device.type == "cuda" else buffer
+        for slot, chunk in zip(self._batch, batch):
+            indices = chunk_source_indices(plan, chunk)
+            used = indices[: chunk.valid] if chunk.tail_pad == "zeros" else indices
+            first, stop = int(used.min()), int(used.max()) + 1
+            window = source.read(first, stop)
+            slot[:, : used.shape[0]] = window.index_select(1, used - first)
+            slot[:, used.shape[0] :] = 0
+        return self._batch[: len(batch)]
+
+    def run_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the model on chunks ``[B, 2, chunk_size]``; returns float32 CPU ``[B, S, 2, chunk_size]``."""
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+            if self.precision != "float32"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            x = batch.to(self.device, non_blocking=True)
+            y = self.model.separate_chunks(x)
+        expected = (batch.shape[0], len(self.model_stems), 2, batch.shape[-1])
+        if tuple(y.shape) != expected:
+            raise StemflowError(f"model returned shape {tuple(y.shape)}, expected {expected} [B, S, 2, L]")
+        return y.to(device="cpu", dtype=torch.float32)
+
+
+def _positive(name: str, value: int | None, default: int) -> int:
+    chosen = default if value is None else value
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {chosen!r}")
+    return chosen
+
+
+def _suffix_min_first_read(plan: ChunkPlan) -> list[int]:
+    """For each chunk index ``i``: the lowest track sample any chunk ``>= i`` reads."""
+    firsts = []
+    pad, last = plan.pad, plan.num_samples - 1
+    for chunk in plan.chunks:
+        # padded -> track is piecewise monotone; its minimum over a range sits at an end or at `pad`.
+        candidates = [chunk.start, chunk.stop - 1] + ([pad] if chunk.start <= pad < chunk.stop else [])
+        firsts.append(min(_track_index(j, pad, last) for j in candidates))
+    for i in range(len(firsts) - 2, -1, -1):
+        firsts[i] = min(firsts[i], firsts[i + 1])
+    return firsts
+
+
+def _track_index(position: int, pad: int, last: int) -> int:
+    index = abs(position - pad)
+    return 2 * last - index if index > last else index
