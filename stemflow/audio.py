@@ -22,7 +22,9 @@ AIFF 16/24-bit, WAV 16/24-bit PCM or 32-bit float, MP3 and OGG Vorbis. The
 clipping policy is explicit (:data:`ClipPolicy`): float WAV is never altered
 under ``"none"``; every other format saturates at full scale (we quantise
 ourselves, so nothing wraps) and :attr:`EncodeResult.clipped_samples` says how
-many samples that touched. ``"clamp"`` clamps to [-1, 1] (float WAV included);
+many samples that touched (a warning is logged under ``"none"``). ``"clamp"``
+clamps to [-1, 1] for float WAV too, and for the other formats gives the same
+samples as ``"none"``, without the warning;
 ``"rescale"`` scales the whole signal down to a peak of :data:`RESCALE_PEAK` when
 it would otherwise clip, and records the gain.
 
@@ -475,14 +477,11 @@ def encode(
     if clip == "rescale" and peak > RESCALE_PEAK:
         gain = RESCALE_PEAK / peak
         rows = rows * np.float32(gain)
-    elif clip == "clamp":
-        rows = np.clip(rows, -1.0, 1.0)
-    clipped = 0
-    if subtype in ("PCM_16", "PCM_24"):
+    if subtype in ("PCM_16", "PCM_24"):  # "none" and "clamp" both saturate at full scale
         data, clipped = _quantise(rows, 16 if subtype == "PCM_16" else 24)
     elif subtype == "FLOAT":
-        data = rows
-        clipped = int(np.count_nonzero(np.abs(samples) > 1.0)) if clip == "clamp" else 0
+        clipped = int(np.count_nonzero(np.abs(rows) > 1.0)) if clip == "clamp" else 0
+        data = np.clip(rows, -1.0, 1.0) if clip == "clamp" else rows
     else:  # lossy codecs take floats but cannot represent more than full scale
         clipped = int(np.count_nonzero(np.abs(rows) > 1.0))
         data = np.clip(rows, -1.0, 1.0)
