@@ -1,0 +1,204 @@
+"""Catalogue listing, manifests, track ids and planning on local disk, memory:// and moto S3."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from s3_fixtures import backend, moto_server, s3_bucket, s3_options  # noqa: F401
+
+from stemflow import catalogue, commit, storage
+from stemflow.errors import StorageError
+
+TREE = {
+    "a/one.wav": b"one",
+    "a/b/two.FLAC": b"two-two",
+    "a/b/c/three.stem.mp4": b"three",
+    "Ünïcode dir/with space.mp3": b"unicode",
+    "m.m4a": b"m4a",
+    "n.aac": b"aac",
+    "o.ogg": b"ogg",
+    "x/y.aiff": b"aiff",
+    "x/z.aif": b"aif",
+    "x/v.mp4": b"mp4",
+    "notes.txt": b"not audio",
+    "x/cover.jpg": b"not audio",
+    ".hidden.wav": b"hidden",
+    ".cache/in-hidden.wav": b"hidden",
+}
+AUDIO = sorted(k for k in TREE if not k.startswith(".") and not k.endswith((".txt", ".jpg")))
+
+
+def _populate(base: str, options: Any, tree: dict[str, bytes] = TREE) -> None:
+    for key, data in tree.items():
+        storage.write_atomic(f"{base}/{key}", data, options)
+
+
+def _rel(base: str, options: Any, url: str) -> str:
+    root = storage.normalise_url(base, options).rstrip("/") + "/"
+    assert url.startswith(root), (url, root)
+    return url[len(root) :]
+
+
+def test_list_audio_nested_mixed_unicode(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    _populate(base, options)
+    tracks = list(catalogue.list_audio(base, storage_options=options))
+    assert sorted(_rel(base, options, t.url) for t in tracks) == AUDIO
+    assert len({t.track_id for t in tracks}) == len(AUDIO)
+    by_name = {_rel(base, options, t.url): t for t in tracks}
+    assert by_name["a/b/two.FLAC"].size == 7
+    for track in tracks:
+        assert storage.check_component(track.track_id) and len(track.track_id) == catalogue.TRACK_ID_HEX
+        assert storage.read_bytes(track.url, options) == TREE[_rel(base, options, track.url)]
+    if base.startswith("s3://"):
+        assert all(t.etag and t.content_sha256 is None for t in tracks)
+    else:
+        one = by_name["a/one.wav"]
+        assert one.content_sha256 == storage.sha256_hex(b"one")
+        assert one.track_id == catalogue.compute_track_id(one.url, 3, "sha256:" + storage.sha256_hex(b"one"))
+
+
+def test_stem_mp4_counts_once_and_extensions() -> None:
+    assert catalogue.audio_extension("x/three.stem.mp4") == "stem.mp4"
+    assert catalogue.audio_extension("X.WAV") == "wav"
+    assert catalogue.audio_extension("cover.jpg") is None
+    assert catalogue.audio_extension("noext") is None
+
+
+def test_listing_streams_folder_by_folder() -> None:
+    class CountingMemoryFS(MemoryFileSystem):
+        calls = 0
+
+        def ls(self, path: str, detail: bool = True, **kwargs: Any) -> Any:
+            type(self).calls += 1
+            return super().ls(path, detail=detail, **kwargs)
+
+    fs = CountingMemoryFS()
+    root = "/streaming-test"
+    for i in range(40):
+        fs.pipe(f"{root}/d{i:02d}/t.wav", b"x" * i)
+    try:
+        listing = catalogue.list_audio(f"memory://{root}", storage_options=fs, fingerprint="mtime")
+        assert inspect.isgenerator(listing)
+        first = next(listing)
+        assert first.url == f"memory://{root}/d00/t.wav"
+        assert CountingMemoryFS.calls <= 3  # root + first folder, not 41 listings
+        assert len(list(listing)) == 39
+        assert CountingMemoryFS.calls == 41
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_exclude_prunes_output_inside_catalogue(tmp_path: Any) -> None:
+    _populate(str(tmp_path), None, {"a.wav": b"a", "out/stems/m/t/vocals.flac": b"v"})
+    urls = [t.url for t in catalogue.list_audio(str(tmp_path), exclude=[str(tmp_path / "out")])]
+    assert urls == [f"file://{tmp_path}/a.wav"]
+
+
+def test_track_id_stable_copy_and_change(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    _populate(base, options, {"s/a.wav": b"content-A"})
+    first = catalogue.track_ref(f"{base}/s/a.wav", storage_options=options)
+    again = next(iter(catalogue.list_audio(f"{base}/s", storage_options=options)))
+    assert again.track_id == first.track_id
+    storage.write_atomic(f"{base}/copy/a.wav", b"content-A", options)
+    copy = catalogue.track_ref(f"{base}/copy/a.wav", storage_options=options)
+    assert copy.track_id != first.track_id
+    storage.write_atomic(f"{base}/s/a.wav", b"content-B", options)  # same size, new bytes
+    changed = catalogue.track_ref(f"{base}/s/a.wav", storage_options=options)
+    assert changed.size == first.size and changed.track_id != first.track_id
+
+
+def test_content_fingerprint_survives_touch_mtime_does_not(tmp_path: Any) -> None:
+    path = tmp_path / "t.wav"
+    path.write_bytes(b"abc")
+    by_content = catalogue.track_ref(str(path)).track_id
+    by_mtime = catalogue.track_ref(str(path), fingerprint="mtime").track_id
+    later = time.time() + 10
+    os.utime(path, (later, later))
+    assert catalogue.track_ref(str(path)).track_id == by_content
+    assert catalogue.track_ref(str(path), fingerprint="mtime").track_id != by_mtime
+
+
+def test_csv_manifest_relative_urls_and_extra_columns(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    _populate(base, options, {"audio/a.wav": b"aaa", "audio/b c.flac": b"bbbb"})
+    csv_text = (
+        "url,track_id,group,artist\n"
+        "audio/a.wav,,g1,Ärtist One\n"
+        f"{base}/audio/b c.flac,custom-id-2,g2,\"Two, The\"\n"
+    )
+    storage.write_atomic(f"{base}/manifest.csv", csv_text.encode(), options)
+    rows = list(catalogue.read_manifest(f"{base}/manifest.csv", storage_options=options, batch_rows=1))
+    direct = catalogue.track_ref(f"{base}/audio/a.wav", storage_options=options)
+    assert rows[0].url == direct.url and rows[0].track_id == direct.track_id
+    assert rows[0].extra == {"group": "g1", "artist": "Ärtist One"}
+    assert rows[1].track_id == "custom-id-2"
+    assert rows[1].url == storage.normalise_url(f"{base}/audio/b c.flac", options)
+    assert rows[1].extra == {"group": "g2", "artist": "Two, The"}
+
+
+def test_parquet_manifest_streams_in_batches(tmp_path: Any) -> None:
+    n = 25
+    table = pa.table({
+        "url": [f"s3://bucket/t{i:03d}.wav" for i in range(n)],
+        "size": pa.array(range(100, 100 + n), pa.int64()),
+        "etag": [f"etag{i}" for i in range(n)],
+        "group": [i % 3 for i in range(n)],
+        "bpm": [120.5 + i for i in range(n)],
+    })
+    pq.write_table(table, tmp_path / "m.parquet", row_group_size=10)
+    rows = catalogue.read_manifest(str(tmp_path / "m.parquet"), batch_rows=4)
+    assert inspect.isgenerator(rows)
+    tracks = list(rows)
+    assert [t.url for t in tracks] == table.column("url").to_pylist()
+    assert tracks[7].extra == {"group": 1, "bpm": 127.5}
+    assert tracks[7].track_id == catalogue.compute_track_id("s3://bucket/t007.wav", 107, "etag:etag7")
+
+
+def test_manifest_errors(tmp_path: Any) -> None:
+    (tmp_path / "bad.csv").write_text("path\nx.wav\n")
+    with pytest.raises(StorageError, match="no 'url' column"):
+        list(catalogue.read_manifest(str(tmp_path / "bad.csv")))
+    (tmp_path / "unsafe.csv").write_text("url,track_id\n/x.wav,../../etc\n")
+    with pytest.raises(StorageError, match="unsafe track_id"):
+        list(catalogue.read_manifest(str(tmp_path / "unsafe.csv")))
+    with pytest.raises(StorageError, match="does not exist"):
+        list(catalogue.read_manifest(str(tmp_path / "missing.parquet")))
+
+
+@pytest.mark.parametrize("lookup", ["probe", "list"])
+def test_plan_excludes_committed_and_shards(backend: tuple[str, Any], lookup: str) -> None:
+    base, options = backend
+    tree = {f"cat/t{i}.wav": f"track-{i}".encode() for i in range(9)}
+    _populate(base, options, tree)
+    tracks = list(catalogue.list_audio(f"{base}/cat", storage_options=options))
+    out = f"{base}/out"
+    model = "model-a"
+    for done in (tracks[1], tracks[4]):
+        stem = commit.write_stem(out, model, done.track_id, "vocals", "flac", b"v", storage_options=options)
+        assert commit.commit_track(out, model, done.track_id, [stem], source_url=done.url, run_id="r0",
+                                   storage_options=options)
+    shards = list(catalogue.plan(iter(tracks), out, model, shard_size=3, storage_options=options,
+                                 lookup=lookup, probe_batch=4))
+    assert [s.index for s in shards] == [0, 1, 2]
+    assert [len(s.tracks) for s in shards] == [3, 3, 1]
+    planned = [t for s in shards for t in s.tracks]
+    assert planned == [t for i, t in enumerate(tracks) if i not in (1, 4)]
+    other_model = list(catalogue.plan(tracks, out, "model-b", shard_size=100, storage_options=options, lookup=lookup))
+    assert len(other_model) == 1 and len(other_model[0].tracks) == 9
+
+
+def test_shard_validation_and_duplicates_in_batch() -> None:
+    with pytest.raises(StorageError):
+        list(catalogue.shard([], 0))
+    track = catalogue.TrackRef(url="s3://b/x.wav", track_id="abc", size=1)
+    planned = list(catalogue.plan([track, track], "memory://plan-dupes", "m", shard_size=10))
+    assert planned == [catalogue.Shard(0, (track,))]
