@@ -243,3 +243,13 @@ def test_supported_extensions() -> None:
     for extension in (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".mp4", ".aac"):
         assert extension in audio.SUPPORTED_EXTENSIONS
     assert all(e == e.lower() and e.startswith(".") for e in audio.SUPPORTED_EXTENSIONS)
+
+
+def test_truncated_data_decodes_the_frames_present(tmp_path: Path) -> None:
+    original = sine(440.0, RATE, 1000)
+    full = write(tmp_path / "full.wav", original, RATE, "PCM_16").read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(full[: len(full) - 400 * 4])  # drop the last 400 stereo 16-bit frames
+    decoded = audio.load_audio(cut)
+    assert decoded.samples.shape == (2, 600)
+    np.testing.assert_allclose(decoded.samples, original[:, :600], atol=2.0**-15)

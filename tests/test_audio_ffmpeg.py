@@ -153,3 +153,27 @@ def test_ffmpeg_encoder_round_trip() -> None:
     decoded = audio.load_audio(data)
     assert decoded.notes == ("decoded with ffmpeg (libsndfile could not read it)",)
     np.testing.assert_allclose(decoded.samples, tone, atol=2.0**-23)
+
+
+def test_mp3_made_by_lame_decodes_sample_aligned(tmp_path: Path) -> None:
+    tone = sine(1000.0, RATE, RATE)
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, tone.T, RATE, subtype="PCM_16")
+    mp3 = tmp_path / "tone.mp3"
+    run_ffmpeg("-i", str(wav), "-c:a", "libmp3lame", "-b:a", "192k", str(mp3))
+    decoded = audio.load_audio(mp3)
+    assert decoded.samples.shape == (2, RATE)  # encoder delay and padding removed (LAME header)
+    assert decoded.notes == ()
+    middle = slice(2000, RATE - 2000)
+    error = decoded.samples[:, middle] - tone[:, middle]
+    snr = 10 * np.log10(np.sum(tone[:, middle] ** 2) / np.sum(error**2))
+    assert snr > 25.0, snr  # measured 30.5 dB; a one-frame misalignment gives < 10 dB
+
+
+def test_probe_errors_name_the_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.m4a"
+    junk.write_bytes(b"\x00\x01garbage" * 50)
+    with pytest.raises(AudioDecodeError, match=r"junk\.m4a: not decodable"):
+        audio.probe(junk)
+    with pytest.raises(AudioDecodeError, match="s3://b/empty.flac: the input is empty"):
+        audio.probe(b"", name="s3://b/empty.flac")
