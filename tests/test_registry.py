@@ -209,3 +209,23 @@ def test_top_level_problems_are_reported(tmp_path: Path) -> None:
         _load(twice, tmp_path)
     with pytest.raises(ConfigError, match="non-empty list"):
         _load({"schema_version": 1, "models": []}, tmp_path)
+
+
+def test_every_roformer_entry_builds_with_our_model_code() -> None:
+    """Each published config builds (shapes only, on the meta device) with the stems it promises."""
+    torch = pytest.importorskip("torch")
+    from stemflow.models import ARCHITECTURES, build_model
+
+    built = 0
+    for entry in load_registry().entries.values():
+        if entry.architecture not in ARCHITECTURES:
+            assert entry.source == "package", f"{entry.name}: architecture {entry.architecture!r} is not registered"
+            continue
+        config = load_config(entry.config_path)
+        with torch.device("meta"):
+            model = build_model(config)
+        assert model.num_output_stems == len(config.model_stems), entry.name
+        # float32 checkpoints are ~4 bytes per parameter: 98M (viperx 937) .. 430M (duality v2)
+        assert 50e6 < sum(p.numel() for p in model.parameters()) < 500e6, entry.name
+        built += 1
+    assert built >= 6
