@@ -35,6 +35,7 @@ from stemflow.errors import ConfigError
 from stemflow.models.bs_roformer import BSRoformer
 from stemflow.models.checkpoint import load_checkpoint_state, load_state_strict
 from stemflow.models.mel_band_roformer import MelBandRoformer
+from stemflow.models.spleeter import SpleeterUNetSeparator
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def register_architecture(name: str, cls: type[nn.Module]) -> None:
 
 register_architecture("bs_roformer", BSRoformer)
 register_architecture("mel_band_roformer", MelBandRoformer)
+register_architecture("spleeter", SpleeterUNetSeparator)
 
 
 def get_architecture(name: str) -> type[nn.Module]:
