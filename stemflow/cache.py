@@ -342,6 +342,15 @@ def fetch_weights(
         raise StorageError(f"{entry.name}: cannot write to the weights cache {final.parent}: {e}") from e
 
 
+def weights_sha256(entry: ModelEntry, cache_dir: str | Path, *, offline: bool = True) -> str:
+    """The verified sha256 of ``entry``'s cached checkpoint: the input :func:`stemflow.model_id.model_id` needs.
+
+    Cheap after the first call (sidecar). With ``offline=False`` the file is
+    downloaded first if missing.
+    """
+    return cached_sha256(fetch_weights(entry, cache_dir, offline=offline))
+
+
 def _download_with_mirrors(
     entry: ModelEntry, final: Path, cache: Path, progress: ProgressCallback | None, timeout_s: float
 ) -> Path:

@@ -18,6 +18,7 @@ import pytest
 
 from stemflow import cache
 from stemflow.cache import (
+    cached_sha256,
     default_cache_dir,
     fetch_weights,
     is_cached,
@@ -25,6 +26,7 @@ from stemflow.cache import (
     load_pins,
     sha256_file,
     weights_path,
+    weights_sha256,
 )
 from stemflow.errors import ChecksumError, ModelNotAvailableError, StemflowError
 from stemflow.registry import ModelEntry, ReportedSdr, Registry
@@ -39,6 +41,8 @@ class Route:
     body: bytes = b""
     status: int = 200
     truncate_at: int | None = None  # send the full Content-Length, then only this many bytes
+    location: str | None = None  # answer with a 302 redirect to this path
+    send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
 
 
 @dataclass
@@ -61,12 +65,21 @@ def _handler(server_state: FileServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             server_state.hits[self.path] += 1
             route = server_state.routes.get(self.path)
+            if route is not None and route.location is not None:
+                self.send_response(302)
+                self.send_header("Location", route.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if route is None or route.status != 200:
                 self.send_error(route.status if route else 404)
                 return
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(route.body)))
+            if route.send_length:
+                self.send_header("Content-Length", str(len(route.body)))
+            else:
+                self.close_connection = True
             self.end_headers()
             body = route.body if route.truncate_at is None else route.body[: route.truncate_at]
             self.wfile.write(body)
@@ -361,6 +374,62 @@ def test_package_entries_have_no_weights_file(tmp_path: Path) -> None:
         fetch_weights(entry, tmp_path)
     assert is_cached(entry, tmp_path)  # pytest is installed
     assert not is_cached(replace(entry, package="stemflow-no-such-package"), tmp_path)
+
+
+def test_redirects_are_followed(server: FileServer, tmp_path: Path) -> None:
+    data = payload(18, 5000)  # GitHub release and Hugging Face URLs answer with redirects
+    server.routes["/release/w.ckpt"] = Route(location="/cdn/w.ckpt")
+    server.routes["/cdn/w.ckpt"] = Route(data)
+    path = fetch_weights(make_entry([server.url("/release/w.ckpt")], sha256=sha(data)), tmp_path)
+    assert path.read_bytes() == data
+    assert server.hits["/release/w.ckpt"] == 1 and server.hits["/cdn/w.ckpt"] == 1
+
+
+def test_unknown_length_is_reported_as_none_and_still_verified(server: FileServer, tmp_path: Path) -> None:
+    data = payload(19)
+    server.routes["/w.ckpt"] = Route(data, send_length=False)
+    calls: list[tuple[int, int | None]] = []
+    path = fetch_weights(
+        make_entry([server.url("/w.ckpt")], sha256=sha(data)), tmp_path, progress=lambda d, t: calls.append((d, t))
+    )
+    assert path.read_bytes() == data
+    assert calls[0] == (0, None) and calls[-1] == (len(data), None)
+
+
+def test_concurrent_fetches_download_once(server: FileServer, tmp_path: Path) -> None:
+    data = payload(20)
+    server.routes["/w.ckpt"] = Route(data)
+    entry = make_entry([server.url("/w.ckpt")])  # unpinned: both must agree on one pin
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            results.append(fetch_weights(entry, tmp_path))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(results) == 4 and len(set(results)) == 1
+    assert server.hits["/w.ckpt"] == 1
+    assert results[0].read_bytes() == data
+    assert load_pins(tmp_path)["test-model"]["sha256"] == sha(data)
+
+
+def test_weights_sha256_is_the_verified_hash(server: FileServer, tmp_path: Path) -> None:
+    data = payload(21, 10_000)
+    server.routes["/w.ckpt"] = Route(data)
+    entry = make_entry([server.url("/w.ckpt")], sha256=sha(data))
+    with pytest.raises(ModelNotAvailableError):
+        weights_sha256(entry, tmp_path)  # offline by default: never downloads behind the caller's back
+    assert weights_sha256(entry, tmp_path, offline=False) == sha(data)
+    assert cached_sha256(weights_path(entry, tmp_path)) == sha(data)
+    assert server.hits["/w.ckpt"] == 1
 
 
 # --- cache folder and the `models list` backend -------------------------------------------
