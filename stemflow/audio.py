@@ -212,6 +212,8 @@ def probe(source: AudioSource, *, name: str | None = None) -> AudioInfo:
     if src.suffix not in _FFMPEG_EXTENSIONS:
         try:
             info = sf.info(src.path if src.path is not None else io.BytesIO(src.data))  # type: ignore[arg-type]
+            if info.frames >= _UNKNOWN_FRAMES:
+                raise sf.SoundFileError("the header carries no length (a streamed file)")
             return AudioInfo(info.samplerate, info.channels, info.frames, info.duration, info.format, info.subtype)
         except (sf.SoundFileError, RuntimeError) as e:
             logger.debug("%s: libsndfile cannot probe (%s); trying ffprobe", src.label, e)
@@ -250,7 +252,7 @@ def _decode(src: _Source, stream: int | None) -> tuple[np.ndarray, int, str | No
     if stream is None and src.suffix not in _FFMPEG_EXTENSIONS:
         try:
             samples, rate = _decode_soundfile(src)
-        except (sf.SoundFileError, RuntimeError) as e:
+        except (sf.SoundFileError, RuntimeError, ValueError) as e:
             soundfile_error = str(e)
         else:
             return samples, rate, None
@@ -363,12 +365,11 @@ def load_stems(
             raise AudioDecodeError(
                 f"{src.label}: has {len(streams)} audio streams but {len(names)} stem names were given ({', '.join(names)})"
             )
-        local = _Source(label=src.label, path=path, data=None, suffix=src.suffix)
-        stems: dict[str, np.ndarray] = {}
-        for index, stem_name in enumerate(names):
-            samples, rate = _decode_ffmpeg(local, index)
-            _check_samples(samples, f"{src.label} (stream {index}, {stem_name})")
-            stems[stem_name] = _apply_policy(samples, rate, sample_rate, 2, src.label, None).samples
+        decoded = ffmpeg.decode_all_streams(path, streams, name=src.label)
+    stems: dict[str, np.ndarray] = {}
+    for index, (stem_name, samples, info) in enumerate(zip(names, decoded, streams, strict=True)):
+        _check_samples(samples, f"{src.label} (stream {index}, {stem_name})")
+        stems[stem_name] = _apply_policy(samples, info.sample_rate, sample_rate, 2, src.label, None).samples
     length = min(s.shape[-1] for s in stems.values())
     return {stem_name: np.ascontiguousarray(s[:, :length]) for stem_name, s in stems.items()}
 

@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,37 @@ def decode_stream(
     usable = len(raw) - len(raw) % (4 * channels)
     interleaved = np.frombuffer(raw[:usable], dtype="<f4").astype(np.float32, copy=False)
     return np.ascontiguousarray(interleaved.reshape(-1, channels).T)
+
+
+def decode_all_streams(
+    path: str | Path,
+    streams: list[StreamInfo],
+    *,
+    name: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[np.ndarray]:
+    """Decode several audio streams of a local file in one ffmpeg run (``.stem.mp4``).
+
+    ``streams`` come from :func:`probe_streams`. Each stream is written as raw
+    float32 to its own file in a temporary folder, which is read back and removed.
+
+    Returns:
+        one ``[channels, samples]`` float32 array per entry of ``streams``, at each stream's native rate.
+    """
+    label = name or str(path)
+    ffmpeg = _binary(FFMPEG_BINARY, purpose=f"{label}: decoding", error=AudioDecodeError)
+    with tempfile.TemporaryDirectory(prefix="stemflow-ffmpeg-") as folder:
+        outputs = [Path(folder) / f"stream{info.audio_index}.f32" for info in streams]
+        args = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path)]
+        for info, output in zip(streams, outputs, strict=True):
+            args += ["-map", f"0:a:{info.audio_index}", "-f", "f32le", "-acodec", "pcm_f32le", str(output)]
+        _run(args, purpose=f"{label}: not decodable", error=AudioDecodeError, stdin=None, timeout_s=timeout_s)
+        decoded = []
+        for info, output in zip(streams, outputs, strict=True):
+            interleaved = np.fromfile(output, dtype="<f4")
+            usable = interleaved.size - interleaved.size % info.channels
+            decoded.append(np.ascontiguousarray(interleaved[:usable].reshape(-1, info.channels).T, dtype=np.float32))
+    return decoded
 
 
 def encode_with_ffmpeg(
