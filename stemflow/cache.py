@@ -337,9 +337,18 @@ def fetch_weights(
         with _file_lock(final.parent / ".download.lock"):
             if final.is_file():  # another process finished it while we waited
                 return _verify_cached(entry, final, cache)
+            _remove_stale_parts(final)
             return _download_with_mirrors(entry, final, cache, progress, timeout_s)
     except OSError as e:
         raise StorageError(f"{entry.name}: cannot write to the weights cache {final.parent}: {e}") from e
+
+
+def _remove_stale_parts(final: Path) -> None:
+    """Delete temporary files of downloads whose process died (we hold the download lock)."""
+    for stale in final.parent.glob(f".{final.name}.*.part"):
+        logger.info("removing %s, left by an interrupted download", stale)
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def weights_sha256(entry: ModelEntry, cache_dir: str | Path, *, offline: bool = True) -> str:

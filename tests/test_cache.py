@@ -6,7 +6,10 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -43,6 +46,7 @@ class Route:
     truncate_at: int | None = None  # send the full Content-Length, then only this many bytes
     location: str | None = None  # answer with a 302 redirect to this path
     send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
+    block_delay_s: float = 0.0  # pause after each 64 KiB block (a slow server)
 
 
 @dataclass
@@ -82,8 +86,14 @@ def _handler(server_state: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             self.end_headers()
             body = route.body if route.truncate_at is None else route.body[: route.truncate_at]
-            self.wfile.write(body)
-            self.wfile.flush()
+            try:
+                for start in range(0, len(body), 1 << 16):
+                    self.wfile.write(body[start : start + (1 << 16)])
+                    self.wfile.flush()
+                    if route.block_delay_s:
+                        time.sleep(route.block_delay_s)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the client went away
             if route.truncate_at is not None:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -255,6 +265,42 @@ def test_exception_mid_download_leaves_no_final_file(server: FileServer, tmp_pat
     assert leftovers(final.parent) == []
     # a later attempt starts from scratch and succeeds
     assert fetch_weights(entry, tmp_path).read_bytes() == data
+
+
+def test_killed_download_leaves_no_final_file(server: FileServer, tmp_path: Path) -> None:
+    """A real SIGKILL mid-body: no final file; the next fetch cleans up and completes."""
+    data = payload(22)
+    server.routes["/slow.ckpt"] = Route(data, block_delay_s=0.05)  # ~2.5 s for the whole body
+    entry = make_entry([server.url("/slow.ckpt")], sha256=sha(data))
+    final = weights_path(entry, tmp_path)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from stemflow.cache import fetch_weights\n"
+        "from stemflow.registry import ModelEntry\n"
+        f"entry = ModelEntry(name='test-model', architecture='bs_roformer', stems=('vocals',), config='x.yaml',"
+        f" config_path=Path('x.yaml'), source='url', license='unknown', reported_sdr=None,"
+        f" urls=({server.url('/slow.ckpt')!r},), filename='weights.ckpt', sha256={sha(data)!r})\n"
+        f"fetch_weights(entry, Path({str(tmp_path)!r}))\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            parts = list(final.parent.glob("*.part")) if final.parent.exists() else []
+            if parts and parts[0].stat().st_size > (1 << 20):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the child never got 1 MiB into the download")
+        child.kill()
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode != 0
+    assert not final.exists()
+    assert leftovers(final.parent) != []  # SIGKILL runs no cleanup: the temp file is left...
+    server.routes["/slow.ckpt"] = Route(data)
+    assert fetch_weights(entry, tmp_path).read_bytes() == data
+    assert leftovers(final.parent) == []  # ...and the next download removes it
 
 
 def test_offline_error_says_what_to_place_where(server: FileServer, tmp_path: Path) -> None:
