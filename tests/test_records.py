@@ -1,0 +1,204 @@
+"""Parquet records and run manifests: written by stemflow, read back by pyarrow, pandas and DuckDB."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from s3_fixtures import backend, moto_server, s3_bucket, s3_options  # noqa: F401
+
+from stemflow import records, storage
+from stemflow.errors import StorageError
+
+MODEL = "bs-roformer-1297-0123456789ab-cafe"
+CREATED = datetime(2026, 11, 24, 10, 30, 0, 123456, tzinfo=timezone.utc)
+STEMS = ("vocals", "drums", "bass", "other")
+
+
+def _measures(k: int) -> dict[str, float]:
+    return {
+        "peak_dbfs": -1.5 - k, "true_peak_dbtp": -1.2 - k, "loudness_lufs": -14.0 - k, "rms_dbfs": -18.25 - k,
+        "clipped_ratio": 0.001 * k, "silence_ratio": 0.1 * k, "stereo_correlation": 0.9 - 0.1 * k,
+        "energy_share": 0.25, "bleed_db": -30.0 - k,
+    }
+
+
+def _track(i: int) -> dict[str, Any]:
+    return {
+        "track_id": f"track{i:03d}", "source_url": f"s3://cat/t{i}.wav", "duration_s": 180.5 + i,
+        "sample_rate": 44100, "channels_in": 2, "source_sample_rate": 48000, "residual_db": -60.0 - i,
+        "processing_s": 12.0, "decode_s": 1.0, "separate_s": 10.0, "encode_s": 1.0,
+        "device": "cpu", "stemflow_version": "0.1.0",
+    }
+
+
+def _ok_rows(out: str, i: int) -> list[dict[str, Any]]:
+    stems = {
+        name: {"stem_url": f"{out}/stems/{MODEL}/track{i:03d}/{name}.flac", "stem_bytes": 1000 + k,
+               "stem_sha256": f"{k:064x}", **_measures(k)}
+        for k, name in enumerate(STEMS)
+    }
+    return records.stem_rows(_track(i), stems)
+
+
+def test_schema_constants() -> None:
+    assert records.RECORD_SCHEMA.names[:3] == ["model_id", "run_date", "run_id"]
+    assert set(records.FILE_SCHEMA.names) == set(records.RECORD_SCHEMA.names) - set(records.PARTITION_COLUMNS)
+    assert records.STEM_MEASURES == {
+        "peak_dbfs", "true_peak_dbtp", "loudness_lufs", "rms_dbfs", "clipped_ratio", "silence_ratio",
+        "stereo_correlation", "energy_share", "bleed_db",
+    }
+    table = records.schema_markdown().splitlines()
+    assert len(table) == 2 + len(records.COLUMNS)
+    assert "| `loudness_lufs` | double | LUFS | stem |" in records.schema_markdown()
+
+
+def test_rows_and_validation() -> None:
+    rows = _ok_rows("s3://o", 1)
+    assert [r["stem"] for r in rows] == list(STEMS)
+    assert all(r["status"] == "ok" and r["error"] is None and r["duration_s"] == 181.5 for r in rows)
+    err = records.error_row({"track_id": "t9", "source_url": "s3://cat/bad.wav"}, "AudioDecodeError: empty file")
+    assert err["stem"] is None and err["status"] == "error" and err["error"] == "AudioDecodeError: empty file"
+    with pytest.raises(StorageError, match=r"unknown record column\(s\) \['spectral_flux'\]"):
+        records.stem_rows(_track(1), {"vocals": {"spectral_flux": 1.0}})
+    with pytest.raises(StorageError, match="per-stem column"):
+        records.stem_rows({**_track(1), "peak_dbfs": -1.0}, {"vocals": {}})
+    with pytest.raises(StorageError, match="at least one stem"):
+        records.stem_rows(_track(1), {})
+    with pytest.raises(StorageError, match="status"):
+        records.rows_to_table([{"track_id": "t", "status": "maybe"}])
+    with pytest.raises(StorageError, match="schema"):
+        records.rows_to_table([{"track_id": "t", "status": "ok", "duration_s": "long"}])
+
+
+def _write_two_runs(out: str, options: Any) -> list[str]:
+    urls = [
+        records.write_part(out, MODEL, date(2026, 11, 24), "run-a", 0, _ok_rows(out, 0) + _ok_rows(out, 1),
+                           storage_options=options, created_at=CREATED),
+        records.write_part(out, MODEL, "2026-11-24", "run-a", 1,
+                           [records.error_row({"track_id": "track002", "source_url": "s3://cat/t2.wav"}, "bad")],
+                           storage_options=options, created_at=CREATED),
+        records.write_part(out, "other-model", "2026-11-25", "20261125", 0, _ok_rows(out, 2),
+                           storage_options=options, created_at=CREATED),
+    ]
+    return urls
+
+
+def test_write_part_paths_and_round_trip(backend: tuple[str, Any]) -> None:
+    out, options = backend
+    urls = _write_two_runs(out, options)
+    assert urls[0] == f"{out}/metadata/model_id={MODEL}/run_date=2026-11-24/run_id=run-a/part-00000.parquet"
+    table = records.read_records(out, MODEL, storage_options=options)
+    assert table.schema == records.RECORD_SCHEMA
+    assert table.num_rows == 9
+    rows = sorted(table.to_pylist(), key=lambda r: (r["track_id"], r["stem"] or ""))
+    expected_ok = sorted(_ok_rows(out, 0) + _ok_rows(out, 1), key=lambda r: (r["track_id"], r["stem"]))
+    for got, want in zip(rows[:8], expected_ok, strict=True):
+        assert got == {**{n: None for n in records.RECORD_SCHEMA.names}, **want, "model_id": MODEL,
+                       "run_date": date(2026, 11, 24), "run_id": "run-a", "created_at": CREATED}
+    assert rows[8]["status"] == "error" and rows[8]["stem"] is None and rows[8]["error"] == "bad"
+    everything = records.read_records(out, storage_options=options)
+    assert everything.num_rows == 13
+    assert sorted(set(everything.column("run_id").to_pylist())) == ["20261125", "run-a"]
+    assert records.read_records(out, "no-such-model", storage_options=options).num_rows == 0
+
+
+def test_read_records_of_empty_output(backend: tuple[str, Any]) -> None:
+    out, options = backend
+    assert records.read_records(out, storage_options=options) == records.RECORD_SCHEMA.empty_table()
+
+
+def test_part_rewrite_replaces_not_duplicates(tmp_path: Path) -> None:
+    out = str(tmp_path)
+    records.write_part(out, MODEL, "2026-11-24", "r", 3, _ok_rows(out, 0), created_at=CREATED)
+    records.write_part(out, MODEL, "2026-11-24", "r", 3, _ok_rows(out, 0), created_at=CREATED)
+    assert records.read_records(out).num_rows == 4
+    files = sorted(p.name for p in (tmp_path / "metadata").rglob("*") if p.is_file())
+    assert files == ["part-00003.parquet"]
+
+
+def test_part_file_is_plain_parquet(tmp_path: Path) -> None:
+    url = records.write_part(str(tmp_path), MODEL, "2026-11-24", "r", 0, _ok_rows("o", 0), created_at=CREATED)
+    table = pq.read_table(url)
+    assert table.schema == records.FILE_SCHEMA
+    assert table.column("loudness_lufs").to_pylist() == [-14.0, -15.0, -16.0, -17.0]
+
+
+def test_pandas_reads_hive_partitions(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    _write_two_runs(str(tmp_path), None)
+    frame = pd.read_parquet(tmp_path / "metadata")
+    assert len(frame) == 13
+    vocals = frame[(frame["track_id"] == "track001") & (frame["stem"] == "vocals")]
+    assert len(vocals) == 1
+    row = vocals.iloc[0]
+    assert str(row["model_id"]) == MODEL and str(row["run_id"]) == "run-a"
+    assert row["peak_dbfs"] == -1.5 and row["residual_db"] == -61.0 and row["stem_bytes"] == 1000
+    assert row["created_at"] == pd.Timestamp(CREATED)
+    assert frame.loc[frame["status"] == "error", "stem"].isna().all()
+
+
+def test_duckdb_reads_hive_partitions(tmp_path: Path) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    _write_two_runs(str(tmp_path), None)
+    query = (
+        f"SELECT model_id, run_date, run_id, track_id, stem, status, loudness_lufs, energy_share "
+        f"FROM read_parquet('{tmp_path}/metadata/**/*.parquet', hive_partitioning = true, "
+        "hive_types = {'model_id': VARCHAR, 'run_date': DATE, 'run_id': VARCHAR}) "
+        "ORDER BY model_id, track_id, stem NULLS LAST"
+    )
+    result = duckdb.sql(query).fetchall()
+    assert len(result) == 13
+    assert result[0] == (MODEL, date(2026, 11, 24), "run-a", "track000", "bass", "ok", -16.0, 0.25)
+    assert result[8] == (MODEL, date(2026, 11, 24), "run-a", "track002", None, "error", None, None)
+    assert result[9][:3] == ("other-model", date(2026, 11, 25), "20261125")
+    counts = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{tmp_path}/metadata/**/*.parquet', hive_partitioning = true) "
+        "WHERE status = 'ok' GROUP BY model_id, track_id, stem HAVING count(*) > 1"
+    ).fetchall()
+    assert counts == []
+
+
+def test_invalid_part_names(tmp_path: Path) -> None:
+    for model_id, run_id, day, index in [("../x", "r", "2026-11-24", 0), (MODEL, "a/b", "2026-11-24", 0),
+                                         (MODEL, "r", "24/11/2026", 0), (MODEL, "r", "2026-11-24", -1)]:
+        with pytest.raises(StorageError):
+            records.write_part(str(tmp_path), model_id, day, run_id, index, _ok_rows("o", 0))
+    assert list(tmp_path.rglob("*.parquet")) == []
+
+
+def test_run_manifest_round_trip(backend: tuple[str, Any]) -> None:
+    out, options = backend
+    running = records.RunManifest(
+        run_id="run-a", status="running", started_at="2026-11-24T10:00:00+00:00",
+        inputs={"catalogue_url": "s3://cat/", "out_url": out, "model": "bs-roformer-1297"},
+        settings={"chunk_size": 352800, "num_overlap": 2, "precision": "fp32", "format": "flac24"},
+        versions={"stemflow": "0.1.0", "torch": "2.13.0"}, counts={"planned": 10, "shards": 1},
+    )
+    url = records.write_run_manifest(out, running, storage_options=options)
+    assert url == f"{out}/runs/run-a.json"
+    assert records.read_run_manifest(out, "run-a", storage_options=options) == running
+    assert records.read_run_manifest(out, "run-a", storage_options=options).inputs == running.inputs
+    done = records.RunManifest(**{**running.__dict__, "status": "succeeded",
+                                  "finished_at": "2026-11-24T11:00:00+00:00",
+                                  "counts": {"planned": 10, "committed": 9, "errors": 1}})
+    records.write_run_manifest(out, done, storage_options=options)
+    back = records.read_run_manifest(out, "run-a", storage_options=options)
+    assert back.status == "succeeded" and dict(back.counts) == {"planned": 10, "committed": 9, "errors": 1}
+    with pytest.raises(FileNotFoundError):
+        records.read_run_manifest(out, "missing", storage_options=options)
+
+
+def test_run_manifest_validation() -> None:
+    with pytest.raises(StorageError, match="status"):
+        records.RunManifest(run_id="r", status="done", started_at="x")
+    with pytest.raises(StorageError, match="integers"):
+        records.RunManifest(run_id="r", status="running", started_at="x", counts={"planned": 1.5})
+    with pytest.raises(StorageError, match="unsafe"):
+        records.RunManifest(run_id="../r", status="running", started_at="x")
+    with pytest.raises(StorageError, match="malformed"):
+        records.RunManifest.from_json(b"[1, 2]")
