@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import tempfile
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -65,7 +64,9 @@ _USER_AGENT = f"stemflow/{__version__} (+https://github.com/stemflow)"
 ProgressCallback = Callable[[int, "int | None"], None]
 """Called as ``progress(bytes_done, bytes_total)``; ``bytes_total`` is None when unknown."""
 
-_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+# Raised by urlopen/read for network trouble: URLError (incl. HTTPError), refused or reset
+# connections, timeouts, TLS errors (all OSError) and http.client protocol errors.
+_NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
 class _TransferError(Exception):
@@ -213,26 +214,35 @@ def _content_length(response: Any) -> int | None:
 
 
 def _stream(url: str, sink: IO[bytes], progress: ProgressCallback | None, timeout_s: float) -> str:
-    """Stream ``url`` into ``sink``; return the sha256 of the bytes written."""
+    """Stream ``url`` into ``sink``; return the sha256 of the bytes written.
+
+    Errors while connecting or reading (refused, DNS, TLS, timeouts, HTTP
+    status, truncated body) become :class:`_TransferError`; errors writing
+    ``sink`` (disk full) propagate as ``OSError``.
+    """
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     digest = hashlib.sha256()
     done = 0
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - http(s) only
-            total = _content_length(response)
-            if progress is not None:
-                progress(0, total)
-            while True:
-                block = response.read(READ_BLOCK_BYTES)
-                if not block:
-                    break
-                sink.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done, total)
+        response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310 - http(s) only
     except _NETWORK_ERRORS as e:
         raise _TransferError(f"{url}: {e!r}") from e
+    with response:
+        total = _content_length(response)
+        if progress is not None:
+            progress(0, total)
+        while True:
+            try:
+                block = response.read(READ_BLOCK_BYTES)
+            except _NETWORK_ERRORS as e:
+                raise _TransferError(f"{url}: {e!r} after {done} bytes") from e
+            if not block:
+                break
+            sink.write(block)
+            digest.update(block)
+            done += len(block)
+            if progress is not None:
+                progress(done, total)
     if total is not None and done != total:
         raise _TransferError(f"{url}: connection closed after {done} of {total} bytes")
     return digest.hexdigest()
