@@ -158,13 +158,16 @@ def _iter_folder_entries(
 
     Folders for which ``skip_folder(path)`` is true are not descended into.
     """
-    pending = [root.rstrip("/") or "/"]
+    top = root.rstrip("/") or "/"
+    pending = [top]
     while pending:
         folder = pending.pop()
         try:
             entries = fs.ls(folder, detail=True)
-        except FileNotFoundError:
-            continue
+        except FileNotFoundError as e:
+            if folder == top:
+                raise StorageError(f"catalogue {url_of(fs, root)!r} does not exist") from e
+            continue  # removed while we were listing
         except OSError as e:
             raise StorageError(f"cannot list {url_of(fs, folder)!r}: {e}") from e
         fs.invalidate_cache(folder)  # keep s3fs' listing cache from growing with the catalogue

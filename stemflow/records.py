@@ -229,6 +229,8 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]], *, created_at: datetime | N
 def part_url(out_url: str, model_id: str, run_date: date | str, run_id: str, part_index: int) -> str:
     """``<out>/metadata/model_id=<m>/run_date=<YYYY-MM-DD>/run_id=<r>/part-<nnnnn>.parquet``."""
     try:
+        if isinstance(run_date, datetime):
+            run_date = run_date.date()
         day = run_date.isoformat() if isinstance(run_date, date) else date.fromisoformat(run_date).isoformat()
     except (ValueError, TypeError) as e:
         raise StorageError(f"run_date must be a date or 'YYYY-MM-DD', got {run_date!r}") from e

@@ -65,6 +65,13 @@ def test_list_audio_nested_mixed_unicode(backend: tuple[str, Any]) -> None:
         assert one.track_id == catalogue.compute_track_id(one.url, 3, "sha256:" + storage.sha256_hex(b"one"))
 
 
+def test_missing_catalogue_is_an_error(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    storage.write_atomic(f"{base}/present/a.wav", b"a", options)
+    with pytest.raises(StorageError, match="does not exist"):
+        list(catalogue.list_audio(f"{base}/absent", storage_options=options))
+
+
 def test_stem_mp4_counts_once_and_extensions() -> None:
     assert catalogue.audio_extension("x/three.stem.mp4") == "stem.mp4"
     assert catalogue.audio_extension("X.WAV") == "wav"
