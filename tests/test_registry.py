@@ -211,7 +211,7 @@ def test_top_level_problems_are_reported(tmp_path: Path) -> None:
         _load({"schema_version": 1, "models": []}, tmp_path)
 
 
-def test_every_roformer_entry_builds_with_our_model_code() -> None:
+def test_every_entry_builds_with_our_model_code() -> None:
     """Each published config builds (shapes only, on the meta device) with the stems it promises."""
     torch = pytest.importorskip("torch")
     from stemflow.models import ARCHITECTURES, build_model
@@ -225,7 +225,10 @@ def test_every_roformer_entry_builds_with_our_model_code() -> None:
         with torch.device("meta"):
             model = build_model(config)
         assert model.num_output_stems == len(config.model_stems), entry.name
-        # float32 checkpoints are ~4 bytes per parameter: 98M (viperx 937) .. 430M (duality v2)
-        assert 50e6 < sum(p.numel() for p in model.parameters()) < 500e6, entry.name
+        parameters = sum(p.numel() for p in model.parameters())
+        if entry.architecture == "spleeter":
+            assert 15e6 < parameters < 25e6  # two U-Nets of ~9.8M parameters
+        else:  # float32 checkpoints, ~4 bytes per parameter: 98M (viperx 937) .. 430M (duality v2)
+            assert 50e6 < parameters < 500e6, entry.name
         built += 1
     assert built >= 6
