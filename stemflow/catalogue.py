@@ -30,10 +30,13 @@ tracks unlikely (probability ≈ n²/2⁸¹ ≈ 4·10⁻⁹).
 from __future__ import annotations
 
 import csv
+import itertools
 import hashlib
 import io
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -151,28 +154,40 @@ def track_ref(
     return track_from_info(object_info(url, storage_options), storage_options=storage_options, fingerprint=fingerprint)
 
 
-def _iter_folder_entries(
-    fs: AbstractFileSystem, root: str, skip_folder: Callable[[str], bool]
-) -> Iterator[dict[str, Any]]:
-    """File entries under ``root``, one folder listed at a time, in sorted order.
+def _list_folder(fs: AbstractFileSystem, folder: str) -> list[dict[str, Any]]:
+    entries = fs.ls(folder, detail=True)
+    fs.invalidate_cache(folder)  # keep s3fs' listing cache from growing with the catalogue
+    return sorted(entries, key=lambda e: e["name"])
 
+
+def _iter_folder_entries(
+    fs: AbstractFileSystem, root: str, skip_folder: Callable[[str], bool], pool: ThreadPoolExecutor, ahead: int
+) -> Iterator[dict[str, Any]]:
+    """File entries under ``root`` in sorted depth-first order, listing one folder at a time.
+
+    The next ``ahead`` folders (in that same order) are listed concurrently on
+    ``pool`` while the current one is consumed, so the order does not depend on
+    ``ahead`` and at most ``ahead`` listings are held beyond the current one.
     Folders for which ``skip_folder(path)`` is true are not descended into.
     """
     top = root.rstrip("/") or "/"
-    pending = [top]
+    pending: deque[str] = deque([top])
+    listings: dict[str, Future[list[dict[str, Any]]]] = {}
     while pending:
-        folder = pending.pop()
+        for upcoming in itertools.islice(pending, max(1, ahead)):
+            if upcoming not in listings:
+                listings[upcoming] = pool.submit(_list_folder, fs, upcoming)
+        folder = pending.popleft()
         try:
-            entries = fs.ls(folder, detail=True)
+            entries = listings.pop(folder).result()
         except FileNotFoundError as e:
             if folder == top:
                 raise StorageError(f"catalogue {url_of(fs, root)!r} does not exist") from e
             continue  # removed while we were listing
         except OSError as e:
             raise StorageError(f"cannot list {url_of(fs, folder)!r}: {e}") from e
-        fs.invalidate_cache(folder)  # keep s3fs' listing cache from growing with the catalogue
         subfolders = []
-        for entry in sorted(entries, key=lambda e: e["name"]):
+        for entry in entries:
             name = entry["name"].rstrip("/")
             if name == folder.rstrip("/"):
                 continue  # S3 "folder marker" objects
@@ -181,7 +196,18 @@ def _iter_folder_entries(
                     subfolders.append(name)
             else:
                 yield entry
-        pending.extend(reversed(subfolders))
+        pending.extendleft(reversed(subfolders))
+
+
+def _ordered_map(fn: Callable[[Any], TrackRef], items: Iterable[Any], pool: ThreadPoolExecutor, ahead: int) -> Iterator[TrackRef]:
+    """``map(fn, items)`` on ``pool`` with at most ``ahead`` calls in flight, results in input order."""
+    in_flight: deque[Future[TrackRef]] = deque()
+    for item in items:
+        in_flight.append(pool.submit(fn, item))
+        if len(in_flight) >= max(1, ahead):
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
 
 
 def list_audio(
@@ -192,6 +218,7 @@ def list_audio(
     fingerprint: Fingerprint = "content",
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
+    workers: int = 8,
 ) -> Iterator[TrackRef]:
     """Yield every audio object under ``url``, recursively, folder by folder (a generator).
 
@@ -201,9 +228,11 @@ def list_audio(
         fingerprint: how local/memory objects (no ETag) are fingerprinted, see the module docstring.
         exclude: URLs whose subtrees are skipped (e.g. the output location if it lies inside).
         include_hidden: also list names starting with ``.`` (skipped by default).
+        workers: folders listed ahead and files hashed concurrently (threads). The
+            output order is the same for any value: sorted, depth first.
 
     Raises:
-        StorageError: a listing failed.
+        StorageError: a listing failed, or ``url`` does not exist.
     """
     fs, root = filesystem(url, storage_options)
     excluded = tuple(normalise_url(u, storage_options).rstrip("/") + "/" for u in exclude)
@@ -213,19 +242,21 @@ def list_audio(
         hidden = not include_hidden and path.rsplit("/", 1)[-1].startswith(".")
         return hidden or any(folder_url.startswith(prefix) for prefix in excluded)
 
+    def keep(info: ObjectInfo) -> bool:
+        base = info.url.rsplit("/", 1)[-1]
+        return (include_hidden or not base.startswith(".")) and audio_extension(base, extensions) is not None
+
+    def to_track(info: ObjectInfo) -> TrackRef:
+        return track_from_info(info, storage_options=storage_options, fingerprint=fingerprint)
+
     try:
         single = fs.isfile(root)
     except OSError as e:
         raise StorageError(f"cannot open {url!r}: {e}") from e
-    entries: Iterable[dict[str, Any]] = [fs.info(root)] if single else _iter_folder_entries(fs, root, skip)
-    for entry in entries:
-        info = info_to_object(fs, entry)
-        base = info.url.rsplit("/", 1)[-1]
-        if not include_hidden and base.startswith("."):
-            continue
-        if audio_extension(base, extensions) is None:
-            continue
-        yield track_from_info(info, storage_options=storage_options, fingerprint=fingerprint)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="stemflow-list") as pool:
+        entries = [fs.info(root)] if single else _iter_folder_entries(fs, root, skip, pool, workers)
+        infos = (info for info in (info_to_object(fs, e) for e in entries) if keep(info))
+        yield from _ordered_map(to_track, infos, pool, workers)
 
 
 def _resolve_manifest_url(value: str, manifest_folder: str) -> str:

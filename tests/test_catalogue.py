@@ -92,13 +92,19 @@ def test_listing_streams_folder_by_folder() -> None:
     for i in range(40):
         fs.pipe(f"{root}/d{i:02d}/t.wav", b"x" * i)
     try:
-        listing = catalogue.list_audio(f"memory://{root}", storage_options=fs, fingerprint="mtime")
+        listing = catalogue.list_audio(f"memory://{root}", storage_options=fs, fingerprint="mtime", workers=1)
         assert inspect.isgenerator(listing)
         first = next(listing)
         assert first.url == f"memory://{root}/d00/t.wav"
         assert CountingMemoryFS.calls <= 3  # root + first folder, not 41 listings
-        assert len(list(listing)) == 39
+        sequential = [first, *listing]
+        assert len(sequential) == 40
         assert CountingMemoryFS.calls == 41
+        CountingMemoryFS.calls = 0
+        parallel = catalogue.list_audio(f"memory://{root}", storage_options=fs, fingerprint="mtime", workers=4)
+        assert next(parallel) == first
+        assert CountingMemoryFS.calls <= 1 + 2 * 4 + 1  # bounded look-ahead
+        assert [first, *parallel] == sequential  # same order whatever the concurrency
     finally:
         fs.rm(root, recursive=True)
 
