@@ -259,6 +259,7 @@ def _download_one(
     """Download ``url`` next to ``final``, verify, rename into place; return its sha256."""
     handle = tempfile.NamedTemporaryFile(dir=final.parent, prefix=f".{final.name}.", suffix=".part", delete=False)
     temp = Path(handle.name)
+    moved = False
     try:
         with handle:
             actual = _stream(url, handle, progress, timeout_s)
@@ -277,9 +278,11 @@ def _download_one(
                 "transfer was tampered with. Not retrying."
             )
         os.replace(temp, final)
+        moved = True
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        if not moved:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
     _write_sidecar(final, actual)
     return actual
 
