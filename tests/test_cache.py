@@ -520,3 +520,13 @@ def test_list_model_rows_on_the_real_registry(tmp_path: Path) -> None:
     for row in rows:
         if row.name != "spleeter-2stems":
             assert row.cached is False and row.location.startswith(str(tmp_path))
+
+
+def test_a_corrupted_pins_file_is_reported_not_ignored(tmp_path: Path) -> None:
+    (tmp_path / "pins.json").write_text("{not json")
+    entry = make_entry(["https://unreachable.example/w.ckpt"])
+    with pytest.raises(StemflowError, match="pins"):
+        fetch_weights(entry, tmp_path, offline=True)
+    (tmp_path / "pins.json").write_text('{"something": "else"}')
+    with pytest.raises(StemflowError, match="not a stemflow pins file"):
+        load_pins(tmp_path)
