@@ -79,12 +79,16 @@ _UNKNOWN_FRAMES = 1 << 62
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a file holds, without decoding it (``frames`` is approximate for AAC/MP3)."""
+    """What a file holds, without decoding it.
+
+    ``frames`` is approximate for AAC/MP3, and ``frames``/``duration_s`` are
+    ``None`` when the file does not state its length (a FLAC written to a pipe).
+    """
 
     sample_rate: int
     channels: int
-    frames: int
-    duration_s: float
+    frames: int | None
+    duration_s: float | None
     format: str
     subtype: str | None
     streams: int = 1

@@ -47,7 +47,8 @@ class StreamInfo:
 
     ``audio_index`` counts audio streams only (0 = the first audio stream; in a
     MUSDB18 ``.stem.mp4`` that is the mixture). ``frames`` is derived from the
-    stream duration and is exact for PCM but approximate (to one codec frame) for
+    stream duration (``None`` when the container does not state one, as in a
+    streamed FLAC) and is exact for PCM but approximate (to one codec frame) for
     AAC/MP3.
     """
 
@@ -55,8 +56,8 @@ class StreamInfo:
     codec: str
     sample_rate: int
     channels: int
-    frames: int
-    duration_s: float
+    frames: int | None
+    duration_s: float | None
 
 
 def ffmpeg_available() -> bool:
@@ -123,7 +124,7 @@ def probe_streams(path: str | Path, *, name: str | None = None, timeout_s: float
                 codec=str(entry.get("codec_name", "unknown")),
                 sample_rate=sample_rate,
                 channels=channels,
-                frames=int(round(duration_s * sample_rate)),
+                frames=None if duration_s is None else int(round(duration_s * sample_rate)),
                 duration_s=duration_s,
             )
         )
@@ -132,13 +133,13 @@ def probe_streams(path: str | Path, *, name: str | None = None, timeout_s: float
     return streams
 
 
-def _stream_duration_s(entry: dict[str, object]) -> float:
-    """Duration of one ffprobe stream entry in seconds (0.0 when unknown)."""
+def _stream_duration_s(entry: dict[str, object]) -> float | None:
+    """Duration of one ffprobe stream entry in seconds (``None`` when not stated)."""
     duration = entry.get("duration")
     try:
-        return max(0.0, float(duration)) if duration is not None else 0.0  # type: ignore[arg-type]
+        return max(0.0, float(duration)) if duration is not None else None  # type: ignore[arg-type]
     except ValueError:
-        return 0.0
+        return None
 
 
 def decode_stream(
@@ -214,17 +215,22 @@ def encode_with_ffmpeg(
 ) -> bytes:
     """Encode ``[channels, samples]`` float32 with ffmpeg and return the file's bytes.
 
-    ``output_args`` are the codec/container options, e.g. ``["-c:a", "libmp3lame",
-    "-b:a", "320k", "-f", "mp3"]``; the output goes to a pipe, so the container
-    must be streamable. Failures raise :class:`AudioEncodeError`.
+    ``output_args`` are the codec/container options and must name the
+    container, e.g. ``["-c:a", "libmp3lame", "-b:a", "320k", "-f", "mp3"]``.
+    The PCM goes in through stdin; the output is a seekable temporary file, so
+    ffmpeg can finish headers that need it (the LAME gapless header of MP3, the
+    length fields of FLAC and MP4). Failures raise :class:`AudioEncodeError`.
     """
     ffmpeg = _binary(FFMPEG_BINARY, purpose=f"{name}: encoding", error=AudioEncodeError)
     channels = samples.shape[0]
     interleaved = np.ascontiguousarray(samples.T, dtype="<f4").tobytes()
-    args = [
-        ffmpeg, "-nostdin", "-v", "error",
-        "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
-        *output_args, "pipe:1",
-    ]  # fmt: skip
-    # -nostdin only stops ffmpeg reading keyboard commands; pipe:0 still carries the PCM.
-    return _run(args, purpose=f"{name}: encoding failed", error=AudioEncodeError, stdin=interleaved, timeout_s=timeout_s)
+    with tempfile.TemporaryDirectory(prefix="stemflow-ffmpeg-") as folder:
+        output = Path(folder) / "encoded"
+        args = [
+            ffmpeg, "-nostdin", "-v", "error",
+            "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
+            *output_args, str(output),
+        ]  # fmt: skip
+        # -nostdin only stops ffmpeg reading keyboard commands; pipe:0 still carries the PCM.
+        _run(args, purpose=f"{name}: encoding failed", error=AudioEncodeError, stdin=interleaved, timeout_s=timeout_s)
+        return output.read_bytes()

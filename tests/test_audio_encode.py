@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stemflow import audio
+from stemflow import audio, ffmpeg
 from stemflow.errors import AudioEncodeError
 
 RATE = 44100
@@ -200,3 +200,18 @@ def test_save_audio_to_missing_folder_and_file_object(tmp_path: Path) -> None:
     result = audio.save_audio(buffer, sine(), RATE, format="wav", bit_depth=32)
     assert result.format == "wav" and len(buffer.getvalue()) == result.num_bytes
     np.testing.assert_array_equal(audio.load_audio(buffer.getvalue()).samples, sine())
+
+
+@pytest.mark.skipif(not ffmpeg.ffmpeg_available(), reason="ffmpeg not installed")
+def test_mp3_falls_back_to_ffmpeg_when_libsndfile_lacks_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    formats = {k: v for k, v in sf.available_formats().items() if k != "MP3"}
+    monkeypatch.setattr(audio.sf, "available_formats", lambda: formats)
+    original = sine(RATE)
+    encoded = audio.encode(original, RATE, format="mp3")
+    monkeypatch.undo()
+    assert encoded.data[:3] == b"ID3" or encoded.data[:2] == b"\xff\xfb"
+    decoded = audio.load_audio(encoded.data).samples
+    assert decoded.shape == (2, RATE)  # gapless: ffmpeg wrote the LAME header to a seekable file
+    middle = slice(2000, RATE - 2000)
+    snr = 10 * np.log10(np.sum(original[:, middle] ** 2) / np.sum((decoded[:, middle] - original[:, middle]) ** 2))
+    assert snr > 25.0, snr
