@@ -30,9 +30,9 @@ tracks unlikely (probability ≈ n²/2⁸¹ ≈ 4·10⁻⁹).
 from __future__ import annotations
 
 import csv
-import itertools
 import hashlib
 import io
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -298,6 +298,7 @@ def read_manifest(
     source_storage_options: StorageOptions = None,
     batch_rows: int = 10_000,
     fingerprint: Fingerprint = "content",
+    workers: int = 8,
 ) -> Iterator[TrackRef]:
     """Yield a :class:`TrackRef` per manifest row, reading ``batch_rows`` rows at a time.
 
@@ -311,6 +312,7 @@ def read_manifest(
     Args:
         storage_options: to read the manifest itself.
         source_storage_options: to stat the listed objects (default: ``storage_options``).
+        workers: rows resolved concurrently (threads) when objects must be stat'ed; order kept.
 
     Raises:
         StorageError: unreadable manifest, no ``url`` column, an unsafe ``track_id``.
@@ -319,11 +321,18 @@ def read_manifest(
         raise StorageError(f"batch_rows must be >= 1, got {batch_rows}")
     sources = storage_options if source_storage_options is None else source_storage_options
     folder = normalise_url(url, storage_options).rsplit("/", 1)[0]
-    for batch in _manifest_batches(url, storage_options, batch_rows):
-        if "url" not in batch.schema.names:
-            raise StorageError(f"manifest {url!r} has no 'url' column (columns: {batch.schema.names})")
-        for row in batch.to_pylist():
-            yield _manifest_row_to_track(row, folder, sources, fingerprint)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for batch in _manifest_batches(url, storage_options, batch_rows):
+            if "url" not in batch.schema.names:
+                raise StorageError(f"manifest {url!r} has no 'url' column (columns: {batch.schema.names})")
+            yield from batch.to_pylist()
+
+    def to_track(row: dict[str, Any]) -> TrackRef:
+        return _manifest_row_to_track(row, folder, sources, fingerprint)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="stemflow-manifest") as pool:
+        yield from _ordered_map(to_track, rows(), pool, workers)
 
 
 def _manifest_row_to_track(

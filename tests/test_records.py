@@ -6,12 +6,11 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from s3_fixtures import backend, moto_server, s3_bucket, s3_options  # noqa: F401
 
-from stemflow import records, storage
+from stemflow import records
 from stemflow.errors import StorageError
 
 MODEL = "bs-roformer-1297-0123456789ab-cafe"
