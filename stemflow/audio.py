@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import logging
+import operator
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -251,9 +252,26 @@ def _decode_ffmpeg(src: _Source, stream: int) -> tuple[np.ndarray, int]:
     return samples, info.sample_rate
 
 
+def _is_mp3_impostor(src: _Source) -> bool:
+    """A ``.mp3`` whose first bytes are neither an ID3 tag nor an MPEG frame sync.
+
+    libsndfile hands such files to libmpg123, which then writes resync notes to
+    stderr and fails with a misleading message; ffmpeg gives a clear answer.
+    """
+    if src.suffix != ".mp3":
+        return False
+    if src.data is not None:
+        head = src.data[:3]
+    else:
+        with open(src.path, "rb") as handle:  # type: ignore[arg-type]
+            head = handle.read(3)
+    frame_sync = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+    return not (head.startswith(b"ID3") or frame_sync)
+
+
 def _decode(src: _Source, stream: int | None) -> tuple[np.ndarray, int, str | None]:
     """Decode with libsndfile, falling back to ffmpeg; returns samples, rate, decoder note."""
-    if stream is None and src.suffix not in _FFMPEG_EXTENSIONS:
+    if stream is None and src.suffix not in _FFMPEG_EXTENSIONS and not _is_mp3_impostor(src):
         try:
             samples, rate = _decode_soundfile(src)
         except (sf.SoundFileError, RuntimeError, ValueError) as e:
@@ -310,7 +328,7 @@ def load_audio(
     """
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, got {channels}")
-    if sample_rate is not None and sample_rate <= 0:
+    if sample_rate is not None and operator.index(sample_rate) <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     src = _read_source(source, name)
     samples, source_rate, decoder_note = _decode(src, stream)
@@ -412,8 +430,9 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 def to_stereo(samples: np.ndarray) -> tuple[np.ndarray, str | None]:
     """Make ``[channels, samples]`` audio stereo: mono duplicated, >2 channels keep the first two.
 
-    Returns the ``[2, samples]`` array and a note saying what changed (``None``
-    when the input was already stereo). A 1-D input counts as mono.
+    Returns the ``[2, samples]`` array and a note saying what changed. Stereo
+    input comes back as is (same array, note ``None``); otherwise the result is
+    a new array. A 1-D input counts as mono.
     """
     rows = np.atleast_2d(samples)
     if rows.ndim != 2 or rows.shape[0] == 0:

@@ -93,6 +93,9 @@ def _run(
         message = completed.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = message[-1] if message else f"exit status {completed.returncode}"
         raise error(f"{purpose}: {Path(args[0]).name} failed: {detail}")
+    if completed.stderr.strip():  # e.g. a damaged AAC frame that was skipped
+        lines = completed.stderr.decode("utf-8", "replace").strip().splitlines()
+        logger.warning("%s: %s reported %d problem(s), last: %s", purpose, Path(args[0]).name, len(lines), lines[-1])
     return completed.stdout
 
 
@@ -170,8 +173,8 @@ def decode_stream(
     ]  # fmt: skip
     raw = _run(args, purpose=f"{label}: not decodable", error=AudioDecodeError, stdin=None, timeout_s=timeout_s)
     usable = len(raw) - len(raw) % (4 * channels)
-    interleaved = np.frombuffer(raw[:usable], dtype="<f4").astype(np.float32, copy=False)
-    return np.ascontiguousarray(interleaved.reshape(-1, channels).T)
+    interleaved = np.frombuffer(raw[:usable], dtype="<f4")
+    return np.array(interleaved.reshape(-1, channels).T, dtype=np.float32, order="C")  # a writable copy
 
 
 def decode_all_streams(

@@ -254,3 +254,18 @@ def test_truncated_data_decodes_the_frames_present(tmp_path: Path) -> None:
     decoded = audio.load_audio(cut)
     assert decoded.samples.shape == (2, 600)
     np.testing.assert_allclose(decoded.samples, original[:, :600], atol=2.0**-15)
+
+
+def test_sample_rate_must_be_an_integer(tmp_path: Path) -> None:
+    path = write(tmp_path / "ok.wav", sine(440.0, RATE, 100), RATE, "PCM_16")
+    with pytest.raises(TypeError):
+        audio.load_audio(path, sample_rate=44100.0)  # type: ignore[arg-type]
+    assert audio.load_audio(path, sample_rate=np.int64(22050)).samples.shape == (2, 50)
+
+
+def test_garbage_named_mp3_never_reaches_libmpg123(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "fake.mp3"
+    path.write_bytes(b"\x00" * 4096)
+    with pytest.raises(AudioDecodeError, match=r"fake\.mp3"):
+        audio.load_audio(path)
+    assert "MPEG-Header" not in capfd.readouterr().err
