@@ -20,13 +20,15 @@ Input policy, applied by :func:`load_audio` and recorded in
 Encoding (:func:`encode`, :func:`encode_audio`, :func:`save_audio`): FLAC and
 AIFF 16/24-bit, WAV 16/24-bit PCM or 32-bit float, MP3 and OGG Vorbis. The
 clipping policy is explicit (:data:`ClipPolicy`): float WAV is never altered
-under ``"none"``; every other format saturates at full scale (we quantise
-ourselves, so nothing wraps) and :attr:`EncodeResult.clipped_samples` says how
+under ``"none"``; every other format saturates at full scale and :attr:`EncodeResult.clipped_samples` says how
 many samples that touched (a warning is logged under ``"none"``). ``"clamp"``
 clamps to [-1, 1] for float WAV too, and for the other formats gives the same
 samples as ``"none"``, without the warning;
 ``"rescale"`` scales the whole signal down to a peak of :data:`RESCALE_PEAK` when
-it would otherwise clip, and records the gain.
+it would otherwise clip, and records the gain. Integer PCM is quantised here
+(``rint(x * 2**(bits-1))``, saturated to the integer range) rather than by
+libsndfile, so the count is exact; libsndfile 1.2.2's own float-to-int path
+saturates the same way (checked: +1.5 -> 32767, -1.5 -> -32768), it does not wrap.
 
 All arrays are ``[channels, samples]`` float32.
 """
