@@ -28,44 +28,20 @@ Write one part per shard with ``part_index`` = the shard index: a retried
 shard then replaces its part instead of adding duplicates (include rows of
 tracks this run committed in the earlier attempt).
 
-Columns (:data:`COLUMNS` holds this table as data; the README reuses it):
+**What rows may hold.** Keys are the columns below. Besides them, rows are
+normalised on writing so :mod:`stemflow.quality`'s dicts can be passed as they
+are: ``model_id``/``run_date``/``run_id`` must equal the part's partition values
+and are dropped; ``sample_rate_hz`` becomes ``sample_rate``; the per-track
+``bleed_ratio_<stem>`` keys become ``bleed_ratio`` on that stem's row; float NaN
+("undefined", e.g. the loudness of silence) is stored as null so SQL aggregates
+skip it. Any other key is rejected with the list of known ones.
 
-=====================  =============  ======  ======  =============================================
-column                 type           unit    scope   meaning
-=====================  =============  ======  ======  =============================================
-model_id               string         –       run     model + weights + settings id (partition)
-run_date               date32         day     run     UTC date the run started (partition)
-run_id                 string         –       run     run id (partition)
-track_id               string         –       track   stable id of the source object
-source_url             string         –       track   normalised URL of the mixture
-stem                   string         –       stem    stem name; null on error rows
-stem_url               string         –       stem    URL of the stored stem; null on error rows
-stem_bytes             int64          bytes   stem    size of the stored stem
-stem_sha256            string         –       stem    hex sha256 of the stored stem
-status                 string         –       track   ``ok`` or ``error``
-error                  string         –       track   error message; null when ok
-duration_s             float64        s       track   duration of the mixture
-sample_rate            int32          Hz      track   sample rate of the stems
-channels_in            int16          –       track   channels of the source before the policy
-source_sample_rate     int32          Hz      track   sample rate of the source file
-peak_dbfs              float64        dBFS    stem    sample peak
-true_peak_dbtp         float64        dBTP    stem    4x oversampled true peak (BS.1770)
-loudness_lufs          float64        LUFS    stem    integrated loudness (BS.1770)
-rms_dbfs               float64        dBFS    stem    RMS level
-clipped_ratio          float64        0–1     stem    share of samples at or above full scale
-silence_ratio          float64        0–1     stem    share of silent frames
-stereo_correlation     float64        −1–1    stem    left/right correlation
-energy_share           float64        0–1     stem    stem energy / mixture energy
-bleed_db               float64        dB      stem    estimated leakage of other sources
-residual_db            float64        dB      track   mixture − Σ stems, relative to the mixture
-processing_s           float64        s       track   wall time for the whole track
-decode_s               float64        s       track   decode + resample
-separate_s             float64        s       track   model inference
-encode_s               float64        s       track   encode + upload of the stems
-device                 string         –       track   ``cpu``, ``cuda:0 (NVIDIA H100)`` …
-stemflow_version       string         –       run     stemflow version that wrote the row
-created_at             timestamp(us)  UTC     row     time the row was built
-=====================  =============  ======  ======  =============================================
+Columns: :data:`COLUMNS` is the table (name, Arrow type, unit, scope run/track/stem/row,
+meaning); :func:`schema_markdown` renders it for the README. One row per (track,
+stem): 3 partition columns, track identity, stem identity and size/hash, status
+and error, track facts (duration, rates, channels), the per-stem quality measures
+(:data:`STEM_MEASURES`), ``residual_db``, timings in seconds, device, version and
+``created_at`` (UTC, µs).
 """
 
 from __future__ import annotations
@@ -73,6 +49,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -125,15 +102,16 @@ COLUMNS: tuple[Column, ...] = (
     _c("loudness_lufs", _F, "LUFS", "stem", "integrated loudness (ITU-R BS.1770)"),
     _c("rms_dbfs", _F, "dBFS", "stem", "RMS level"),
     _c("clipped_ratio", _F, "0-1", "stem", "share of samples at or above full scale"),
-    _c("silence_ratio", _F, "0-1", "stem", "share of silent frames"),
+    _c("silence_ratio", _F, "0-1", "stem", "share of 100 ms windows below -60 dBFS RMS"),
     _c("stereo_correlation", _F, "-1..1", "stem", "left/right correlation"),
-    _c("energy_share", _F, "0-1", "stem", "stem energy / mixture energy"),
-    _c("bleed_db", _F, "dB", "stem", "estimated leakage of other sources into the stem"),
+    _c("energy_share", _F, ">=0", "stem", "stem energy / mixture energy (above 1: out-of-phase stems)"),
+    _c("bleed_ratio", _F, "0-1", "stem", "share of the stem's STFT energy in bins where another stem is louder"),
     _c("residual_db", _F, "dB", "track", "energy of mixture - sum of stems, relative to the mixture"),
     _c("processing_s", _F, "s", "track", "wall time for the whole track"),
     _c("decode_s", _F, "s", "track", "decode + resample"),
     _c("separate_s", _F, "s", "track", "model inference"),
     _c("encode_s", _F, "s", "track", "encode + upload of the stems"),
+    _c("quality_s", _F, "s", "track", "computing the quality measures"),
     _c("device", pa.string(), "", "track", "device that separated, e.g. 'cpu', 'cuda:0'"),
     _c("stemflow_version", pa.string(), "", "run", "stemflow version that wrote the row"),
     _c("created_at", pa.timestamp("us", tz="UTC"), "UTC", "row", "time the row was built"),
@@ -160,13 +138,43 @@ def schema_markdown() -> str:
     return "\n".join(lines)
 
 
+_ALIASES = {"sample_rate_hz": "sample_rate"}
+_BLEED_PREFIX = "bleed_ratio_"
+
+
 def _check_keys(row: Mapping[str, Any], where: str) -> None:
-    unknown = sorted(set(row) - _ROW_KEYS)
+    unknown = sorted(
+        k for k in row
+        if k not in _ROW_KEYS and k not in _ALIASES and k not in PARTITION_COLUMNS and not k.startswith(_BLEED_PREFIX)
+    )
     if unknown:
         raise StorageError(
             f"{where}: unknown record column(s) {unknown}; known per-stem measures are "
             f"{sorted(STEM_MEASURES)} (add new ones to stemflow.records.COLUMNS)"
         )
+
+
+def _normalise_row(row: Mapping[str, Any], partition: Mapping[str, str], where: str) -> dict[str, Any]:
+    """Apply the rules of the module docstring ("What rows may hold") to one row."""
+    _check_keys(row, where)
+    out = dict(row)
+    for key in PARTITION_COLUMNS:
+        if key in out:
+            value = out.pop(key)
+            text = value.isoformat() if isinstance(value, date) else str(value)
+            if key in partition and text != partition[key]:
+                raise StorageError(f"{where}: {key}={text!r} but the part is for {partition[key]!r}")
+    for alias, name in _ALIASES.items():
+        if alias in out:
+            value = out.pop(alias)
+            if value is not None and out.get(name) is None:
+                out[name] = int(round(float(value)))
+            elif value is not None and int(round(float(value))) != int(out[name]):
+                raise StorageError(f"{where}: {alias}={value} disagrees with {name}={out[name]}")
+    bleed = {k[len(_BLEED_PREFIX):]: out.pop(k) for k in [k for k in out if k.startswith(_BLEED_PREFIX)]}
+    if out.get("stem") in bleed and out.get("bleed_ratio") is None:
+        out["bleed_ratio"] = bleed[out["stem"]]
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
 
 def stem_rows(track: Mapping[str, Any], stems: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -200,18 +208,25 @@ def error_row(track: Mapping[str, Any], message: str) -> dict[str, Any]:
     return {**track, "stem": None, "stem_url": None, "status": "error", "error": str(message)}
 
 
-def rows_to_table(rows: Iterable[Mapping[str, Any]], *, created_at: datetime | None = None) -> pa.Table:
+def rows_to_table(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    created_at: datetime | None = None,
+    partition: Mapping[str, str] | None = None,
+) -> pa.Table:
     """Rows (dicts of :data:`FILE_SCHEMA` columns; missing ones become null) → a Table.
 
-    ``created_at`` fills rows without one (default: now, UTC).
+    Rows are normalised first (module docstring, "What rows may hold"); partition
+    columns in a row must equal ``partition`` (``{"model_id": …, "run_date":
+    "YYYY-MM-DD", "run_id": …}``). ``created_at`` fills rows without one (default: now, UTC).
 
     Raises:
         StorageError: unknown columns, a bad status, missing ``track_id``, or a value of the wrong type.
     """
     stamp = created_at or datetime.now(timezone.utc)
     columns: dict[str, list[Any]] = {name: [] for name in FILE_SCHEMA.names}
-    for i, row in enumerate(rows):
-        _check_keys(row, f"row {i}")
+    for i, raw in enumerate(rows):
+        row = _normalise_row(raw, partition or {}, f"row {i}")
         if row.get("status") not in STATUSES:
             raise StorageError(f"row {i}: status must be one of {STATUSES}, got {row.get('status')!r}")
         if not row.get("track_id"):
@@ -265,7 +280,10 @@ def write_part(
         StorageError: invalid rows or names, or the write failed.
     """
     url = part_url(out_url, model_id, run_date, run_id, part_index)
-    table = rows_to_table(rows, created_at=created_at)
+    day = url.split("/run_date=", 1)[1].split("/", 1)[0]
+    table = rows_to_table(
+        rows, created_at=created_at, partition={"model_id": model_id, "run_date": day, "run_id": run_id}
+    )
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     write_atomic(url, buffer.getvalue(), storage_options)

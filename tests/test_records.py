@@ -22,7 +22,7 @@ def _measures(k: int) -> dict[str, float]:
     return {
         "peak_dbfs": -1.5 - k, "true_peak_dbtp": -1.2 - k, "loudness_lufs": -14.0 - k, "rms_dbfs": -18.25 - k,
         "clipped_ratio": 0.001 * k, "silence_ratio": 0.1 * k, "stereo_correlation": 0.9 - 0.1 * k,
-        "energy_share": 0.25, "bleed_db": -30.0 - k,
+        "energy_share": 0.25, "bleed_ratio": 0.01 * k,
     }
 
 
@@ -49,7 +49,7 @@ def test_schema_constants() -> None:
     assert set(records.FILE_SCHEMA.names) == set(records.RECORD_SCHEMA.names) - set(records.PARTITION_COLUMNS)
     assert records.STEM_MEASURES == {
         "peak_dbfs", "true_peak_dbtp", "loudness_lufs", "rms_dbfs", "clipped_ratio", "silence_ratio",
-        "stereo_correlation", "energy_share", "bleed_db",
+        "stereo_correlation", "energy_share", "bleed_ratio",
     }
     table = records.schema_markdown().splitlines()
     assert len(table) == 2 + len(records.COLUMNS)
@@ -201,3 +201,45 @@ def test_run_manifest_validation() -> None:
         records.RunManifest(run_id="../r", status="running", started_at="x")
     with pytest.raises(StorageError, match="malformed"):
         records.RunManifest.from_json(b"[1, 2]")
+
+
+def test_rows_are_normalised_for_quality_dicts(tmp_path: Path) -> None:
+    track = {**_track(5), "model_id": MODEL, "run_date": "2026-11-24", "run_id": "r",
+             "bleed_ratio_vocals": 0.125, "bleed_ratio_drums": float("nan")}
+    stems = {"vocals": {"sample_rate_hz": 44100.0, "loudness_lufs": float("nan"), "peak_dbfs": -3.0},
+             "drums": {"sample_rate_hz": 44100.0, "loudness_lufs": -20.0, "peak_dbfs": -6.0}}
+    rows = records.stem_rows(track, stems)
+    records.write_part(str(tmp_path), MODEL, "2026-11-24", "r", 0, rows, created_at=CREATED)
+    back = {r["stem"]: r for r in records.read_records(str(tmp_path)).to_pylist()}
+    assert back["vocals"]["bleed_ratio"] == 0.125 and back["drums"]["bleed_ratio"] is None
+    assert back["vocals"]["loudness_lufs"] is None and back["drums"]["loudness_lufs"] == -20.0
+    assert back["vocals"]["sample_rate"] == 44100 and back["vocals"]["run_id"] == "r"
+    with pytest.raises(StorageError, match="run_id='r' but the part is for 'other'"):
+        records.write_part(str(tmp_path), MODEL, "2026-11-24", "other", 1, rows)
+    with pytest.raises(StorageError, match="disagrees"):
+        records.rows_to_table([{**rows[0], "sample_rate_hz": 48000.0}])
+
+
+def test_quality_module_output_is_recordable(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    quality = pytest.importorskip("stemflow.quality")
+    rng = np.random.default_rng(0)
+    sample_rate = 8000
+    vocals = (0.1 * rng.standard_normal((2, sample_rate))).astype(np.float32)
+    drums = (0.2 * rng.standard_normal((2, sample_rate))).astype(np.float32)
+    mixture = vocals + drums
+    stems = {"vocals": vocals, "drums": drums}
+    track = {"track_id": "q1", "source_url": "s3://cat/q.wav", "status": "ok",
+             **quality.track_quality(mixture, stems)}
+    stem_columns = {name: quality.stem_quality(audio, sample_rate, mixture) for name, audio in stems.items()}
+    rows = records.stem_rows(track, stem_columns)
+    records.write_part(str(tmp_path), MODEL, "2026-11-24", "q", 0, rows, created_at=CREATED)
+    back = {r["stem"]: r for r in records.read_records(str(tmp_path)).to_pylist()}
+    for name in stems:
+        assert back[name]["sample_rate"] == sample_rate
+        assert back[name]["duration_s"] == pytest.approx(1.0)
+        assert back[name]["peak_dbfs"] == pytest.approx(stem_columns[name]["peak_dbfs"])
+        assert back[name]["bleed_ratio"] == pytest.approx(track[f"bleed_ratio_{name}"])
+    assert back["vocals"]["energy_share"] == pytest.approx(
+        float((vocals.astype(np.float64) ** 2).sum() / (mixture.astype(np.float64) ** 2).sum()), rel=1e-4
+    )
