@@ -1,0 +1,232 @@
+"""The ``stemflow`` command line (typer + rich). ``python -m stemflow`` is the same program.
+
+Commands: ``separate`` (files and folders, one model load), ``models list`` /
+``models fetch``, and the catalogue commands ``run`` / ``status`` (which need the
+``pipeline`` extra: Prefect and Ray). Environment variables are read here and
+nowhere in the library: ``STEMFLOW_CACHE`` (weights cache, default
+``~/.cache/stemflow``) and ``STEMFLOW_OFFLINE=1`` (never download).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from stemflow.errors import StemflowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Split music catalogues into stems.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry and the weights cache.")
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+out = Console()
+logger = logging.getLogger("stemflow.cli")
+
+
+class OutputFormat(str, Enum):
+    flac = "flac"
+    wav = "wav"
+    mp3 = "mp3"
+
+
+class Precision(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+def cache_dir() -> Path:
+    """The weights cache: ``$STEMFLOW_CACHE`` or ``~/.cache/stemflow``."""
+    from stemflow.cache import default_cache_dir
+
+    return default_cache_dir(os.environ)
+
+
+def offline_requested(flag: bool) -> bool:
+    return flag or os.environ.get("STEMFLOW_OFFLINE", "").strip() in {"1", "true", "yes"}
+
+
+def track_name(path: Path) -> str:
+    """The output folder name of an input file: its name without audio extensions."""
+    name = path.name
+    for suffix in (".stem.mp4", ".stem.m4a"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def iter_inputs(inputs: Sequence[Path]) -> Iterator[Path]:
+    """Input files: files as given, folders searched recursively for audio, sorted."""
+    from stemflow.audio import SUPPORTED_EXTENSIONS
+
+    for item in inputs:
+        if item.is_dir():
+            for path in sorted(p for p in item.rglob("*") if p.is_file()):
+                if path.suffix.lower() in SUPPORTED_EXTENSIONS:
+                    yield path
+        else:
+            yield item
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """Output folder names, suffixed ``-2``, ``-3``... where two inputs share a name."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        base = track_name(path)
+        count = seen.get(base, 0) + 1
+        seen[base] = count
+        names.append(base if count == 1 else f"{base}-{count}")
+    return names
+
+
+@dataclass
+class _Outcome:
+    path: Path
+    ok: bool
+    message: str
+
+
+def _load(model: Optional[str], config: Optional[Path], checkpoint: Optional[Path], offline: bool):
+    from stemflow.loading import default_model_name, load_custom, load_registered
+
+    if config is not None or checkpoint is not None:
+        if config is None or checkpoint is None:
+            raise typer.BadParameter("--config and --checkpoint go together")
+        if model is not None:
+            raise typer.BadParameter("give either --model or --config/--checkpoint, not both")
+        return load_custom(config, checkpoint)
+    name = model or default_model_name(cache_dir())
+    with Progress(TextColumn("downloading {task.description}"), BarColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(name, total=None)
+
+        def progress(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return load_registered(name, cache_dir(), offline=offline_requested(offline), progress=progress)
+
+
+@app.command()
+def separate(
+    inputs: Annotated[list[Path], typer.Argument(help="audio files or folders (searched recursively)")],
+    output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="stems go to OUTDIR/<input name>/<stem>.<ext>")],
+    model: Annotated[Optional[str], typer.Option(help="registry name (see `stemflow models list`)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="community-format YAML config")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="checkpoint (.ckpt/.pth/.safetensors)")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    overlap: Annotated[Optional[int], typer.Option(help="chunks covering each sample (num_overlap)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="chunks per forward pass (output does not depend on it)")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(help="chunk length in samples (default: the config's)")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", help="output format")] = OutputFormat.flac,
+    bit_depth: Annotated[int, typer.Option(help="16 or 24 (flac/wav), 32 = float wav")] = 24,
+    precision: Annotated[Precision, typer.Option(help="float32, or bf16/fp16 autocast")] = Precision.float32,
+    stream: Annotated[bool, typer.Option(help="bounded-memory file-to-file path for very long inputs")] = False,
+    offline: Annotated[bool, typer.Option(help="never download weights")] = False,
+) -> None:
+    """Separate audio files into stems with one model (loaded once)."""
+    from stemflow.separate import Separator
+
+    paths = list(iter_inputs(inputs))
+    if not paths:
+        console.print("[red]no audio files found[/red]")
+        raise typer.Exit(2)
+    loaded = _load(model, config, checkpoint, offline)
+    separator = Separator(loaded.model, device=device, chunk_size=chunk_size, num_overlap=overlap,
+                          batch_size=batch_size, precision=precision.value)
+    console.print(f"model [bold]{loaded.name}[/bold] ({loaded.config.model_type}), stems: {', '.join(loaded.stems)}, "
+                  f"device {separator.device}, chunk {separator.chunk_size}, overlap {separator.num_overlap}")
+    outcomes: list[_Outcome] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        overall = bar.add_task("all tracks", total=len(paths))
+        for path, name in zip(paths, unique_names(paths)):
+            track_task = bar.add_task(f"  {name}", total=None)
+
+            def progress(done: int, total: int, _task=track_task) -> None:
+                bar.update(_task, completed=done, total=total)
+
+            try:
+                message = _separate_one(separator, path, output_dir / name, format.value, bit_depth, stream, progress)
+                outcomes.append(_Outcome(path, True, message))
+            except StemflowError as e:
+                outcomes.append(_Outcome(path, False, str(e)))
+                console.print(f"[red]failed[/red] {path}: {e}")
+            bar.remove_task(track_task)
+            bar.advance(overall)
+    failed = [o for o in outcomes if not o.ok]
+    console.print(f"{len(outcomes) - len(failed)} separated, {len(failed)} failed -> {output_dir}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _separate_one(separator, path: Path, target: Path, format: str, bit_depth: int, stream: bool, progress) -> str:
+    from stemflow.audio import save_audio
+    from stemflow.track import separate_track
+
+    extension = format
+    target.mkdir(parents=True, exist_ok=True)
+    if stream:
+        from stemflow.streaming import separate_file
+
+        if format == "mp3":
+            raise StemflowError("--stream writes flac or wav, not mp3")
+        outputs = {stem: target / f"{stem}.{extension}" for stem in separator.stems}
+        separate_file(separator, path, outputs, bit_depth=bit_depth, progress=progress)
+        return "streamed"
+    result = separate_track(separator, path, name=str(path), measure_quality=False)
+    clipped = 0
+    for stem, audio in result.stems.items():
+        written = save_audio(target / f"{stem}.{extension}", audio, result.sample_rate, format=format,
+                             bit_depth=bit_depth)
+        clipped += written.clipped_samples
+    notes = list(result.decoded.notes)
+    if clipped:
+        notes.append(f"{clipped} samples clipped to full scale (use --bit-depth 32 --format wav to keep them)")
+    for note in notes:
+        console.print(f"  [yellow]{path.name}[/yellow]: {note}")
+    return "; ".join(notes)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The registry: architecture, stems, reported SDR, license, and whether the weights are here."""
+    from stemflow.cache import list_model_rows
+
+    table = Table(title=f"stemflow models (cache: {cache_dir()})")
+    table.add_column("name", no_wrap=True)
+    for column in ("architecture", "stems", "reported SDR", "license", "cached"):
+        table.add_column(column)
+    for row in list_model_rows(cache_dir()):
+        table.add_row(row.name, row.architecture, ", ".join(row.stems), row.reported_sdr, row.license,
+                      "yes" if row.cached else "no")
+    out.print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(name: Annotated[str, typer.Argument(help="registry name")]) -> None:
+    """Download (or convert) a model's weights into the cache and verify them."""
+    loaded = _load(name, None, None, offline=False)
+    out.print(f"{loaded.name}: ready, weights sha256 {loaded.weights_sha256}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``stemflow`` script; library errors become a message and exit code 2."""
+    logging.basicConfig(level=os.environ.get("STEMFLOW_LOG_LEVEL", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="stemflow", standalone_mode=True)
+    except StemflowError as e:
+        console.print(f"[red]error:[/red] {e}")
+        sys.exit(2)
