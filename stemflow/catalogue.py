@@ -416,8 +416,17 @@ def _probe(batch: list[TrackRef], out_url: str, model_id: str, storage_options: 
             yield track
 
 
+def iter_catalogue(
+    catalogue_url: str, *, storage_options: StorageOptions = None, exclude: Sequence[str] = ()
+) -> Iterator[TrackRef]:
+    """:func:`read_manifest` for a ``.csv``/``.parquet``/``.pq`` URL, else :func:`list_audio`."""
+    if catalogue_url.lower().endswith((".csv", ".parquet", ".pq")):
+        return read_manifest(catalogue_url, storage_options=storage_options)
+    return list_audio(catalogue_url, storage_options=storage_options, exclude=exclude)
+
+
 def plan(
-    tracks: Iterable[TrackRef],
+    tracks: Iterable[TrackRef] | str,
     out_url: str,
     model_id: str,
     *,
@@ -428,9 +437,13 @@ def plan(
 ) -> Iterator[Shard]:
     """Shards of the tracks not yet committed for ``model_id`` under ``out_url``.
 
-    ``tracks`` is typically :func:`list_audio` or :func:`read_manifest`; the
-    whole chain streams. See :func:`uncommitted` for ``lookup``.
+    ``tracks`` is an iterable of :class:`TrackRef` (from :func:`list_audio` or
+    :func:`read_manifest`) or a catalogue URL, read with :func:`iter_catalogue`
+    (then ``storage_options`` serve both, and ``out_url`` is excluded from the
+    listing). The whole chain streams. See :func:`uncommitted` for ``lookup``.
     """
+    if isinstance(tracks, str):
+        tracks = iter_catalogue(tracks, storage_options=storage_options, exclude=[out_url])
     remaining = uncommitted(
         tracks, out_url, model_id, storage_options=storage_options, lookup=lookup, probe_batch=probe_batch
     )

@@ -117,7 +117,11 @@ class CommitMarker:
             ],
             "extra": dict(self.extra),
         }
-        return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        try:
+            text = json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False, default=_plain)
+        except (TypeError, ValueError) as e:
+            raise StorageError(f"commit marker of {self.track_id!r} is not JSON-serialisable: {e}") from e
+        return text.encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> CommitMarker:
@@ -146,6 +150,14 @@ class CommitMarker:
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise StorageError(f"malformed commit marker: {e}") from e
+
+
+def _plain(value: Any) -> Any:
+    """JSON fallback for numpy scalars and arrays in ``extra`` (``.tolist()`` / ``.item()``)."""
+    for method in ("tolist", "item"):
+        if callable(getattr(value, method, None)):
+            return getattr(value, method)()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def utc_now_iso() -> str:

@@ -215,3 +215,19 @@ def test_shard_validation_and_duplicates_in_batch() -> None:
     track = catalogue.TrackRef(url="s3://b/x.wav", track_id="abc", size=1)
     planned = list(catalogue.plan([track, track], "memory://plan-dupes", "m", shard_size=10))
     assert planned == [catalogue.Shard(0, (track,))]
+
+
+def test_plan_accepts_a_catalogue_url_and_skips_output_inside(tmp_path: Any) -> None:
+    _populate(str(tmp_path), None, {"a.wav": b"a", "b.flac": b"bb"})
+    out = str(tmp_path / "out")
+    first = list(catalogue.plan(str(tmp_path), out, "m", shard_size=10))
+    assert [t.url.rsplit("/", 1)[-1] for t in first[0].tracks] == ["a.wav", "b.flac"]
+    done = first[0].tracks[0]
+    stem = commit.write_stem(out, "m", done.track_id, "vocals", "wav", b"v")
+    assert commit.commit_track(out, "m", done.track_id, [stem], source_url=done.url, run_id="r")
+    again = list(catalogue.plan(str(tmp_path), out, "m", shard_size=10))
+    assert [t.url.rsplit("/", 1)[-1] for t in again[0].tracks] == ["b.flac"]  # out/…/vocals.wav not listed
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("url\nb.flac\n")
+    from_manifest = list(catalogue.plan(str(manifest), out, "m", shard_size=10))
+    assert from_manifest[0].tracks == again[0].tracks

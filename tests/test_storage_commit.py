@@ -129,3 +129,17 @@ def test_keys_cannot_escape_the_output_prefix(tmp_path: Any, model_id: str, trac
 def test_malformed_marker_is_an_error() -> None:
     with pytest.raises(StorageError, match="malformed"):
         commit.CommitMarker.from_json(b'{"format": "other"}')
+
+
+def test_marker_extra_accepts_numpy_values_and_non_finite(tmp_path: Any) -> None:
+    np = pytest.importorskip("numpy")
+    out = str(tmp_path)
+    stem = commit.write_stem(out, MODEL, "np1", "vocals", "flac", b"v")
+    extra = {"peak_dbfs": np.float32(-3.5), "channels": np.int64(2), "silent": float("-inf"), "v": np.arange(2)}
+    assert commit.commit_track(out, MODEL, "np1", [stem], source_url="u", run_id="r", extra=extra)
+    marker = commit.read_marker(out, MODEL, "np1")
+    assert marker.extra == {"peak_dbfs": -3.5, "channels": 2, "silent": float("-inf"), "v": [0, 1]}
+    with pytest.raises(StorageError, match="not JSON-serialisable"):
+        commit.commit_track(out, MODEL, "np2", [commit.write_stem(out, MODEL, "np2", "vocals", "flac", b"v")],
+                            source_url="u", run_id="r", extra={"bad": object()})
+    assert not commit.is_committed(out, MODEL, "np2")
