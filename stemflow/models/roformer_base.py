@@ -128,8 +128,11 @@ class RoformerBase(nn.Module):
             require_int(name, value, minimum=0)
         attn_dropout = require_float("attn_dropout", attn_dropout, minimum=0.0, maximum=1.0)
         ff_dropout = require_float("ff_dropout", ff_dropout, minimum=0.0, maximum=1.0)
-        if stft_win_length > stft_n_fft:
-            raise ConfigError(f"stft_win_length ({stft_win_length}) must not exceed stft_n_fft ({stft_n_fft})")
+        if not stft_hop_length <= stft_win_length <= stft_n_fft:
+            raise ConfigError(
+                f"STFT settings need stft_hop_length <= stft_win_length <= stft_n_fft, got "
+                f"{stft_hop_length}, {stft_win_length}, {stft_n_fft}"
+            )
         if use_pope:
             raise ConfigError(
                 "use_pope=True (PoPE position embedding from PoPE_pytorch) is not supported; "
