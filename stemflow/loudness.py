@@ -168,15 +168,18 @@ def oversampling_factor(sample_rate: float) -> int:
 def interpolation_filter(factor: int, taps_per_phase: int = 32) -> np.ndarray:
     """Polyphase low-pass interpolator, shape ``[factor, taps_per_phase]``.
 
-    A Kaiser-window (beta 8) FIR of ``factor * taps_per_phase`` taps with its
-    cut-off at the original Nyquist frequency and a DC gain of ``factor``, split
-    into its ``factor`` phases (phase ``p`` = taps ``p, p + factor, ...``).
-    BS.1770-4 Annex 2 gives a 48-tap, 4-phase example; ours is longer (128
-    taps) for a flatter pass band (< 0.01 dB ripple up to 0.4 fs).
+    A linear-phase Kaiser-window (beta 8) FIR of ``factor * taps_per_phase - 1``
+    taps (odd, so its delay is a whole number of output samples and one phase
+    lands on the original samples), cut-off at the original Nyquist frequency,
+    DC gain ``factor``; padded with one zero and split into its ``factor``
+    phases (phase ``p`` = taps ``p, p + factor, ...``). BS.1770-4 Annex 2 gives
+    a 48-tap, 4-phase example; ours is longer (127 taps) for a flatter pass
+    band (< 0.01 dB ripple up to 0.4 fs).
     """
     if factor == 1:
         return np.ones((1, 1))
-    taps = sps.firwin(factor * taps_per_phase, 1.0 / factor, window=("kaiser", 8.0)) * factor
+    taps = sps.firwin(factor * taps_per_phase - 1, 1.0 / factor, window=("kaiser", 8.0)) * factor
+    taps = np.append(taps, 0.0)
     return taps.reshape(taps_per_phase, factor).T.copy()
 
 
