@@ -231,3 +231,16 @@ def test_plan_accepts_a_catalogue_url_and_skips_output_inside(tmp_path: Any) -> 
     manifest.write_text("url\nb.flac\n")
     from_manifest = list(catalogue.plan(str(manifest), out, "m", shard_size=10))
     assert from_manifest[0].tracks == again[0].tracks
+
+
+def test_plan_streams_an_endless_catalogue(tmp_path: Any) -> None:
+    import itertools
+
+    def endless() -> Any:
+        for i in itertools.count():
+            yield catalogue.TrackRef(url=f"s3://b/{i}.wav", track_id=f"t{i}", size=i)
+
+    shards = catalogue.plan(endless(), str(tmp_path / "out"), "m", shard_size=5, probe_batch=8)
+    first, second = next(shards), next(shards)
+    assert [t.track_id for t in first.tracks] == ["t0", "t1", "t2", "t3", "t4"]
+    assert (second.index, second.tracks[0].track_id) == (1, "t5")
