@@ -102,3 +102,15 @@ def test_filesystem_object_can_be_passed(tmp_path: Any) -> None:
     storage.write_atomic("memory://fsobj/x", b"1", fs)
     assert storage.read_bytes("/fsobj/x", fs) == b"1"
     fs.rm("/fsobj", recursive=True)
+
+
+def test_storage_layer_imports_no_torch_ray_or_prefect() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, stemflow.storage, stemflow.commit, stemflow.catalogue, stemflow.records; "
+        "print(sorted(m for m in ('torch', 'ray', 'prefect', 'soundfile') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
