@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -103,11 +104,13 @@ class MelBandRoformer(RoformerBase):
         require_int("mask_estimator_depth", mask_estimator_depth, minimum=0)
         self.match_input_audio_length = bool(match_input_audio_length)
 
-        membership = torch.from_numpy(mel_band_membership(sample_rate, stft_n_fft, num_bands))  # [k, f]
+        membership_np = mel_band_membership(sample_rate, stft_n_fft, num_bands)  # [k, f]
         # Bins of every band, bands in ascending order: [sum over bands of bins per band].
-        freq_indices = torch.arange(self.num_freqs).expand(num_bands, -1)[membership]
+        # Built with numpy so the buffers are real CPU tensors even under a meta-device context.
+        freq_indices = torch.from_numpy(np.nonzero(membership_np)[1].astype(np.int64))
+        membership = torch.from_numpy(membership_np)
         if self.stereo:  # spectrogram rows are interleaved (f s): bin i, channel c sits at 2 i + c
-            freq_indices = (freq_indices[:, None] * 2 + torch.arange(2)).reshape(-1)
+            freq_indices = (freq_indices[:, None] * 2 + torch.tensor([0, 1], device="cpu")).reshape(-1)
         num_freqs_per_band = membership.sum(dim=1)  # [k]
         num_bands_per_freq = membership.sum(dim=0)  # [f]
         self.register_buffer("freq_indices", freq_indices, persistent=False)
