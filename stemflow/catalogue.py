@@ -51,11 +51,11 @@ from stemflow.storage import (
     ObjectInfo,
     StorageOptions,
     check_component,
-    exists_many,
     filesystem,
     info_to_object,
     normalise_url,
     object_info,
+    read_many,
     sha256_object,
     url_of,
 )
@@ -385,7 +385,7 @@ def uncommitted(
 ) -> Iterator[TrackRef]:
     """Tracks whose commit marker for ``model_id`` does not exist yet (a generator).
 
-    ``lookup="probe"`` checks each track's marker (one HEAD per track on S3,
+    ``lookup="probe"`` checks each track's marker (one small GET per track on S3,
     ``probe_batch`` tracks at a time, concurrently): memory O(batch), cost
     linear in the catalogue. ``lookup="list"`` lists the model's committed
     markers once into a set: a few LIST requests per thousand stems, memory
@@ -411,8 +411,8 @@ def uncommitted(
 def _probe(batch: list[TrackRef], out_url: str, model_id: str, storage_options: StorageOptions) -> Iterator[TrackRef]:
     unique = list({t.track_id: t for t in batch}.values())
     markers = [marker_url(out_url, model_id, t.track_id) for t in unique]
-    for track, done in zip(unique, exists_many(markers, storage_options), strict=True):
-        if not done:
+    for track, marker in zip(unique, read_many(markers, storage_options), strict=True):
+        if marker is None:
             yield track
 
 

@@ -32,7 +32,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,6 +287,51 @@ async def _exists_async(fs: AsyncFileSystem, paths: list[str], concurrency: int)
     return list(await asyncio.gather(*(one(path) for path in paths)))
 
 
+def read_many(
+    urls: Sequence[str], storage_options: StorageOptions = None, *, concurrency: int = 64
+) -> list[bytes | None]:
+    """Read many small objects of one filesystem; ``None`` where an object does not exist.
+
+    One GET per URL, ``concurrency`` in flight on async backends (S3). For
+    probing whether small objects such as commit markers exist this is cheaper
+    than :func:`exists_many`: s3fs answers a missing key with a HEAD *and* a
+    LIST (to rule out a folder), a GET needs one request.
+
+    Raises:
+        StorageError: a read failed for another reason than "not found".
+    """
+    if not urls:
+        return []
+    fs, _ = filesystem(urls[0], storage_options)
+    paths = [fs._strip_protocol(url) for url in urls]
+    try:
+        if isinstance(fs, AsyncFileSystem) and fs.loop is not None:
+            return sync(fs.loop, _read_many_async, fs, paths, concurrency)
+        return [_read_or_none(fs, path) for path in paths]
+    except OSError as e:
+        raise StorageError(f"cannot read {len(paths)} objects under {urls[0]!r}: {e}") from e
+
+
+def _read_or_none(fs: AbstractFileSystem, path: str) -> bytes | None:
+    try:
+        return fs.cat_file(path)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+async def _read_many_async(fs: AsyncFileSystem, paths: list[str], concurrency: int) -> list[bytes | None]:
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(path: str) -> bytes | None:
+        async with gate:
+            try:
+                return await fs._cat_file(path)
+            except (FileNotFoundError, IsADirectoryError):
+                return None
+
+    return list(await asyncio.gather(*(one(path) for path in paths)))
+
+
 def info_to_object(fs: AbstractFileSystem, entry: Mapping[str, Any]) -> ObjectInfo:
     """Turn one fsspec ``info``/``ls`` entry into :class:`ObjectInfo`."""
     etag = entry.get("ETag") or entry.get("etag")
@@ -360,6 +405,7 @@ __all__ = [
     "normalise_url",
     "object_info",
     "read_bytes",
+    "read_many",
     "sha256_hex",
     "sha256_object",
     "url_of",

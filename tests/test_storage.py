@@ -114,3 +114,12 @@ def test_storage_layer_imports_no_torch_ray_or_prefect() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_read_many_returns_none_for_missing(backend: tuple[str, Any]) -> None:
+    base, options = backend
+    storage.write_atomic(f"{base}/m/a", b"A", options)
+    storage.write_atomic(f"{base}/m/sub/b", b"B", options)
+    urls = [f"{base}/m/a", f"{base}/m/missing", f"{base}/m/sub/b", f"{base}/m/sub"]
+    assert storage.read_many(urls, options, concurrency=2) == [b"A", None, b"B", None]
+    assert storage.read_many([], options) == []
