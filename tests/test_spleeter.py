@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stemflow.config import config_from_dict, load_config
-from stemflow.errors import CheckpointError, ModelNotAvailableError
+from stemflow.errors import CheckpointError, ConfigError, ModelNotAvailableError
 from stemflow.models import build_model, spleeter_convert
 from stemflow.models.spleeter import SpleeterUNet, SpleeterUNetSeparator, _DecoderLayer, _EncoderLayer
 from stemflow.models.tfbundle import read_bundle_index
@@ -112,8 +112,10 @@ def test_separate_chunks_contract_and_batch_independence() -> None:
     torch.testing.assert_close(both[0], whole, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="waveform"):
         model.separate_chunks(torch.zeros(1, 1, 100))
-    with pytest.raises(ValueError, match="mask_extension"):
+    with pytest.raises(ConfigError, match="mask_extension"):
         SpleeterUNetSeparator(mask_extension="mean")
+    with pytest.raises(ConfigError, match="multiples of 64"):
+        SpleeterUNetSeparator(num_bins=1000)
 
 
 def test_variable_map_covers_the_checkpoint_exactly() -> None:

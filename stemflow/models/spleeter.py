@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stemflow.errors import ConfigError
+
 _BATCH_NORM_EPS = 1e-3  # Keras' default; torch's default (1e-5) would be wrong here
 _WINDOW_COMPENSATION = 2.0 / 3.0
 
@@ -88,7 +90,7 @@ class SpleeterUNet(nn.Module):
         super().__init__()
         filters = list(conv_n_filters)
         if len(filters) != 6:
-            raise ValueError(f"conv_n_filters must list 6 filter counts, got {filters}")
+            raise ConfigError(f"conv_n_filters must list 6 filter counts, got {filters}")
         inputs = [num_channels, *filters[:-1]]
         self.encoder = nn.ModuleList(_EncoderLayer(i, o) for i, o in zip(inputs, filters, strict=True))
         # Decoder layer k takes the previous output (concatenated with a skip after the first).
@@ -146,11 +148,11 @@ class SpleeterUNetSeparator(nn.Module):
     ) -> None:
         super().__init__()
         if mask_extension not in ("zeros", "average"):
-            raise ValueError(f"mask_extension must be 'zeros' or 'average', got {mask_extension!r}")
+            raise ConfigError(f"mask_extension must be 'zeros' or 'average', got {mask_extension!r}")
         if segment_frames % 64 or num_bins % 64 or num_bins > frame_length // 2 + 1:
-            raise ValueError("segment_frames and num_bins must be multiples of 64, num_bins <= frame_length/2 + 1")
+            raise ConfigError("segment_frames and num_bins must be multiples of 64, num_bins <= frame_length/2 + 1")
         if segment_batch_size < 1:
-            raise ValueError("segment_batch_size must be positive")
+            raise ConfigError("segment_batch_size must be positive")
         self.stems: tuple[str, ...] = tuple(instruments)
         self.num_output_stems = len(self.stems)
         self.num_channels = num_channels
