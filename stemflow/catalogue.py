@@ -34,6 +34,8 @@ import hashlib
 import io
 import itertools
 import logging
+import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -157,7 +159,31 @@ def track_ref(
 def _list_folder(fs: AbstractFileSystem, folder: str) -> list[dict[str, Any]]:
     entries = fs.ls(folder, detail=True)
     fs.invalidate_cache(folder)  # keep s3fs' listing cache from growing with the catalogue
-    return sorted(entries, key=lambda e: e["name"])
+    resolved = [_follow_link(e) if e.get("islink") else e for e in entries]
+    return sorted((e for e in resolved if e is not None), key=lambda e: e["name"])
+
+
+def _follow_link(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """A local symlink as the file or folder it points to; ``None`` if dangling."""
+    try:
+        target = os.stat(entry["name"])
+    except OSError:
+        logger.warning("skipping dangling link %s", entry["name"])
+        return None
+    kind = "directory" if stat.S_ISDIR(target.st_mode) else "file"
+    return {**entry, "type": kind, "size": target.st_size, "mtime": target.st_mtime}
+
+
+def _is_link_loop(entry: Mapping[str, Any], parent: str) -> bool:
+    """A local symlinked folder pointing at one of its own ancestors (would walk forever)."""
+    if not entry.get("islink"):
+        return False
+    target = os.path.realpath(entry["name"])
+    here = os.path.realpath(parent)
+    if here == target or here.startswith(target.rstrip("/") + "/"):
+        logger.warning("not following %s: it links back to %s", entry["name"], target)
+        return True
+    return False
 
 
 def _iter_folder_entries(
@@ -192,7 +218,7 @@ def _iter_folder_entries(
             if name == folder.rstrip("/"):
                 continue  # S3 "folder marker" objects
             if entry.get("type") == "directory":
-                if not skip_folder(name):
+                if not skip_folder(name) and not _is_link_loop(entry, folder):
                     subfolders.append(name)
             else:
                 yield entry

@@ -244,3 +244,25 @@ def test_plan_streams_an_endless_catalogue(tmp_path: Any) -> None:
     first, second = next(shards), next(shards)
     assert [t.track_id for t in first.tracks] == ["t0", "t1", "t2", "t3", "t4"]
     assert (second.index, second.tracks[0].track_id) == (1, "t5")
+
+
+def test_symlink_loops_are_not_followed(tmp_path: Any) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.wav").write_bytes(b"x")
+    (tmp_path / "a" / "b" / "loop").symlink_to(tmp_path / "a")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "y.wav").write_bytes(b"y")
+    (tmp_path / "a" / "linked").symlink_to(tmp_path / "elsewhere")
+    names = [t.url.rsplit("/", 2)[-2:] for t in catalogue.list_audio(str(tmp_path / "a"))]
+    assert names == [["b", "x.wav"], ["linked", "y.wav"]]
+
+
+def test_symlinked_files_are_listed_with_target_size(tmp_path: Any) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "song.flac").write_bytes(b"0123456789")
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "alias.flac").symlink_to(tmp_path / "real" / "song.flac")
+    (tmp_path / "cat" / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
+    tracks = list(catalogue.list_audio(str(tmp_path / "cat")))
+    assert [(t.url.rsplit("/", 1)[-1], t.size) for t in tracks] == [("alias.flac", 10)]
+    assert tracks[0].content_sha256 == storage.sha256_hex(b"0123456789")
