@@ -2,8 +2,8 @@
 
 * :func:`list_audio` walks any fsspec URL (local folder, ``s3://bucket/prefix``,
   ``memory://``) folder by folder and yields :class:`TrackRef` as it goes.
-* :func:`read_manifest` streams a CSV or Parquet manifest (a ``url`` column,
-  optional ``track_id``, ``size``, ``etag``, any other columns carried along).
+* :func:`stemflow.manifest.read_manifest` streams a CSV or Parquet manifest
+  (a ``url`` column, optional ``track_id``, ``size``, ``etag``, other columns carried along).
 * :func:`plan` drops tracks already committed for a ``model_id`` and groups the
   rest into :class:`Shard` s.
 
@@ -29,9 +29,7 @@ tracks unlikely (probability ≈ n²/2⁸¹ ≈ 4·10⁻⁹).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 import logging
 import os
@@ -42,9 +40,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from stemflow.commit import committed_tracks, marker_url
@@ -52,7 +47,6 @@ from stemflow.errors import StorageError
 from stemflow.storage import (
     ObjectInfo,
     StorageOptions,
-    check_component,
     filesystem,
     info_to_object,
     normalise_url,
@@ -69,7 +63,6 @@ AUDIO_EXTENSIONS: tuple[str, ...] = ("wav", "flac", "ogg", "mp3", "aiff", "aif",
 
 TRACK_ID_HEX = 20
 Fingerprint = Literal["content", "mtime"]
-_MANIFEST_FIELDS = ("url", "track_id", "size", "etag")
 
 
 @dataclass(frozen=True)
@@ -225,8 +218,11 @@ def _iter_folder_entries(
         pending.extendleft(reversed(subfolders))
 
 
-def _ordered_map(fn: Callable[[Any], TrackRef], items: Iterable[Any], pool: ThreadPoolExecutor, ahead: int) -> Iterator[TrackRef]:
-    """``map(fn, items)`` on ``pool`` with at most ``ahead`` calls in flight, results in input order."""
+def ordered_map(fn: Callable[[Any], TrackRef], items: Iterable[Any], pool: ThreadPoolExecutor, ahead: int) -> Iterator[TrackRef]:
+    """``map(fn, items)`` on ``pool`` with at most ``ahead`` calls in flight, results in input order.
+
+    Unlike ``pool.map`` it consumes ``items`` lazily, so it streams.
+    """
     in_flight: deque[Future[TrackRef]] = deque()
     for item in items:
         in_flight.append(pool.submit(fn, item))
@@ -282,102 +278,7 @@ def list_audio(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="stemflow-list") as pool:
         entries = [fs.info(root)] if single else _iter_folder_entries(fs, root, skip, pool, workers)
         infos = (info for info in (info_to_object(fs, e) for e in entries) if keep(info))
-        yield from _ordered_map(to_track, infos, pool, workers)
-
-
-def _resolve_manifest_url(value: str, manifest_folder: str) -> str:
-    if "://" in value or value.startswith("/"):
-        return value
-    return f"{manifest_folder}/{value}"
-
-
-def _manifest_batches(url: str, storage_options: StorageOptions, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    fs, path = filesystem(url, storage_options)
-    lower = path.lower()
-    try:
-        if lower.endswith((".parquet", ".pq")):
-            with fs.open(path, "rb") as handle:
-                yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
-        elif lower.endswith(".csv"):
-            with fs.open(path, "rb") as handle:
-                header = next(csv.reader(io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")), [])
-            types = {name: (pa.int64() if name == "size" else pa.string()) for name in header}
-            with fs.open(path, "rb") as handle:
-                reader = pa_csv.open_csv(
-                    handle,
-                    read_options=pa_csv.ReadOptions(block_size=1 << 20),
-                    convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True),
-                )
-                yield from reader
-        else:
-            raise StorageError(f"manifest {url!r}: expected a .csv or .parquet file")
-    except FileNotFoundError as e:
-        raise StorageError(f"manifest {url!r} does not exist") from e
-    except (OSError, pa.ArrowException) as e:
-        raise StorageError(f"cannot read manifest {url!r}: {e}") from e
-
-
-def read_manifest(
-    url: str,
-    *,
-    storage_options: StorageOptions = None,
-    source_storage_options: StorageOptions = None,
-    batch_rows: int = 10_000,
-    fingerprint: Fingerprint = "content",
-    workers: int = 8,
-) -> Iterator[TrackRef]:
-    """Yield a :class:`TrackRef` per manifest row, reading ``batch_rows`` rows at a time.
-
-    Columns: ``url`` (required; relative paths are resolved against the
-    manifest's folder), ``track_id`` (optional, must be a safe path component),
-    ``size`` and ``etag`` (optional); every other column goes to
-    :attr:`TrackRef.extra` (CSV values as strings, Parquet values typed).
-    Rows without ``track_id`` need ``size`` and ``etag``, otherwise the object
-    is stat'ed (and hashed if local) to compute one.
-
-    Args:
-        storage_options: to read the manifest itself.
-        source_storage_options: to stat the listed objects (default: ``storage_options``).
-        workers: rows resolved concurrently (threads) when objects must be stat'ed; order kept.
-
-    Raises:
-        StorageError: unreadable manifest, no ``url`` column, an unsafe ``track_id``.
-    """
-    if batch_rows < 1:
-        raise StorageError(f"batch_rows must be >= 1, got {batch_rows}")
-    sources = storage_options if source_storage_options is None else source_storage_options
-    folder = normalise_url(url, storage_options).rsplit("/", 1)[0]
-
-    def rows() -> Iterator[dict[str, Any]]:
-        for batch in _manifest_batches(url, storage_options, batch_rows):
-            if "url" not in batch.schema.names:
-                raise StorageError(f"manifest {url!r} has no 'url' column (columns: {batch.schema.names})")
-            yield from batch.to_pylist()
-
-    def to_track(row: dict[str, Any]) -> TrackRef:
-        return _manifest_row_to_track(row, folder, sources, fingerprint)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="stemflow-manifest") as pool:
-        yield from _ordered_map(to_track, rows(), pool, workers)
-
-
-def _manifest_row_to_track(
-    row: Mapping[str, Any], folder: str, storage_options: StorageOptions, fingerprint: Fingerprint
-) -> TrackRef:
-    if not row.get("url"):
-        raise StorageError(f"manifest row without url: {dict(row)}")
-    extra = {k: v for k, v in row.items() if k not in _MANIFEST_FIELDS}
-    source = normalise_url(_resolve_manifest_url(str(row["url"]), folder), storage_options)
-    size = None if row.get("size") is None else int(row["size"])
-    etag = str(row["etag"]).strip('"') if row.get("etag") else None
-    if row.get("track_id"):
-        track_id = check_component(str(row["track_id"]), "track_id")
-        return TrackRef(url=source, track_id=track_id, size=size, etag=etag, extra=extra)
-    if size is not None and etag:
-        track_id = compute_track_id(source, size, f"etag:{etag}")
-        return TrackRef(url=source, track_id=track_id, size=size, etag=etag, extra=extra)
-    info = object_info(source, storage_options)
-    return track_from_info(info, storage_options=storage_options, fingerprint=fingerprint, extra=extra)
+        yield from ordered_map(to_track, infos, pool, workers)
 
 
 def shard(tracks: Iterable[TrackRef], shard_size: int, *, first_index: int = 0) -> Iterator[Shard]:
@@ -445,8 +346,10 @@ def _probe(batch: list[TrackRef], out_url: str, model_id: str, storage_options: 
 def iter_catalogue(
     catalogue_url: str, *, storage_options: StorageOptions = None, exclude: Sequence[str] = ()
 ) -> Iterator[TrackRef]:
-    """:func:`read_manifest` for a ``.csv``/``.parquet``/``.pq`` URL, else :func:`list_audio`."""
+    """:func:`stemflow.manifest.read_manifest` for a ``.csv``/``.parquet``/``.pq`` URL, else :func:`list_audio`."""
     if catalogue_url.lower().endswith((".csv", ".parquet", ".pq")):
+        from stemflow.manifest import read_manifest  # manifest builds on this module
+
         return read_manifest(catalogue_url, storage_options=storage_options)
     return list_audio(catalogue_url, storage_options=storage_options, exclude=exclude)
 
@@ -464,7 +367,7 @@ def plan(
     """Shards of the tracks not yet committed for ``model_id`` under ``out_url``.
 
     ``tracks`` is an iterable of :class:`TrackRef` (from :func:`list_audio` or
-    :func:`read_manifest`) or a catalogue URL, read with :func:`iter_catalogue`
+    :func:`stemflow.manifest.read_manifest`) or a catalogue URL, read with :func:`iter_catalogue`
     (then ``storage_options`` serve both, and ``out_url`` is excluded from the
     listing). The whole chain streams. See :func:`uncommitted` for ``lookup``.
     """

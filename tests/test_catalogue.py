@@ -13,7 +13,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from s3_fixtures import backend, moto_server, s3_bucket, s3_options  # noqa: F401
 
-from stemflow import catalogue, commit, storage
+from stemflow import catalogue, commit, manifest, storage
 from stemflow.errors import StorageError
 
 TREE = {
@@ -149,7 +149,7 @@ def test_csv_manifest_relative_urls_and_extra_columns(backend: tuple[str, Any]) 
         f"{base}/audio/b c.flac,custom-id-2,g2,\"Two, The\"\n"
     )
     storage.write_atomic(f"{base}/manifest.csv", csv_text.encode(), options)
-    rows = list(catalogue.read_manifest(f"{base}/manifest.csv", storage_options=options, batch_rows=1))
+    rows = list(manifest.read_manifest(f"{base}/manifest.csv", storage_options=options, batch_rows=1))
     direct = catalogue.track_ref(f"{base}/audio/a.wav", storage_options=options)
     assert rows[0].url == direct.url and rows[0].track_id == direct.track_id
     assert rows[0].extra == {"group": "g1", "artist": "Ärtist One"}
@@ -168,7 +168,7 @@ def test_parquet_manifest_streams_in_batches(tmp_path: Any) -> None:
         "bpm": [120.5 + i for i in range(n)],
     })
     pq.write_table(table, tmp_path / "m.parquet", row_group_size=10)
-    rows = catalogue.read_manifest(str(tmp_path / "m.parquet"), batch_rows=4)
+    rows = manifest.read_manifest(str(tmp_path / "m.parquet"), batch_rows=4)
     assert inspect.isgenerator(rows)
     tracks = list(rows)
     assert [t.url for t in tracks] == table.column("url").to_pylist()
@@ -179,12 +179,12 @@ def test_parquet_manifest_streams_in_batches(tmp_path: Any) -> None:
 def test_manifest_errors(tmp_path: Any) -> None:
     (tmp_path / "bad.csv").write_text("path\nx.wav\n")
     with pytest.raises(StorageError, match="no 'url' column"):
-        list(catalogue.read_manifest(str(tmp_path / "bad.csv")))
+        list(manifest.read_manifest(str(tmp_path / "bad.csv")))
     (tmp_path / "unsafe.csv").write_text("url,track_id\n/x.wav,../../etc\n")
     with pytest.raises(StorageError, match="unsafe track_id"):
-        list(catalogue.read_manifest(str(tmp_path / "unsafe.csv")))
+        list(manifest.read_manifest(str(tmp_path / "unsafe.csv")))
     with pytest.raises(StorageError, match="does not exist"):
-        list(catalogue.read_manifest(str(tmp_path / "missing.parquet")))
+        list(manifest.read_manifest(str(tmp_path / "missing.parquet")))
 
 
 @pytest.mark.parametrize("lookup", ["probe", "list"])
