@@ -79,6 +79,7 @@ class RoformerBase(nn.Module):
     stereo: bool
     audio_channels: int
     num_stems: int
+    mask_estimators: nn.ModuleList  # set by the subclass: one MaskEstimator per stem
 
     def _init_common(
         self,
@@ -278,5 +279,3 @@ class RoformerBase(nn.Module):
         masks = torch.stack([self._maybe_checkpoint(estimator, x) for estimator in self.mask_estimators], dim=1)
         batch, stems, frames, features = masks.shape
         return masks.view(batch, stems, frames, features // 2, 2).permute(0, 1, 3, 2, 4)
-
-    mask_estimators: nn.ModuleList
