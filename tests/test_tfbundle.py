@@ -87,8 +87,8 @@ def test_tensor_shapes_fit_the_unet(tensors: dict[str, np.ndarray]) -> None:
 
 
 def test_batch_norm_statistics_are_identity(tensors: dict[str, np.ndarray]) -> None:
-    # Spleeter's released checkpoints never updated the moving statistics (the estimator's
-    # train op skipped Keras' update ops): inference normalises with mean 0, variance 1.
+    # The released checkpoint holds the initial moving statistics (mean 0, variance 1), which is
+    # what Spleeter's own inference normalises with; the trained part is gamma and beta.
     for name, array in tensors.items():
         if name.endswith("moving_variance"):
             np.testing.assert_array_equal(array, np.ones_like(array))
