@@ -47,6 +47,7 @@ from stemflow.errors import StorageError
 from stemflow.storage import (
     ObjectInfo,
     StorageOptions,
+    check_component,
     filesystem,
     info_to_object,
     normalise_url,
@@ -86,6 +87,31 @@ class TrackRef:
     mtime_ns: int | None = None
     content_sha256: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (for shard files, Ray rows); :meth:`from_dict` inverts it."""
+        return {
+            "url": self.url, "track_id": self.track_id, "size": self.size, "etag": self.etag,
+            "mtime_ns": self.mtime_ns, "content_sha256": self.content_sha256, "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrackRef:
+        """Rebuild from :meth:`to_dict` output (``url`` and ``track_id`` required).
+
+        Raises:
+            StorageError: a required key is missing or ``track_id`` is unsafe.
+        """
+        try:
+            url, track_id = str(data["url"]), check_component(str(data["track_id"]), "track_id")
+        except KeyError as e:
+            raise StorageError(f"track record without {e.args[0]!r}: {dict(data)}") from e
+        size, mtime_ns = data.get("size"), data.get("mtime_ns")
+        return cls(
+            url=url, track_id=track_id, size=None if size is None else int(size), etag=data.get("etag"),
+            mtime_ns=None if mtime_ns is None else int(mtime_ns), content_sha256=data.get("content_sha256"),
+            extra=dict(data.get("extra") or {}),
+        )
 
 
 @dataclass(frozen=True)

@@ -266,3 +266,15 @@ def test_symlinked_files_are_listed_with_target_size(tmp_path: Any) -> None:
     tracks = list(catalogue.list_audio(str(tmp_path / "cat")))
     assert [(t.url.rsplit("/", 1)[-1], t.size) for t in tracks] == [("alias.flac", 10)]
     assert tracks[0].content_sha256 == storage.sha256_hex(b"0123456789")
+
+
+def test_track_ref_dict_round_trip() -> None:
+    import json
+
+    track = catalogue.TrackRef(url="s3://b/a b.wav", track_id="0123abcd", size=5, etag="e", mtime_ns=7,
+                               extra={"artist": "Ä", "group": 3})
+    assert catalogue.TrackRef.from_dict(json.loads(json.dumps(track.to_dict()))) == track
+    with pytest.raises(StorageError, match="without 'track_id'"):
+        catalogue.TrackRef.from_dict({"url": "s3://b/x.wav"})
+    with pytest.raises(StorageError, match="unsafe"):
+        catalogue.TrackRef.from_dict({"url": "s3://b/x.wav", "track_id": "../x"})
