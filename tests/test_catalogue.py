@@ -158,7 +158,10 @@ def test_csv_manifest_relative_urls_and_extra_columns(backend: tuple[str, Any]) 
     assert rows[1].extra == {"group": "g2", "artist": "Two, The"}
 
 
-def test_parquet_manifest_streams_in_batches(tmp_path: Any) -> None:
+def test_parquet_manifest_streams_in_batches(backend: tuple[str, Any]) -> None:
+    import io
+
+    base, options = backend
     n = 25
     table = pa.table({
         "url": [f"s3://bucket/t{i:03d}.wav" for i in range(n)],
@@ -167,8 +170,10 @@ def test_parquet_manifest_streams_in_batches(tmp_path: Any) -> None:
         "group": [i % 3 for i in range(n)],
         "bpm": [120.5 + i for i in range(n)],
     })
-    pq.write_table(table, tmp_path / "m.parquet", row_group_size=10)
-    rows = manifest.read_manifest(str(tmp_path / "m.parquet"), batch_rows=4)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=10)
+    storage.write_atomic(f"{base}/m.parquet", buffer.getvalue(), options)
+    rows = manifest.read_manifest(f"{base}/m.parquet", storage_options=options, batch_rows=4)
     assert inspect.isgenerator(rows)
     tracks = list(rows)
     assert [t.url for t in tracks] == table.column("url").to_pylist()
