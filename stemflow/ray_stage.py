@@ -356,7 +356,8 @@ def rows_from_marker(marker: CommitMarker, job: ShardJob) -> list[dict[str, Any]
     record = marker.extra.get("record")
     if not isinstance(record, Mapping) or not record.get("stems"):
         raise StorageError(f"the marker of track {marker.track_id!r} holds no record columns")
-    return stem_rows({**record["track"], **_partition(job)}, record["stems"])
+    order = [s.stem for s in marker.stems if s.stem in record["stems"]]  # the marker keeps commit order
+    return stem_rows({**record["track"], **_partition(job)}, {s: record["stems"][s] for s in order})
 
 
 class _SeparateActor:
