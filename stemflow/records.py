@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from stemflow import __version__
 from stemflow.errors import StorageError
 from stemflow.storage import StorageOptions, check_component, filesystem, join_url, read_bytes, write_atomic
 
@@ -218,7 +219,8 @@ def rows_to_table(
 
     Rows are normalised first (module docstring, "What rows may hold"); partition
     columns in a row must equal ``partition`` (``{"model_id": …, "run_date":
-    "YYYY-MM-DD", "run_id": …}``). ``created_at`` fills rows without one (default: now, UTC).
+    "YYYY-MM-DD", "run_id": …}``). ``created_at`` fills rows without one (default: now, UTC),
+    and ``stemflow_version`` defaults to this package's version.
 
     Raises:
         StorageError: unknown columns, a bad status, missing ``track_id``, or a value of the wrong type.
@@ -235,6 +237,8 @@ def rows_to_table(
             columns[name].append(row.get(name))
         if columns["created_at"][-1] is None:
             columns["created_at"][-1] = stamp
+        if columns["stemflow_version"][-1] is None:
+            columns["stemflow_version"][-1] = __version__
     try:
         return pa.table(columns, schema=FILE_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:

@@ -214,6 +214,11 @@ def test_rows_are_normalised_for_quality_dicts(tmp_path: Path) -> None:
     assert back["vocals"]["bleed_ratio"] == 0.125 and back["drums"]["bleed_ratio"] is None
     assert back["vocals"]["loudness_lufs"] is None and back["drums"]["loudness_lufs"] == -20.0
     assert back["vocals"]["sample_rate"] == 44100 and back["vocals"]["run_id"] == "r"
+    assert back["vocals"]["stemflow_version"] == "0.1.0"  # _track() sets it explicitly
+    error_only = records.rows_to_table([records.error_row({"track_id": "e"}, "boom")])
+    from stemflow import __version__
+
+    assert error_only.column("stemflow_version").to_pylist() == [__version__]
     with pytest.raises(StorageError, match="run_id='r' but the part is for 'other'"):
         records.write_part(str(tmp_path), MODEL, "2026-11-24", "other", 1, rows)
     with pytest.raises(StorageError, match="disagrees"):
