@@ -65,9 +65,10 @@ CLIP_LEVEL = 1.0 - 1e-4
 #: Silence detection: windows of ``SILENCE_WINDOW_S`` whose RMS is below ``SILENCE_THRESHOLD_DBFS``.
 SILENCE_WINDOW_S = 0.1
 SILENCE_THRESHOLD_DBFS = -60.0
-#: STFT of the bleed estimate (Hann window, hop = n_fft / 4).
+#: STFT of the bleed estimate (Hann window, 50 % overlap) and frames per processing chunk.
 BLEED_N_FFT = 2048
-BLEED_HOP = 512
+BLEED_HOP = 1024
+_BLEED_FRAMES_PER_CHUNK = 512
 
 STEM_COLUMNS = (
     "duration_s",
@@ -175,32 +176,37 @@ def stem_quality(stem: Any, sample_rate: float, mixture: Any | None = None) -> d
     }
 
 
-def _power_spectrogram(audio: np.ndarray) -> torch.Tensor:
-    """STFT power summed over channels, shape ``[bins, frames]`` (Hann 2048, hop 512, float32)."""
-    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+def _power_spectrogram(audio: torch.Tensor) -> torch.Tensor:
+    """STFT power summed over channels: ``[stems, channels, samples]`` -> ``[stems, bins, frames]``.
+
+    Hann window of BLEED_N_FFT, hop BLEED_HOP, no centring (the caller pads), float32.
+    """
+    stems, channels, n = audio.shape
     spec = torch.stft(
-        x,
+        audio.reshape(stems * channels, n),
         BLEED_N_FFT,
         BLEED_HOP,
         window=torch.hann_window(BLEED_N_FFT),
-        center=True,
-        pad_mode="constant",
+        center=False,
         return_complex=True,
     )
-    return (spec.real.square() + spec.imag.square()).sum(dim=0)
+    power = spec.real.square() + spec.imag.square()
+    return power.reshape(stems, channels, *power.shape[1:]).sum(dim=1)
 
 
 def bleed_ratios(stems: Mapping[str, Any]) -> dict[str, float]:
     """Per stem, the share of its energy in time-frequency bins another stem dominates (0..1).
 
-    With ``P_k[f, t]`` the STFT power of stem ``k`` (Hann 2048, hop 512, summed
-    over channels): ``bleed_k = sum_{P_k < max_{j != k} P_j} P_k / sum P_k``. A
-    heuristic, not a measurement: leakage of stem ``j`` into stem ``k`` sits,
-    quieter, in bins where ``j`` itself is loud, so it lands in this sum; but so
-    does the genuine overlap of instruments, so compare values across models on
-    the same tracks rather than reading them as absolute. Known case: stems in
-    disjoint bands score 0; ``k = x + g * y`` next to ``j = y`` (equal-energy
-    ``x``, ``y`` in disjoint bands) scores ``g^2 / (1 + g^2)``.
+    With ``P_k[f, t]`` the STFT power of stem ``k`` (Hann 2048, hop 1024,
+    frames centred with zero padding, summed over channels): ``bleed_k =
+    sum_{P_k < max_j P_j} P_k / sum P_k``, i.e. the energy of ``k`` in bins where
+    some other stem is louder. A heuristic, not a measurement: leakage of stem
+    ``j`` into stem ``k`` sits, quieter, in bins where ``j`` itself is loud, so it
+    lands in this sum; but so does the genuine overlap of instruments, so
+    compare values across models on the same tracks rather than reading them
+    as absolute. Known case: stems in disjoint bands score 0; ``k = x + g * y``
+    next to ``j = y`` (equal-energy ``x``, ``y`` in disjoint bands) scores
+    ``g^2 / (1 + g^2)``. Computed in chunks of 512 frames (bounded memory).
 
     Returns:
         ``{stem: ratio}``; NaN for a silent stem, or for every stem when there is only one.
@@ -208,14 +214,25 @@ def bleed_ratios(stems: Mapping[str, Any]) -> dict[str, float]:
     names = list(stems)
     if len(names) < 2:
         return {name: float("nan") for name in names}
-    powers = torch.stack([_power_spectrogram(as_signal(stems[n], f"stems[{n!r}]")) for n in names])
-    out: dict[str, float] = {}
-    for k, name in enumerate(names):
-        others = torch.cat([powers[:k], powers[k + 1 :]]).amax(dim=0)
-        total = float(powers[k].sum(dtype=torch.float64))
-        masked = float(torch.where(powers[k] < others, powers[k], 0.0).sum(dtype=torch.float64))
-        out[name] = masked / total if total > 0 else float("nan")
-    return out
+    arrays = [as_signal(stems[name], f"stems[{name!r}]") for name in names]
+    if any(a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"stems must all have the same shape, got {[a.shape for a in arrays]}")
+    half = BLEED_N_FFT // 2
+    audio = torch.from_numpy(np.pad(np.stack(arrays).astype(np.float32, copy=False), ((0, 0), (0, 0), (half, half))))
+    n_frames = 1 + (audio.shape[-1] - BLEED_N_FFT) // BLEED_HOP
+    total = torch.zeros(len(names), dtype=torch.float64)
+    masked = torch.zeros(len(names), dtype=torch.float64)
+    for first in range(0, n_frames, _BLEED_FRAMES_PER_CHUNK):
+        last = min(first + _BLEED_FRAMES_PER_CHUNK, n_frames)
+        chunk = audio[..., first * BLEED_HOP : (last - 1) * BLEED_HOP + BLEED_N_FFT]
+        power = _power_spectrogram(chunk)  # [stems, bins, frames]
+        # "another stem is louder" <=> "below the loudest of all" (the loudest is never masked)
+        loudest = power.amax(dim=0, keepdim=True)
+        total += power.sum(dim=(1, 2), dtype=torch.float64)
+        masked += torch.where(power < loudest, power, 0.0).sum(dim=(1, 2), dtype=torch.float64)
+    return {
+        name: float(masked[k] / total[k]) if total[k] > 0 else float("nan") for k, name in enumerate(names)
+    }
 
 
 def track_quality(mixture: Any, stems: Mapping[str, Any]) -> dict[str, float]:
