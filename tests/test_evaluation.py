@@ -104,7 +104,9 @@ def test_mixture_baseline_scores_the_energy_ratio() -> None:
     assert all(r["model_name"] == MIXTURE_BASELINE and r.get("residual_db") is None for r in rows.values())
 
 
-def _metrics_for_models() -> list[dict]:
+@pytest.fixture(scope="module")
+def model_rows() -> list[dict]:
+    """Model "two" on three tracks at vocals SNR 5, 10, 20 dB (instrumental +3 dB), the baseline, one error."""
     rows = []
     snrs = {"t0": 5.0, "t1": 10.0, "t2": 20.0}
     for i, (track, snr) in enumerate(snrs.items()):
@@ -117,8 +119,8 @@ def _metrics_for_models() -> list[dict]:
     return rows
 
 
-def test_leaderboard_known_answers_and_baseline_row() -> None:
-    table = metrics_table(_metrics_for_models())
+def test_leaderboard_known_answers_and_baseline_row(model_rows: list[dict]) -> None:
+    table = metrics_table(model_rows)
     board = leaderboard(table)
     assert board.schema == LEADERBOARD_SCHEMA
     rows = {(r["model_name"], r["stem"]): r for r in board.to_pylist()}
@@ -136,8 +138,8 @@ def test_leaderboard_known_answers_and_baseline_row() -> None:
     assert "| SDR" not in text  # every SDR is labelled
 
 
-def test_metrics_parquet_and_leaderboard_files_round_trip(tmp_path: Path) -> None:
-    rows = _metrics_for_models()
+def test_metrics_parquet_and_leaderboard_files_round_trip(tmp_path: Path, model_rows: list[dict]) -> None:
+    rows = model_rows
     table = metrics_table(rows)
     assert table.schema == METRICS_SCHEMA
     urls = write_evaluation(str(tmp_path), "eval-1", table, info={"dataset": "synthetic"})

@@ -1,0 +1,229 @@
+"""The evaluation flow: models against a data set with reference stems -> metrics and a leaderboard.
+
+``evaluate`` is a thin Prefect flow over :mod:`stemflow.evaluation`:
+
+1. discover the data set (MUSDB18-style folders or ``.stem.mp4`` files);
+2. per model, separate every mixture. With ``engine="ray"`` (the default) this is
+   the catalogue's own Ray stage (:func:`stemflow.ray_stage.run_shard`): stems are
+   committed under ``<out>/stems/<model_id>/<track_id>/`` exactly once (a later
+   evaluation of the same model reuses them), the stage's Parquet rows go to
+   ``<out>/metadata/`` with ``run_id = eval_id``, and the committed stems are then
+   scored. ``engine="local"`` runs the Separator in-process inside the task and
+   stores nothing but the metrics (for a laptop, or tests without Ray);
+3. score the mixture baseline;
+4. write ``<out>/evaluation/<eval_id>/`` (metrics + leaderboard, see
+   :func:`stemflow.evaluation.write_evaluation`) and publish the leaderboard as a
+   Prefect artifact.
+
+Tasks exchange URLs, ids and metric rows (a few dozen floats per track and stem),
+never audio. :func:`run_evaluation` is the CLI's backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from stemflow.audio import load_audio
+from stemflow.evaluation import (
+    ReferenceTrack,
+    baseline_rows,
+    discover_dataset,
+    error_metrics_row,
+    leaderboard,
+    leaderboard_markdown,
+    load_references,
+    metrics_table,
+    new_eval_id,
+    score_track,
+    write_evaluation,
+)
+from stemflow.model_id import parse_model_id
+
+ENGINES = ("ray", "local")
+
+
+def _track_dicts(tracks: Sequence[ReferenceTrack]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "mixture_url": t.mixture_url, "stem_urls": dict(t.stem_urls)} for t in tracks]
+
+
+def _track(record: Mapping[str, Any]) -> ReferenceTrack:
+    return ReferenceTrack(record["name"], record["mixture_url"], dict(record["stem_urls"]))
+
+
+@task(name="discover-references", retries=2, retry_delay_seconds=2)
+def discover_task(dataset_url: str, storage_options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The data set's tracks (name, mixture URL, reference stem URLs)."""
+    return _track_dicts(discover_dataset(dataset_url, storage_options=storage_options))
+
+
+@task(name="resolve-model", retries=1)
+def resolve_task(model: str, checkpoint: str | None, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A picklable model spec, the ``model_id`` and the model's display name."""
+    from pipelines.runtime import resolve_model
+
+    spec, model_id = resolve_model(model, checkpoint, dict(settings))
+    return {"spec": asdict(spec), "model_id": model_id, "name": parse_model_id(model_id).name}
+
+
+def _score_or_error(model: Mapping[str, Any], track: ReferenceTrack, estimates_of, storage_options,
+                    max_duration_s: float | None) -> list[dict[str, Any]]:
+    """Score one track; any failure becomes the track's error row."""
+    try:
+        estimates, sample_rate = estimates_of(track)
+        references = load_references(track, sample_rate, storage_options=storage_options)
+        return score_track(model_name=model["name"], model_id=model["model_id"], track=track.name,
+                           references=references, estimates=estimates, max_duration_s=max_duration_s)
+    except Exception as e:  # noqa: BLE001 - one bad track is a row, not a failed evaluation
+        return [error_metrics_row(model["name"], model["model_id"], track.name, f"{type(e).__name__}: {e}")]
+
+
+@task(name="separate-and-score-local")
+def local_task(tracks: list[dict[str, Any]], model: Mapping[str, Any], storage_options: Mapping[str, Any] | None,
+               max_duration_s: float | None) -> list[dict[str, Any]]:
+    """Separate in-process (no Ray, nothing stored) and score every track."""
+    from stemflow.ray_stage import ModelSpec, build_separator
+    from stemflow.storage import read_bytes
+    from stemflow.track import separate_track
+
+    separator = build_separator(ModelSpec(**model["spec"]))
+
+    def estimates_of(track: ReferenceTrack):
+        result = separate_track(separator, read_bytes(track.mixture_url, storage_options), name=track.mixture_url,
+                                measure_quality=False)
+        return result.stems, result.sample_rate
+
+    return [row for t in tracks for row in _score_or_error(model, _track(t), estimates_of, storage_options,
+                                                               max_duration_s)]
+
+
+@task(name="separate-references-ray", retries=1, retry_delay_seconds=5)
+def ray_task(tracks: list[dict[str, Any]], model: Mapping[str, Any], output_url: str, eval_id: str,
+             storage_options: Mapping[str, Any] | None, stage: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Separate the mixtures on the Ray stage (commit stems, record rows); track name -> id/status/error."""
+    from stemflow.catalogue import track_ref
+    from stemflow.ray_stage import ModelSpec, ShardJob, StageSettings, run_shard
+    from stemflow.records import write_part
+
+    refs = {t["name"]: track_ref(t["mixture_url"], storage_options=storage_options) for t in tracks}
+    run_date = f"{datetime.now(UTC):%Y-%m-%d}"
+    job = ShardJob(output_url=output_url, model_id=model["model_id"], run_id=eval_id, run_date=run_date,
+                   storage_options=dict(storage_options or {}))
+    items = [{"url": r.url, "track_id": r.track_id} for r in refs.values()]
+    result = run_shard(items, ModelSpec(**model["spec"]), job, StageSettings(**stage))
+    if result.rows:
+        write_part(output_url, model["model_id"], run_date, eval_id, 0, result.rows, storage_options=storage_options)
+    by_id = {o.track_id: o for o in result.outcomes}
+    return {name: {"track_id": r.track_id, "status": by_id[r.track_id].status, "error": by_id[r.track_id].error}
+            for name, r in refs.items()}
+
+
+@task(name="score-committed")
+def score_committed_task(tracks: list[dict[str, Any]], model: Mapping[str, Any],
+                         outcomes: Mapping[str, Mapping[str, Any]], output_url: str,
+                         storage_options: Mapping[str, Any] | None,
+                         max_duration_s: float | None) -> list[dict[str, Any]]:
+    """Score the committed stems of every track (read back from the output store)."""
+    from stemflow.commit import read_marker, track_url
+    from stemflow.errors import StemflowError
+    from stemflow.storage import read_bytes
+
+    def estimates_of(track: ReferenceTrack):
+        outcome = outcomes[track.name]
+        if outcome["status"] == "error":
+            raise StemflowError(outcome["error"] or "separation failed")
+        marker = read_marker(output_url, model["model_id"], outcome["track_id"], storage_options=storage_options)
+        if marker is None:
+            raise StemflowError(f"track {outcome['track_id']} is not committed for {model['model_id']}")
+        base = track_url(output_url, model["model_id"], outcome["track_id"])
+        decoded = {s.stem: load_audio(read_bytes(f"{base}/{s.file_name}", storage_options), sample_rate=None,
+                                      name=f"{base}/{s.file_name}") for s in marker.stems}
+        return {s: d.samples for s, d in decoded.items()}, next(iter(decoded.values())).sample_rate
+
+    return [row for t in tracks for row in _score_or_error(model, _track(t), estimates_of, storage_options,
+                                                               max_duration_s)]
+
+
+@task(name="score-mixture-baseline")
+def baseline_task(tracks: list[dict[str, Any]], sample_rate: int, storage_options: Mapping[str, Any] | None,
+                  max_duration_s: float | None) -> list[dict[str, Any]]:
+    """The mixture as the estimate of every reference stem, per track."""
+    rows: list[dict[str, Any]] = []
+    for record in tracks:
+        track = _track(record)
+        references = load_references(track, sample_rate, storage_options=storage_options)
+        rows += baseline_rows(track.name, references, max_duration_s=max_duration_s)
+    return rows
+
+
+@task(name="write-evaluation", retries=2, retry_delay_seconds=2)
+def write_task(output_url: str, eval_id: str, rows: list[dict[str, Any]], info: Mapping[str, Any],
+               storage_options: Mapping[str, Any] | None) -> dict[str, str]:
+    """metrics.parquet and the leaderboard files; their URLs."""
+    return write_evaluation(output_url, eval_id, metrics_table(rows), info=info, storage_options=storage_options)
+
+
+@flow(name="evaluate", log_prints=False)
+def evaluate(
+    dataset_url: str,
+    output_url: str,
+    models: list[str],
+    checkpoints: dict[str, str] | None = None,
+    engine: str = "ray",
+    eval_id: str | None = None,
+    model_settings: dict[str, Any] | None = None,
+    stage: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    max_duration_s: float | None = None,
+    baseline_sample_rate: int = 44100,
+) -> dict[str, Any]:
+    """Score ``models`` on the reference data set at ``dataset_url``; write ``<out>/evaluation/<eval_id>/``.
+
+    ``models`` holds registry names or community config YAML paths (their weights in
+    ``checkpoints[config_path]``); ``model_settings`` (``cache_dir``, ``device``,
+    ``chunk_size``…) go to every model; ``stage`` overrides Ray
+    :class:`~stemflow.ray_stage.StageSettings` fields. Returns ``eval_id``, the file
+    URLs and the leaderboard rows.
+    """
+    log = get_run_logger()
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if not models:
+        raise ValueError("give at least one model")
+    started = time.perf_counter()
+    eval_id = eval_id or new_eval_id()
+    tracks = discover_task(dataset_url, storage_options)
+    log.info("evaluation %s: %d tracks, models %s, engine %s", eval_id, len(tracks), ", ".join(models), engine)
+    rows: list[dict[str, Any]] = []
+    resolved = []
+    for model in models:
+        info = resolve_task(model, (checkpoints or {}).get(model), dict(model_settings or {}))
+        resolved.append(info)
+        if engine == "local":
+            rows += local_task(tracks, info, storage_options, max_duration_s)
+        else:
+            outcomes = ray_task(tracks, info, output_url, eval_id, storage_options, dict(stage or {}))
+            rows += score_committed_task(tracks, info, outcomes, output_url, storage_options, max_duration_s)
+    rates = [r["sample_rate"] for r in rows if r.get("sample_rate")]
+    rows += baseline_task(tracks, rates[0] if rates else baseline_sample_rate, storage_options, max_duration_s)
+    info = {"dataset_url": dataset_url, "engine": engine, "tracks": [t["name"] for t in tracks],
+            "models": [{"name": m["name"], "model_id": m["model_id"]} for m in resolved],
+            "max_duration_s": max_duration_s, "wall_s": time.perf_counter() - started}
+    urls = write_task(output_url, eval_id, rows, info, storage_options)
+    board = leaderboard(metrics_table(rows))
+    create_markdown_artifact(f"# stemflow evaluation `{eval_id}`\n\n" + leaderboard_markdown(board),
+                             key="stemflow-leaderboard", description=f"leaderboard of {eval_id}")
+    errors = sum(1 for r in rows if r.get("status") == "error")
+    log.info("evaluation %s written to %s (%d error rows)", eval_id, urls["metrics.parquet"], errors)
+    return {"eval_id": eval_id, "urls": urls, "leaderboard": board.to_pylist(), "errors": errors, "info": info}
+
+
+def run_evaluation(dataset_url: str, output_url: str, models: Sequence[str], **kwargs: Any) -> dict[str, Any]:
+    """CLI backend: run the flow (Prefect's ephemeral API unless ``PREFECT_API_URL`` is set)."""
+    return evaluate(dataset_url, output_url, list(models), **kwargs)
