@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "infra" / "k8s"
 SCHEMAS = K8S / "schemas"
 NAMESPACE = "stemflow"
-KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 CACHE_PATH = "/cache"
 BUILTIN_FILES = ("namespace.yaml", "serviceaccount.yaml", "pvc-weights.yaml", "weights-prefetch-job.yaml")
 CREATED_BY_HAND = {"rayjob.yaml", "weights-prefetch-job.yaml"}
@@ -36,6 +35,8 @@ SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL)", re.IG
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 jsonschema = pytest.importorskip("jsonschema")
+# The oldest Kubernetes still common on managed clusters, and the newest the installed schemas know.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
 
 def load(name: str) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def test_rendered_nightly_job_is_a_valid_kubernetes_job() -> None:
     manifest = copy.deepcopy(configuration["job_manifest"])
     for key in WORKER_EXTRA_POD_KEYS:
         manifest["spec"]["template"]["spec"].pop(key)
-    kubernetes_validate.validate(manifest, "1.37.0", strict=True)
+    kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
     assert manifest["metadata"]["namespace"] == "stemflow"
     assert manifest["metadata"]["generateName"] == "nightly-flow-run-"
 
