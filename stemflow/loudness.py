@@ -46,16 +46,20 @@ LOUDNESS_OFFSET_DB = -0.691
 def as_signal(x: Any, name: str = "signal") -> np.ndarray:
     """Check and view an audio array as ``np.ndarray`` of shape ``[channels, samples]``.
 
-    Accepts numpy arrays and torch tensors (detached, moved to the CPU). Float
-    arrays keep their dtype (no copy for numpy input); integer arrays become
-    float64 without rescaling. The input is never modified: callers must not
+    Accepts numpy arrays and torch tensors (detached, moved to the CPU; half
+    precision becomes float32). Float arrays keep their dtype (no copy for
+    numpy input); integer arrays become float64 without rescaling (pass PCM
+    as floats scaled to full scale = 1.0). The input is never modified: callers must not
     write into the returned array.
 
     Raises:
         ValueError: not 2-D, no channel or no sample, or NaN/inf values.
     """
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch here
-        x = x.detach().cpu().numpy()
+        tensor = x.detach().cpu()
+        if tensor.is_floating_point() and tensor.element_size() < 4:  # bf16/fp16: numpy has no bf16
+            tensor = tensor.float()
+        x = tensor.numpy()
     arr = np.asarray(x)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be shaped [channels, samples], got shape {arr.shape}")

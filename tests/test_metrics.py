@@ -149,6 +149,12 @@ def test_torch_and_numpy_agree(noise):
                                   framewise_sdr(noise, est, SAMPLE_RATE))
 
 
+def test_half_precision_tensors_are_accepted(noise):
+    est = noise * 0.5
+    value = sdr(torch.from_numpy(noise).to(torch.bfloat16), torch.from_numpy(est).to(torch.bfloat16))
+    assert value == pytest.approx(20 * math.log10(2), abs=0.05)  # bf16 rounding of the inputs
+
+
 def test_bleedless_fullness_known_values(noise):
     six_db = 20 * math.log10(2)
     assert bleedless_fullness(noise, noise, SAMPLE_RATE) == (100.0, 100.0)
