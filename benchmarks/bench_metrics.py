@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import time
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
         "stem_quality_s_per_stem": stem_quality_s,
         "track_quality_s": track_quality_s,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],  # other work on the machine slows both sides
     }
     print(f"{'':28}{'museval':>12}{'stemflow':>12}")
     print(f"{'framewise SDR, 4 stems (s)':28}{museval_s:12.3f}{ours_s:12.5f}")
