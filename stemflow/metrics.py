@@ -199,8 +199,9 @@ def csdr(reference: Any, estimate: Any, sample_rate: float, window_s: float = 1.
 
     This is the per-track number of MUSDB18 / SiSEC 2018 tables (museval
     ``TrackStore`` with ``frames_agg="median"`` = ``np.nanmedian``). NaN when every
-    frame is silent; ``+inf`` when most frames are exact copies (as museval). Per-stem silence only; for museval's joint rule use
-    ``np.nanmedian`` over :func:`framewise_sdr_joint`.
+    frame is silent; ``+inf`` when most frames are exact copies (as museval).
+    Per-stem silence only; for museval's joint rule (what published MUSDB18
+    numbers use) take ``np.nanmedian`` over :func:`framewise_sdr_joint`.
     """
     return _nanmedian(framewise_sdr(reference, estimate, sample_rate, window_s))
 
