@@ -303,3 +303,20 @@ def test_every_image_is_rewritten_by_kustomize() -> None:
     names = {i["name"] for i in load("kustomization.yaml")["images"]}
     used = {c["image"] for t in POD_TEMPLATES.values() for c in all_containers(t)}
     assert used == names
+
+
+def test_rayjob_entrypoint_options_exist_in_the_cli() -> None:
+    """Every ``--option`` of the RayJob entrypoint is an option of ``stemflow run`` (once the command exists)."""
+    typer_main = pytest.importorskip("typer.main")
+    from stemflow.cli import app
+
+    group = typer_main.get_command(app)
+    if "run" not in getattr(group, "commands", {}):
+        pytest.skip("`stemflow run` is not in the CLI yet")
+    run = group.commands["run"]
+    options = {opt for param in run.params for opt in param.opts}
+    entrypoint = load("rayjob.yaml")["spec"]["entrypoint"].split()
+    wanted = {token for token in entrypoint if token.startswith("--")}
+    assert wanted <= options, wanted - options
+    positionals = [p for p in run.params if not p.opts or not p.opts[0].startswith("-")]
+    assert len(positionals) >= 2, "stemflow run CATALOGUE_URL OUTPUT_URL"
