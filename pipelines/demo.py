@@ -45,7 +45,7 @@ def build_demo_catalogue(catalogue_path: Path, generated: int = 3) -> list[Path]
 
     catalogue_path.mkdir(parents=True, exist_ok=True)
     made = []
-    excerpt = catalogue_path / "musdb18-excerpt" / "the-mountaineering-club.stem.mp4"
+    excerpt = catalogue_path / "musdb18-excerpt" / "the-easton-ellises-falcon-69.stem.mp4"
     excerpt.parent.mkdir(exist_ok=True)
     if not excerpt.exists():
         shutil.copyfile(stempeg.example_stem_path(), excerpt)

@@ -119,7 +119,7 @@ def test_catalogue_flow_is_idempotent_and_a_new_model_reprocesses(tmp_path: Path
     from prefect.artifacts import Artifact
 
     from pipelines.reprocess import reprocess
-    from pipelines.separate_catalogue import catalogue_status
+    from pipelines.separate_catalogue import catalogue_status, run_catalogue
 
     write_catalogue(tmp_path / "cat", good=3, bad=False)
     cat, out = str(tmp_path / "cat"), str(tmp_path / "out")
@@ -133,8 +133,9 @@ def test_catalogue_flow_is_idempotent_and_a_new_model_reprocesses(tmp_path: Path
     assert manifest.status == "succeeded" and manifest.counts["ok"] == 3
     assert manifest.inputs["model_id"] == first["model_id"]
 
-    again = _run(cat, out)  # same model_id: nothing to do, and it says so
-    assert (again["planned"], again["ok"], again["shards"]) == (0, 0, 0)
+    # same model_id, through the CLI backend: nothing to do, and it says so
+    again = run_catalogue(cat, out, model=MODEL_CONFIG, checkpoint=MODEL_CHECKPOINT, stage=STAGE)
+    assert (again.planned, again.ok, again.shards, again.model_id) == (0, 0, 0, first["model_id"])
     assert "nothing to do" in Artifact.get("stemflow-run-summary").data
     assert _check_records_match_markers(out, first["model_id"]).num_rows == 6
 
