@@ -301,8 +301,10 @@ def test_yamllint_is_clean() -> None:
 
 
 def test_no_credentials_anywhere_under_infra() -> None:
-    for path in INFRA.rglob("*"):
-        if path.is_file() and path.suffix in (".yaml", ".yml", ".json", ".md", "") or path.name.startswith("Dockerfile"):
+    paths = [p for p in INFRA.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".json", ".md", ".py", ".cpu", "")]
+    assert len(paths) >= 15
+    for path in [*paths, REPO / ".dockerignore"]:
+        if path.is_file():
             text = path.read_text()
             assert not AWS_ACCESS_KEY.search(text), path
             assert not re.search(r"aws_secret_access_key\s*[:=]\s*\S{20,}", text, re.IGNORECASE), path
