@@ -49,7 +49,11 @@ def expected_state_shapes(model_type: str, kw: dict[str, Any]) -> dict[str, tupl
                 out[attn + "to_qkv.0.weight"] = (3 * inner, dim)
                 out[attn + "to_out.1.weight"] = (dim, inner)
             else:
-                out[attn + "rotary_embed.freqs"] = (dim_head // 2,)
+                if kw.get("use_pope", False):  # PoPE_pytorch.PoPE: learned key phase bias, saved inv_freqs
+                    out[attn + "pope_embed.bias"] = (heads, dim_head)
+                    out[attn + "pope_embed.inv_freqs"] = (dim_head,)
+                else:
+                    out[attn + "rotary_embed.freqs"] = (dim_head // 2,)
                 out[attn + "norm.gamma"] = (dim,)
                 out[attn + "to_qkv.weight"] = (3 * inner, dim)
                 out[attn + "to_gates.weight"] = (heads, dim)
@@ -130,6 +134,8 @@ VARIANTS: list[dict[str, Any]] = [
     dict(use_torch_checkpoint=True),
     dict(flash_attn=False, linear_transformer_depth=1),
     dict(time_transformer_depth=2, freq_transformer_depth=0),
+    dict(use_pope=True),
+    dict(use_pope=True, linear_transformer_depth=1, flash_attn=False),
     dict(stft_win_length=64, stft_window_fn="hamming_window", stft_normalized=True),
     dict(attn_dropout=0.1, ff_dropout=0.1, multi_stft_resolution_loss_weight=1.0,
          multi_stft_resolutions_window_sizes=(4096, 2048), multi_stft_hop_size=147, multi_stft_normalized=False),
@@ -255,7 +261,6 @@ def test_unknown_model_keys_are_listed_with_valid_ones() -> None:
         ({"depth": None}, "missing required \\['depth'\\]"),
         ({"freqs_per_bands": (1, 2, 3)}, "must add up to 33"),
         ({"freqs_per_bands": (33,)}, "at least 2 bands"),
-        ({"use_pope": True}, "PoPE"),
         ({"stft_window_fn": "nuttall"}, "stft_window_fn 'nuttall'"),
         ({"heads": 0}, "heads must be an integer >= 1"),
         ({"dim": 8.5}, "dim must be an integer"),

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from stemflow.models import load_model
-from stemflow.models.layers import Attention, LinearAttention, RMSNorm, RotaryEmbedding, attend, attend_explicit
+from stemflow.models.layers import (
+    Attention,
+    LinearAttention,
+    PolarEmbedding,
+    RMSNorm,
+    RotaryEmbedding,
+    attend,
+    attend_explicit,
+)
 from stemflow.models.mel_bands import hz_to_mel, mel_band_membership, mel_filterbank, mel_to_hz
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "roformer"
@@ -133,3 +141,20 @@ def test_mel_bands_match_reference_layout() -> None:
     assert membership.sum(axis=0).max() == meta["num_bands_per_freq_max"]
     widths = [str(4 * n) for n in membership.sum(axis=1)]  # stereo x (re, im)
     assert " ".join(widths) == meta["band_split_dim_inputs"]
+
+
+def test_polar_embedding_scores_follow_the_pope_formula() -> None:
+    """q'.k' = sum_j softplus(q_j) softplus(k_j) cos((m - n) w_j - bias_hj), bias clamped to [-2 pi, 0]."""
+    pope = PolarEmbedding(8, heads=2)
+    pope.bias.data = torch.tensor([[-0.3, 0.5, -7.0, -1.0, 0.0, -2.0, -0.1, -6.5], [0.0] * 8])
+    q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    q_out, k_out = pope.apply_to_qk(q, k)
+    assert q_out.shape == k_out.shape == (1, 2, 6, 16)
+    inv_freqs = torch.tensor([10000.0 ** (-j / 8) for j in range(8)])
+    torch.testing.assert_close(pope.inv_freqs, inv_freqs)
+    bias = pope.bias.data.clamp(-2 * math.pi, 0)
+    softplus = torch.nn.functional.softplus
+    for m, n, h in [(4, 1, 0), (5, 2, 0), (2, 5, 1), (3, 3, 0)]:
+        magnitudes = softplus(q[0, h, m]) * softplus(k[0, h, n])
+        expected = (magnitudes * torch.cos((m - n) * inv_freqs - bias[h])).sum()
+        torch.testing.assert_close(q_out[0, h, m] @ k_out[0, h, n], expected, rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ Dimension letters used in the shape comments::
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -92,6 +93,37 @@ class RotaryEmbedding(nn.Module):
         return out.to(t.dtype)
 
 
+class PolarEmbedding(nn.Module):
+    """Polar coordinate position embedding, PoPE (Gopalakrishnan et al. 2025, arXiv:2509.10534).
+
+    Each of the ``d`` channels of a head becomes a magnitude ``softplus(x)`` and
+    a phase ``position * inv_freqs[j]`` (``inv_freqs[j] = theta ** (-j / d)``,
+    ``d`` frequencies, not ``d/2`` pairs as in RoPE); keys get an extra learned
+    per-head phase ``bias`` clamped to ``[-2 pi, 0]``. Queries and keys are
+    returned in Cartesian form with ``2 d`` channels so that their dot product is
+    ``sum_j |q_j| |k_j| cos(phase_q - phase_k - bias_j)``. Keys as in
+    ``PoPE_pytorch``: ``inv_freqs`` (a saved buffer) and ``bias`` ``[heads, d]``.
+    """
+
+    def __init__(self, dim: int, *, heads: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        self.register_buffer("inv_freqs", theta ** -(torch.arange(dim).float() / dim))
+        self.bias = nn.Parameter(torch.zeros(heads, dim))
+
+    inv_freqs: Tensor
+
+    def apply_to_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``q``, ``k``: ``[b, h, n, d]`` -> ``[b, h, n, 2 d]`` each, computed in float32."""
+        positions = torch.arange(q.shape[-2], device=q.device, dtype=torch.float32)
+        phases = positions[:, None] * self.inv_freqs.float()[None, :]  # [n, d]
+        key_phases = phases + self.bias.float().clamp(-2.0 * math.pi, 0.0)[:, None, :]  # [h, n, d]
+        q_mag, k_mag = F.softplus(q.float()), F.softplus(k.float())
+        # channel order (d, 2): cos and sin of each channel side by side, as the reference
+        q_out = torch.stack((q_mag * phases.cos(), q_mag * phases.sin()), dim=-1).flatten(-2)
+        k_out = torch.stack((k_mag * key_phases.cos(), k_mag * key_phases.sin()), dim=-1).flatten(-2)
+        return q_out, k_out
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
     """Softmax attention with ``F.scaled_dot_product_attention`` (fused kernels on GPU).
 
@@ -131,13 +163,19 @@ class Attention(nn.Module):
         dropout: float = 0.0,
         rotary_embed: RotaryEmbedding | None = None,
         flash: bool = True,
+        pope_embed: PolarEmbedding | None = None,
     ) -> None:
         super().__init__()
+        if rotary_embed is not None and pope_embed is not None:
+            raise ValueError("an attention layer takes a rotary or a polar embedding, not both")
         self.heads = heads
         self.dropout = dropout
         self.flash = flash
+        self.scale = dim_head**-0.5
         dim_inner = heads * dim_head
-        self.rotary_embed = rotary_embed  # shared per axis: its freqs appear under every layer
+        # Position modules are shared per axis: their tensors appear under every layer's keys.
+        self.rotary_embed = rotary_embed
+        self.pope_embed = pope_embed
         self.attn_dropout = nn.Dropout(dropout)
         self.norm = RMSNorm(dim)
         self.to_qkv = nn.Linear(dim, dim_inner * 3, bias=False)
@@ -149,12 +187,19 @@ class Attention(nn.Module):
         batch, seq_len, _ = x.shape
         # [b, n, (3 h d)] -> [3, b, h, n, d]
         q, k, v = self.to_qkv(x).view(batch, seq_len, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        if self.rotary_embed is not None:
-            q, k = self.rotary_embed.rotate(q), self.rotary_embed.rotate(k)
-        if self.flash:
-            out = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        if self.pope_embed is not None:
+            # PoPE doubles the q/k channels; the softmax scale stays d ** -0.5, and the
+            # reference applies no attention dropout on this path.
+            q, k = self.pope_embed.apply_to_qk(q, k)
+            q, k = q.to(v.dtype), k.to(v.dtype)
+            out = attend(q, k, v, scale=self.scale) if self.flash else attend_explicit(q, k, v, scale=self.scale)
         else:
-            out = attend_explicit(q, k, v, dropout=self.attn_dropout)
+            if self.rotary_embed is not None:
+                q, k = self.rotary_embed.rotate(q), self.rotary_embed.rotate(k)
+            if self.flash:
+                out = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+            else:
+                out = attend_explicit(q, k, v, dropout=self.attn_dropout)
         gates = self.to_gates(x).transpose(1, 2).unsqueeze(-1).sigmoid()  # [b, n, h] -> [b, h, n, 1]
         out = (out * gates).transpose(1, 2).reshape(batch, seq_len, -1)  # [b, n, (h d)]
         return self.to_out(out)
@@ -227,6 +272,7 @@ class Transformer(nn.Module):
         ff_mult: float = 4,
         norm_output: bool = True,
         rotary_embed: RotaryEmbedding | None = None,
+        pope_embed: PolarEmbedding | None = None,
         flash_attn: bool = True,
         linear_attn: bool = False,
     ) -> None:
@@ -246,6 +292,7 @@ class Transformer(nn.Module):
                     dropout=attn_dropout,
                     rotary_embed=rotary_embed,
                     flash=flash_attn,
+                    pope_embed=pope_embed,
                 )
             self.layers.append(nn.ModuleList([attn, FeedForward(dim, mult=ff_mult, dropout=ff_dropout)]))
         self.norm: nn.Module = RMSNorm(dim) if norm_output else nn.Identity()

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from stemflow.errors import ConfigError, StemflowError
-from stemflow.models.layers import RotaryEmbedding, Transformer
+from stemflow.models.layers import PolarEmbedding, RotaryEmbedding, Transformer
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +134,6 @@ class RoformerBase(nn.Module):
                 f"STFT settings need stft_hop_length <= stft_win_length <= stft_n_fft, got "
                 f"{stft_hop_length}, {stft_win_length}, {stft_n_fft}"
             )
-        if use_pope:
-            raise ConfigError(
-                "use_pope=True (PoPE position embedding from PoPE_pytorch) is not supported; "
-                "only rotary embeddings (use_pope: false) are implemented"
-            )
 
         self.stereo = bool(stereo)
         self.audio_channels = 2 if self.stereo else 1
@@ -156,19 +151,25 @@ class RoformerBase(nn.Module):
             flash_attn=bool(flash_attn),
             norm_output=norm_output,
         )
-        # One rotary module per axis, shared by every layer on that axis.
-        time_rotary_embed = RotaryEmbedding(dim_head)
-        freq_rotary_embed = RotaryEmbedding(dim_head)
+        # One position module per axis (rotary, or polar with use_pope), shared by its layers.
+        time_position: dict[str, nn.Module]
+        freq_position: dict[str, nn.Module]
+        if use_pope:
+            time_position = {"pope_embed": PolarEmbedding(dim_head, heads=heads)}
+            freq_position = {"pope_embed": PolarEmbedding(dim_head, heads=heads)}
+        else:
+            time_position = {"rotary_embed": RotaryEmbedding(dim_head)}
+            freq_position = {"rotary_embed": RotaryEmbedding(dim_head)}
         self.layers = nn.ModuleList()
         for _ in range(depth):
             block: list[nn.Module] = []
             if linear_transformer_depth > 0:
                 block.append(Transformer(depth=linear_transformer_depth, linear_attn=True, **transformer_kwargs))
             block.append(
-                Transformer(depth=time_transformer_depth, rotary_embed=time_rotary_embed, **transformer_kwargs)
+                Transformer(depth=time_transformer_depth, **time_position, **transformer_kwargs)
             )
             block.append(
-                Transformer(depth=freq_transformer_depth, rotary_embed=freq_rotary_embed, **transformer_kwargs)
+                Transformer(depth=freq_transformer_depth, **freq_position, **transformer_kwargs)
             )
             self.layers.append(nn.ModuleList(block))
 
