@@ -207,3 +207,11 @@ def test_quality_is_reexported():
 
     assert metrics.stem_quality is quality.stem_quality
     assert metrics.track_quality is quality.track_quality
+
+
+@pytest.mark.parametrize(("sample_rate", "n_fft", "n_mels"), [(44100, 4096, 512), (48000, 2048, 80)])
+def test_slaney_mel_filterbank_matches_librosa(sample_rate, n_fft, n_mels):
+    """Optional parity check (librosa is not a dependency): librosa.filters.mel defaults, float32."""
+    librosa = pytest.importorskip("librosa")
+    expected = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    np.testing.assert_allclose(slaney_mel_filterbank(sample_rate, n_fft, n_mels), expected, atol=1e-7)
