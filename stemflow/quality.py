@@ -32,7 +32,7 @@ bleed_ratio_<stem>     0..1  share of the stem's STFT energy lying in time-frequ
                              another stem is louder (see :func:`bleed_ratios`)
 ====================== ===== ==============================================================
 
-Undefined and silent values (so the columns stay JSON-safe: never ``inf``):
+Undefined and silent values (never ``+-inf``, which JSON cannot carry; NaN means undefined, a null in Parquet):
 
 * level measures (peak, true peak, RMS, residual) of digital silence are floored at
   :data:`DB_FLOOR` = -200 dB (an exact ``mixture == sum(stems)`` gives -200);

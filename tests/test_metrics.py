@@ -89,6 +89,13 @@ def test_silent_frames_are_nan_and_all_silent_is_nan(noise):
     assert np.isposinf(framewise_sdr(noise, noise, SAMPLE_RATE)).all()
 
 
+def test_anti_phase_stereo_is_not_silence(noise):
+    """museval flags frames whose channel sum is 0 (L == -R) as silent; we only flag true digital silence."""
+    ref = np.stack([noise[0], -noise[0]])
+    frames = framewise_sdr(ref, 0.5 * ref, SAMPLE_RATE)
+    np.testing.assert_allclose(frames, 20 * math.log10(2), atol=1e-9)
+
+
 def test_joint_silence_rule(noise):
     refs = np.stack([noise, 0.5 * noise])
     refs[1, :, :SAMPLE_RATE] = 0.0  # stem 1 silent in frame 0 -> frame 0 NaN for both stems
