@@ -114,3 +114,15 @@ def test_batch_items_are_independent(fixture_set: tuple[Path, torch.nn.Module]) 
         both = model.separate_chunks(x)
         first = model.separate_chunks(x[:1])
     torch.testing.assert_close(both[:1], first, rtol=0, atol=1e-6)
+
+
+def test_float64_agrees_with_float32(fixture_set: tuple[Path, torch.nn.Module]) -> None:
+    """float32 rounding noise only (the fixtures measured <= 2.7e-8 for the reference)."""
+    fixture, model = fixture_set
+    x = torch.from_numpy(np.load(fixture / "forward_input.npy"))
+    expected = torch.from_numpy(np.load(fixture / "forward_output.npy")).double()
+    double = load_model(fixture / "config.yaml", fixture / "model.ckpt").double()
+    with torch.inference_mode():
+        y = double(x.double())
+    assert y.dtype == torch.float64
+    assert (y - expected).abs().max().item() <= 1e-6

@@ -121,7 +121,7 @@ class BSRoformer(RoformerBase):
         return self._separate(raw_audio, raw_audio.shape[-1])
 
     def _separate(self, raw_audio: Tensor, istft_length: int | None) -> Tensor:
-        window = self._window(raw_audio.device)
+        window = self._window(raw_audio)
         spec = self._stft(raw_audio, window)  # [b, (f s), t, c]
         batch, _, frames, _ = spec.shape
         x = spec.transpose(1, 2).reshape(batch, frames, -1)  # [b, t, (f s c)]

@@ -136,7 +136,7 @@ class MelBandRoformer(RoformerBase):
         return out.squeeze(1) if self.num_stems == 1 else out
 
     def _separate(self, raw_audio: Tensor, istft_length: int | None) -> Tensor:
-        window = self._window(raw_audio.device)
+        window = self._window(raw_audio)
         spec = self._stft(raw_audio, window)  # [b, (f s), t, c]
         batch, rows, frames, _ = spec.shape
         x = spec.index_select(1, self.freq_indices)  # [b, F, t, c], F = bins of all bands (with repeats)

@@ -223,8 +223,10 @@ class RoformerBase(nn.Module):
             )
         return raw_audio
 
-    def _window(self, device: torch.device) -> Tensor:
-        return self.stft_window_fn(self.stft_win_length, device=device)
+    def _window(self, like: Tensor) -> Tensor:
+        """The STFT window on ``like``'s device, in its dtype (so float64 models work too)."""
+        window = self.stft_window_fn(self.stft_win_length, device=like.device)
+        return window if window.dtype == like.dtype else window.to(like.dtype)
 
     def _stft(self, raw_audio: Tensor, window: Tensor) -> Tensor:
         """``[b, s, L] -> [b, (f s), t, c]``: real view of the STFT, channels interleaved per bin."""
