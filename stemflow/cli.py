@@ -221,6 +221,67 @@ def models_fetch(name: Annotated[str, typer.Argument(help="registry name")]) -> 
     out.print(f"{loaded.name}: ready, weights sha256 {loaded.weights_sha256}")
 
 
+@app.command()
+def evaluate(
+    dataset: Annotated[str, typer.Argument(help="MUSDB18-style folder (<track>/mixture.wav + <stem>.wav) or .stem.mp4 file/folder")],
+    output: Annotated[str, typer.Option("-o", "--output", help="output URL; results go to OUTPUT/evaluation/<eval_id>/")],
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="registry name; repeat for several models")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="community-format YAML config (one more model)")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="its checkpoint")] = None,
+    engine: Annotated[str, typer.Option(help="ray (the catalogue's Ray stage, stems committed) or local (in-process)")] = "ray",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Ray actors (engine ray)")] = 1,
+    max_seconds: Annotated[Optional[float], typer.Option(help="score only the first seconds of each track")] = None,
+) -> None:
+    """Score models against reference stems: per-track metrics and a leaderboard (with the mixture baseline)."""
+    from stemflow.evaluation import LEADERBOARD_HEADERS
+
+    try:
+        from pipelines.evaluate import run_evaluation
+    except ImportError as e:
+        raise StemflowError(f"the evaluation flow needs the `pipeline` extra and the repo's pipelines/ package: {e}") from e
+    models = list(model or [])
+    checkpoints: dict[str, str] = {}
+    if config is not None or checkpoint is not None:
+        if config is None or checkpoint is None:
+            raise typer.BadParameter("--config and --checkpoint go together")
+        models.append(str(config))
+        checkpoints[str(config)] = str(checkpoint)
+    if not models:
+        from stemflow.loading import default_model_name
+
+        models = [default_model_name(cache_dir())]
+    result = run_evaluation(dataset, output, models, checkpoints=checkpoints, engine=engine,
+                            model_settings={"cache_dir": str(cache_dir()), "device": device},
+                            stage={"workers": workers}, max_duration_s=max_seconds)
+    table = Table(title=f"leaderboard {result['eval_id']} (cSDR: median of 1 s frames, median over tracks; "
+                        "uSDR: whole track, mean over tracks)")
+    for key, label in LEADERBOARD_HEADERS.items():
+        table.add_column(label, justify="left" if key in ("model_name", "stem") else "right")
+    for row in result["leaderboard"]:
+        table.add_row(*[f"{row[k]:.2f}" if isinstance(row[k], float) else str(row[k]) for k in LEADERBOARD_HEADERS],
+                      style="dim" if row["model_name"] == "mixture" else None)
+    out.print(table)
+    console.print(f"metrics: {result['urls']['metrics.parquet']} ({result['errors']} error rows)")
+    if result["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    output: Annotated[str, typer.Argument(help="output URL of a catalogue run or an evaluation")],
+    name: Annotated[str, typer.Option(help="writes OUTPUT/reports/<name>.html and <name>/*.png")] = "report",
+    tracks: Annotated[int, typer.Option(help="tracks with spectrograms and players (flagged first)")] = 3,
+) -> None:
+    """Write a self-contained HTML report (flags, distributions, comparisons, spectrograms)."""
+    from stemflow.report import build_report
+
+    result = build_report(output, name=name, spectrogram_tracks=tracks)
+    console.print(f"{len(result.flags)} flagged stems, {result.record_rows} record rows, "
+                  f"{len(result.evaluations)} evaluations")
+    out.print(result.html_url)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``stemflow`` script; library errors become a message and exit code 2."""
     logging.basicConfig(level=os.environ.get("STEMFLOW_LOG_LEVEL", "WARNING"),
