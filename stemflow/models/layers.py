@@ -37,7 +37,8 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.gamma
+        # One pass over x for the gain: (scale * gamma) is only [dim].
+        return F.normalize(x, dim=-1) * (self.gamma * self.scale)
 
 
 class FeedForward(nn.Module):
@@ -84,10 +85,14 @@ class RotaryEmbedding(nn.Module):
         seq_len, rot_dim = t.shape[-2], 2 * self.freqs.shape[0]
         positions = torch.arange(seq_len, device=t.device, dtype=torch.float32)
         angles = positions[:, None] * self.freqs.float()[None, :]  # [n, d/2]
-        cos, sin = angles.cos(), angles.sin()
-        rotated = t[..., :rot_dim].float().unflatten(-1, (-1, 2))  # [..., n, d/2, 2]
-        even, odd = rotated[..., 0], rotated[..., 1]
-        out = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+        rotation = torch.complex(angles.cos(), angles.sin())  # e^(i angle)
+        # Pair (2i, 2i+1) as the complex number x_2i + i x_2i+1; rotating it is one complex product:
+        # (x_2i cos - x_2i+1 sin, x_2i+1 cos + x_2i sin).
+        real = t[..., :rot_dim].float()
+        if real.storage_offset() % 2 or any(stride % 2 for stride in real.stride()[:-1]):
+            real = real.contiguous()  # complex views need even strides and offset
+        pairs = torch.view_as_complex(real.unflatten(-1, (-1, 2)))  # [..., n, d/2]
+        out = torch.view_as_real(pairs * rotation).flatten(-2)
         if rot_dim < t.shape[-1]:
             out = torch.cat((out, t[..., rot_dim:].float()), dim=-1)
         return out.to(t.dtype)
