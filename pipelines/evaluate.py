@@ -32,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from stemflow.audio import load_audio
 from stemflow.evaluation import (
+    MIXTURE_BASELINE,
     ReferenceTrack,
     baseline_rows,
     discover_dataset,
@@ -157,8 +158,11 @@ def baseline_task(tracks: list[dict[str, Any]], sample_rate: int, storage_option
     rows: list[dict[str, Any]] = []
     for record in tracks:
         track = _track(record)
-        references = load_references(track, sample_rate, storage_options=storage_options)
-        rows += baseline_rows(track.name, references, max_duration_s=max_duration_s)
+        try:
+            references = load_references(track, sample_rate, storage_options=storage_options)
+            rows += baseline_rows(track.name, references, max_duration_s=max_duration_s)
+        except Exception as e:  # noqa: BLE001 - an unreadable reference is a row, not a failed evaluation
+            rows.append(error_metrics_row(MIXTURE_BASELINE, MIXTURE_BASELINE, track.name, f"{type(e).__name__}: {e}"))
     return rows
 
 

@@ -205,7 +205,8 @@ def reference_for(stem: str, references: Mapping[str, np.ndarray]) -> tuple[str,
     excluded = "vocals" if stem in ("instrumental", "accompaniment") else stem[3:] if stem.startswith("no_") else None
     if excluded is None or excluded not in references:
         return None
-    parts = [s for s in references if s != excluded]
+    order = {name: i for i, name in enumerate(REFERENCE_STEMS)}
+    parts = sorted((s for s in references if s != excluded), key=lambda s: (order.get(s, len(order)), s))
     if not parts:
         return None
     total = np.sum([references[s].astype(np.float64) for s in parts], axis=0).astype(np.float32)

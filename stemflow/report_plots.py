@@ -51,6 +51,8 @@ def histogram_png(
     if present:
         everything = np.concatenate(present)
         low, high = float(everything.min()), float(everything.max())
+        marks = [t for t in thresholds if math.isfinite(t)]
+        low, high = min([low, *marks]), max([high, *marks])  # keep bars visible next to the threshold lines
         if low == high:
             low, high = low - 0.5, high + 0.5
         edges = np.linspace(low, high, bins + 1)
