@@ -194,7 +194,28 @@ def test_zero_dc_only_removes_the_lowest_band() -> None:
     assert power[..., :lobe].sum() / power.sum() > 0.99
 
 
-def test_torch_checkpoint_only_in_training_and_same_gradients() -> None:
+def test_torch_checkpoint_only_in_training_and_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stemflow.models.roformer_base as base
+
+    calls: list[str] = []
+    real_checkpoint = base.checkpoint
+
+    def counting_checkpoint(function, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(type(function).__name__)
+        return real_checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(base, "checkpoint", counting_checkpoint)
+    model = BSRoformer(**BS_BASE, use_torch_checkpoint=True)
+    x = torch.randn(1, 2, 32 * 16)
+    with torch.inference_mode():
+        model.eval()(x)
+    assert calls == []  # never in eval mode
+    model.train()(x).sum().backward()
+    # band split, 2 blocks x (time, freq) transformers, one mask estimator
+    assert calls == ["BandSplit"] + ["Transformer"] * 4 + ["MaskEstimator"]
+
+
+def test_torch_checkpoint_gives_the_same_gradients() -> None:
     torch.manual_seed(0)
     plain = BSRoformer(**BS_BASE)
     checkpointed = BSRoformer(**BS_BASE, use_torch_checkpoint=True)
