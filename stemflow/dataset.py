@@ -47,116 +47,32 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import yaml
 
 from stemflow.audio import encode, load_audio
 from stemflow.commit import read_marker, track_url
+from stemflow.dataset_manifest import FOUR_STEMS, write_manifest, write_webdataset_shards
+from stemflow.dataset_settings import DatasetSettings, load_settings, settings_from_dict
 from stemflow.errors import ConfigError, StemflowError, StorageError
-from stemflow.karaoke import (
-    KaraokeThresholds,
-    PresenceSettings,
-    VocalSeparator,
-    judge,
-    karaoke_scores,
-    loudness_gain_db,
-    residue_vocals,
-    settings_from_mapping,
-)
+from stemflow.karaoke import VocalSeparator, judge, karaoke_scores, loudness_gain_db, residue_vocals
 from stemflow.model_id import parse_model_id
 from stemflow.storage import StorageOptions, exists, filesystem, join_url, read_bytes, write_create_only
-from stemflow.dataset_manifest import FOUR_STEMS, write_manifest, write_webdataset_shards
 
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
 COMPLETE_NAME = "_COMPLETE.json"
 COMPLETE_FORMAT = "stemflow.karaoke-dataset/1"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "karaoke.yaml"
 
-
-@dataclass(frozen=True)
-class DatasetSettings:
-    """Everything that shapes a dataset version (all of it enters the version hash)."""
-
-    format: Literal["flac", "wav"] = "flac"
-    bit_depth: Literal[16, 24, 32] = 24
-    loudness_lufs: float | None = -14.0
-    max_true_peak_dbtp: float = -1.0
-    stems4: bool = False
-    group_column: str = "artist"
-    splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    residue: bool = True
-    include_rejected: bool = False
-    webdataset: bool = False
-    tracks_per_shard: int = 100
-    presence: PresenceSettings = field(default_factory=PresenceSettings)
-    thresholds: KaraokeThresholds = field(default_factory=KaraokeThresholds)
-
-    def __post_init__(self) -> None:
-        if self.format not in ("flac", "wav"):
-            raise ConfigError(f"format must be 'flac' or 'wav', got {self.format!r}")
-        if len(self.splits) != 3 or any(not f >= 0 for f in self.splits) or not math.isclose(sum(self.splits), 1.0):
-            raise ConfigError(f"splits must be 3 non-negative fractions summing to 1, got {self.splits}")
-        if self.tracks_per_shard < 1:
-            raise ConfigError(f"tracks_per_shard must be >= 1, got {self.tracks_per_shard}")
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able form (the card and the completion marker show it)."""
-        return asdict(self)
-
-
-_TOP_KEYS = {"dataset", "presence", "thresholds"}
-
-
-def settings_from_dict(data: Mapping[str, Any] | None, *, where: str = "karaoke settings") -> DatasetSettings:
-    """:class:`DatasetSettings` from ``{dataset: {...}, presence: {...}, thresholds: {...}}``.
-
-    Raises:
-        ConfigError: unknown keys (top level or per section) or invalid values.
-    """
-    data = dict(data or {})
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown sections {unknown}; valid: {sorted(_TOP_KEYS)}")
-    base = dict(data.get("dataset") or {})
-    known = {f for f in DatasetSettings.__dataclass_fields__ if f not in ("presence", "thresholds")}
-    bad = sorted(set(base) - known)
-    if bad:
-        raise ConfigError(f"{where}: unknown dataset keys {bad}; valid: {sorted(known)}")
-    if "splits" in base:
-        base["splits"] = tuple(float(f) for f in base["splits"])
-    try:
-        return DatasetSettings(
-            **base,
-            presence=settings_from_mapping(PresenceSettings, data.get("presence"), f"{where}: presence"),
-            thresholds=settings_from_mapping(KaraokeThresholds, data.get("thresholds"), f"{where}: thresholds"),
-        )
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
-def load_settings(path: str | Path | None = None, **overrides: Any) -> DatasetSettings:
-    """Read ``configs/karaoke.yaml`` (or ``path``), then replace top-level dataset fields by ``overrides``.
-
-    Without ``path`` and without the repository's ``configs/`` (an installed
-    package), the built-in defaults (the same values) are used.
-    """
-    if path is None and not DEFAULT_CONFIG_PATH.is_file():
-        return replace(DatasetSettings(), **overrides)
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read karaoke settings {path}: {e}") from e
-    settings = settings_from_dict(data, where=str(path))
-    return replace(settings, **overrides) if overrides else settings
+__all__ = [
+    "COMPLETE_NAME", "SPLIT_NAMES", "DatasetResult", "DatasetSettings", "DatasetTrack", "assign_split",
+    "backing_of", "build_dataset", "finish_dataset", "group_key", "load_settings", "plan_version",
+    "prepare_track", "read_committed_stems", "settings_from_dict", "version_name",
+]
 
 
 # --------------------------------------------------------------------------- splits and versions
