@@ -7,6 +7,7 @@ are known: a clipped stem, a silent stem, a track whose stems do not add up.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -164,32 +165,45 @@ _FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no
           "--hide-scrollbars"]
 
 
-def test_report_renders_in_headless_chromium(report, catalogue_output: Path, tmp_path: Path) -> None:
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian package `chromium`)")
-    page_url = (catalogue_output / "reports" / "nightly.html").as_uri()
-    shot = catalogue_output / "reports" / "nightly-screenshot.png"
+def _screenshot(browser: str, page: Path, shot: Path, profile: Path) -> list[str]:
+    """Render ``page`` to ``shot`` (1280x2000); the console/uncaught-error lines Chromium logged."""
     run = subprocess.run(
-        [browser, *_FLAGS, f"--user-data-dir={tmp_path / 'profile-1'}", f"--screenshot={shot}",
-         "--window-size=1280,2000", "--enable-logging=stderr", "--v=0", page_url],
+        [browser, *_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2000",
+         "--enable-logging=stderr", "--v=0", page.as_uri()],
         capture_output=True, text=True, timeout=180,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-    assert console == []
+    return [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+
+
+def _assert_not_blank(shot: Path) -> None:
     pixels = mpimg.imread(shot)[..., :3]
     assert pixels.shape[:2] == (2000, 1280)
     non_white = float(np.mean(pixels.min(axis=-1) < 0.9))
     assert float(pixels.std()) > 0.05 and non_white > 0.05, (pixels.std(), non_white)
+
+
+def _page_errors(browser: str, page: Path, profile: Path) -> tuple[int, str, str]:
+    """``(count, text)`` of the page's own error collector after load, and the DOM."""
     dom = subprocess.run(
-        [browser, *_FLAGS, f"--user-data-dir={tmp_path / 'profile-2'}", "--virtual-time-budget=5000",
-         "--dump-dom", page_url],
+        [browser, *_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=180,
     ).stdout
-    errors = re.search(r'<pre id="page-errors" data-count="(\d+)">([^<]*)</pre>', dom)
-    assert errors is not None, dom[:500]
-    assert errors.group(1) == "0" and errors.group(2).strip() == ""
+    found = re.search(r'<pre id="page-errors" data-count="(\d+)">([^<]*)</pre>', dom)
+    assert found is not None, dom[:500]
+    return int(found.group(1)), found.group(2).strip(), dom
+
+
+def test_report_renders_in_headless_chromium(report, catalogue_output: Path, tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    page = catalogue_output / "reports" / "nightly.html"
+    shot = catalogue_output / "reports" / "nightly-screenshot.png"
+    assert _screenshot(browser, page, shot, tmp_path / "profile-1") == []
+    _assert_not_blank(shot)
+    count, text, dom = _page_errors(browser, page, tmp_path / "profile-2")
+    assert (count, text) == (0, "")
     assert dom.count("<img") == len(report.png_urls) and "Flagged stems" in dom
 
 
@@ -202,10 +216,40 @@ def test_page_error_hook_reports_a_broken_image(tmp_path: Path) -> None:
     result = build_report(str(out), name="broken", spectrogram_tracks=1, excerpt_s=1.0)
     page = Path(result.html_url)
     page.write_text(page.read_text().replace("</body>", '<img src="missing.png"></body>'))
-    dom = subprocess.run(
-        [browser, *_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-         "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=180,
-    ).stdout
-    errors = re.search(r'<pre id="page-errors" data-count="(\d+)">([^<]*)</pre>', dom)
-    assert errors is not None and errors.group(1) == "1" and "missing.png" in errors.group(2)
+    count, text, _ = _page_errors(browser, page, tmp_path / "profile")
+    assert count == 1 and "missing.png" in text
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
+def test_report_of_a_real_catalogue_run(tmp_path: Path) -> None:
+    """The nightly flow on a small catalogue (fixture vocals model, 3 good + 4 bad files), then its report."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path / "prefect-home"))  # effective if prefect is not imported yet
+    from pipeline_fixtures import MODEL_CHECKPOINT, MODEL_CONFIG, write_catalogue
+    from prefect.testing.utilities import prefect_test_harness
+
+    from pipelines.separate_catalogue import separate_catalogue
+
+    catalogue, out = tmp_path / "catalogue", tmp_path / "out"
+    write_catalogue(catalogue, 3, seconds=2.0)
+    with prefect_test_harness(server_startup_timeout=180):
+        summary = separate_catalogue(str(catalogue), str(out), model=MODEL_CONFIG, checkpoint=MODEL_CHECKPOINT,
+                                     shard_size=4, stage={"local_num_cpus": 2, "tracks_per_call": 1})
+    assert summary["ok"] == 3 and summary["errors"] == 4
+    result = build_report(str(out), name="nightly", excerpt_s=2.0)
+    assert result.record_rows == 3 * 2 + 4  # vocals + instrumental per track, one row per bad file
+    # a single-target model's complement is exact: no residual flags
+    assert not [f for f in result.flags if f.kind == "residual"]
+    page = Path(result.html_url)
+    text = page.read_text()
+    assert "4 error rows" in text and text.count("data:audio/flac;base64,") == 3
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian package `chromium`)")
+    shot = out / "reports" / "nightly-screenshot.png"
+    assert _screenshot(browser, page, shot, tmp_path / "profile-1") == []
+    _assert_not_blank(shot)
+    assert _page_errors(browser, page, tmp_path / "profile-2")[:2] == (0, "")
