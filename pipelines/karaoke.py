@@ -1,0 +1,222 @@
+"""Karaoke dataset flow: separate what is missing, then build a versioned dataset from the committed stems.
+
+``karaoke_dataset(source_url, dataset_url, ...)`` takes either
+
+* a **catalogue** (a folder/prefix of audio, or a CSV/Parquet manifest whose other
+  columns, e.g. ``artist``, group the splits) plus ``output_url``: tracks not yet
+  committed for the model are separated first by the ``separate-catalogue``
+  flow (a subflow; for a manifest, only the listed tracks, via the same flow
+  body), then the dataset is built from the catalogue's committed tracks; or
+* a separation **output** (``<out>/stems/<model_id>/…`` exists): every track
+  committed for the model is used as is, each track its own group.
+
+Then: plan the version (an existing complete one with the same model, settings
+and tracks ends the flow: nothing to do), one task per track (score, gain,
+write; :func:`stemflow.dataset.prepare_track`), one task for the manifest, card
+and ``_COMPLETE.json``. Tasks exchange URLs, ids and small row dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from pipelines.separate_catalogue import resolve_model_task, run_flow_body, separate_catalogue
+from stemflow.catalogue import TrackRef, iter_catalogue
+from stemflow.commit import committed_tracks
+from stemflow.dataset import DatasetSettings, DatasetTrack, finish_dataset, load_settings, plan_version, prepare_track
+from stemflow.errors import ConfigError, StemflowError
+from stemflow.ray_stage import ModelSpec, build_separator
+from stemflow.storage import exists, join_url
+
+_SEPARATORS: dict[str, Any] = {}
+_SEPARATORS_LOCK = threading.Lock()
+
+
+def is_separation_output(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``url`` is a separation output (it has a ``stems/`` folder)."""
+    return exists(join_url(url, "stems"), storage_options)
+
+
+def _vocal_separator(spec: Mapping[str, Any]) -> Any:
+    """``(audio, sample_rate) -> vocals`` with the model of ``spec``, loaded once per process."""
+    key = json.dumps(dict(spec), sort_keys=True)
+    with _SEPARATORS_LOCK:
+        if key not in _SEPARATORS:
+            _SEPARATORS[key] = build_separator(ModelSpec(**spec))
+        separator = _SEPARATORS[key]
+
+    def separate_vocals(audio: Any, sample_rate: int) -> Any:
+        with _SEPARATORS_LOCK:  # a Separator keeps a batch buffer: one call at a time
+            return separator.separate(audio, sample_rate)["vocals"]
+
+    return separate_vocals
+
+
+@task(name="list-catalogue", retries=2, retry_delay_seconds=2)
+def list_catalogue_task(catalogue_url: str, output_url: str, storage_options: Mapping[str, Any] | None
+                        ) -> list[dict[str, Any]]:
+    """The catalogue's tracks (url, track_id, extra columns) as dicts."""
+    return [t.to_dict() for t in iter_catalogue(catalogue_url, storage_options=storage_options, exclude=[output_url])]
+
+
+@task(name="committed-tracks", retries=2, retry_delay_seconds=2)
+def committed_task(output_url: str, model_id: str, storage_options: Mapping[str, Any] | None) -> list[str]:
+    """Track ids committed for ``model_id`` under ``output_url``."""
+    return list(committed_tracks(output_url, model_id, storage_options=storage_options))
+
+
+@task(name="plan-version", retries=2, retry_delay_seconds=2)
+def plan_version_task(dataset_url: str, model_id: str, settings: DatasetSettings, track_ids: list[str],
+                      storage_options: Mapping[str, Any] | None) -> tuple[str, bool]:
+    """The version name and whether it is already complete."""
+    return plan_version(dataset_url, model_id, settings, track_ids, storage_options=storage_options)
+
+
+@task(name="prepare-track", retries=1, retry_delay_seconds=2)
+def prepare_track_task(track: Mapping[str, Any], output_url: str, model_id: str, version_url: str,
+                       settings: DatasetSettings, spec: Mapping[str, Any] | None,
+                       storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Score and write one track; its manifest row (an error row for a bad track)."""
+    separator = _vocal_separator(spec) if spec is not None and settings.residue else None
+    return prepare_track(DatasetTrack(**track), out_url=output_url, model_id=model_id, version_url=version_url,
+                         settings=settings, vocal_separator=separator, storage_options=storage_options)
+
+
+@task(name="finish-dataset", retries=1, retry_delay_seconds=2)
+def finish_task(version_url: str, rows: list[dict[str, Any]], model_id: str, settings: DatasetSettings,
+                models: Mapping[str, Any], storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Manifest, card, shards, then the completion marker; the counts."""
+    return finish_dataset(version_url, rows, model_id=model_id, settings=settings, models=models,
+                          storage_options=storage_options)
+
+
+@flow(name="karaoke-separate-listed", log_prints=False)
+def separate_listed(folder_url: str, output_url: str, track_ids: list[str], model: str, checkpoint: str | None,
+                    shard_size: int, workers: int, gpus_per_worker: float, ray_address: str | None,
+                    storage_options: dict[str, Any] | None, stage: dict[str, Any] | None,
+                    model_settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Separate only the listed tracks of ``folder_url`` (a manifest's tracks), as ``separate-catalogue`` does."""
+    summary = run_flow_body(
+        folder_url, output_url, model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
+        gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options, stage=stage,
+        model_settings=model_settings, only_track_ids=track_ids, flow_name="karaoke-separate-listed",
+    )
+    return summary.as_dict()
+
+
+def _common_folder(urls: list[str]) -> str:
+    """The deepest folder URL containing every URL."""
+    parts = [u.rsplit("/", 1)[0].split("/") for u in urls]
+    common = parts[0]
+    for other in parts[1:]:
+        n = 0
+        while n < min(len(common), len(other)) and common[n] == other[n]:
+            n += 1
+        common = common[:n]
+    return "/".join(common)
+
+
+@flow(name="karaoke-dataset", log_prints=False)
+def karaoke_dataset(
+    source_url: str,
+    dataset_url: str,
+    model: str = "spleeter-2stems",
+    output_url: str | None = None,
+    checkpoint: str | None = None,
+    format: str | None = None,
+    loudness: str | float | None = None,
+    stems4: bool | None = None,
+    group_column: str | None = None,
+    splits: list[float] | None = None,
+    seed: int | None = None,
+    residue: bool | None = None,
+    webdataset: bool | None = None,
+    config_path: str | None = None,
+    shard_size: int = 50,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    ray_address: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    stage: dict[str, Any] | None = None,
+    model_settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a karaoke dataset version under ``dataset_url`` (see the module docstring).
+
+    Options left ``None`` come from ``configs/karaoke.yaml`` (or ``config_path``);
+    ``loudness`` is a target in LUFS or ``"none"``. ``model_settings`` are the
+    separation settings (``cache_dir``, ``batch_size``, ``chunk_size``…; ``cache_dir``
+    defaults to ``$STEMFLOW_CACHE`` or ``~/.cache/stemflow``).
+    """
+    log = get_run_logger()
+    settings = load_settings(config_path, **_overrides(format, loudness, stems4, group_column, splits, seed,
+                                                       residue, webdataset))
+    model_settings = dict(model_settings or {})
+    if not (model.endswith((".yaml", ".yml"))):
+        from stemflow.cache import default_cache_dir
+
+        model_settings.setdefault("cache_dir", str(default_cache_dir(os.environ)))
+    resolved = resolve_model_task(model, checkpoint, model_settings)
+    model_id, spec = resolved["model_id"], resolved["spec"]
+    if is_separation_output(source_url, storage_options):
+        output_url = source_url
+        separation: dict[str, Any] = {"planned": 0, "source": "output"}
+        tracks = [DatasetTrack(t) for t in committed_task(output_url, model_id, storage_options)]
+    else:
+        if output_url is None:
+            raise ConfigError("a catalogue needs output_url (where the stems are, or will be, committed)")
+        listed = [TrackRef.from_dict(t) for t in list_catalogue_task(source_url, output_url, storage_options)]
+        if not listed:
+            raise StemflowError(f"no tracks in catalogue {source_url!r}")
+        run = dict(model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
+                   gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options,
+                   stage=stage, model_settings=model_settings)
+        if source_url.lower().endswith((".csv", ".parquet", ".pq")):
+            separation = separate_listed(_common_folder([t.url for t in listed]), output_url,
+                                         sorted({t.track_id for t in listed}), **run)
+        else:
+            separation = separate_catalogue(source_url, output_url, **run)
+        done = set(committed_task(output_url, model_id, storage_options))
+        tracks = [DatasetTrack(t.track_id, t.url, t.extra.get(settings.group_column))
+                  for t in listed if t.track_id in done]
+        log.info("%d of %d catalogue tracks are committed for %s", len(tracks), len(listed), model_id)
+    if not tracks:
+        raise StemflowError(f"no track is committed for {model_id} under {output_url!r}")
+    version, complete = plan_version_task(dataset_url, model_id, settings, [t.track_id for t in tracks],
+                                          storage_options)
+    version_url = join_url(dataset_url, version)
+    result = {"version": version, "version_url": version_url, "model_id": model_id, "output_url": output_url,
+              "separation": separation, "created": not complete}
+    if complete:
+        log.info("dataset version %s is already complete: nothing to do", version)
+        return result
+    rows = [prepare_track_task(asdict(t), output_url, model_id, version_url, settings, spec, storage_options)
+            for t in tracks]
+    models = {"separation": model, "residue (vocal model on the backing)": model if settings.residue else "off"}
+    counts = finish_task(version_url, rows, model_id, settings, models, storage_options)
+    log.info("dataset %s: %d tracks, %d accepted", version_url, counts["tracks"], counts["accepted"])
+    return {**result, "counts": counts}
+
+
+def _overrides(format: str | None, loudness: str | float | None, stems4: bool | None, group_column: str | None,
+               splits: list[float] | None, seed: int | None, residue: bool | None, webdataset: bool | None
+               ) -> dict[str, Any]:
+    """The dataset settings given explicitly (``None`` = keep the config file's)."""
+    given: dict[str, Any] = {}
+    if format is not None:
+        given["format"] = format
+    if loudness is not None:
+        given["loudness_lufs"] = None if str(loudness).strip().lower() == "none" else float(loudness)
+    if splits is not None:
+        given["splits"] = tuple(float(f) for f in splits)
+    for name, value in (("stems4", stems4), ("group_column", group_column), ("seed", seed), ("residue", residue),
+                        ("webdataset", webdataset)):
+        if value is not None:
+            given[name] = value
+    return given
