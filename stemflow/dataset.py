@@ -24,7 +24,7 @@ peak exceeds ``max_true_peak_dbtp`` (never clipping), and recorded as
 measured before the gain.
 
 **Versions.** ``v<YYYYMMDD>-<model short>-<hash>``, the hash (8 hex) covering
-the model_id, every setting and the sorted track ids. A version is never
+the model_id, every setting and the sorted track ids with their group keys. A version is never
 overwritten: :func:`build_dataset` first looks for a complete version with the
 same model and hash (any date) and, finding one, does nothing. A new model, new
 settings or new tracks give a new version. An incomplete folder (a crash) is
@@ -78,6 +78,15 @@ __all__ = [
 # --------------------------------------------------------------------------- splits and versions
 
 
+@dataclass(frozen=True)
+class DatasetTrack:
+    """A committed track to include: its id, source and (optional) group value."""
+
+    track_id: str
+    source_url: str = ""
+    group_value: Any = None
+
+
 def group_key(value: Any, track_id: str, column: str) -> str:
     """``<column>:<value stripped and case-folded>``, or ``track:<track_id>`` when the value is missing."""
     text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip().casefold()
@@ -105,15 +114,21 @@ def model_short(model_id: str) -> str:
         return "".join(c if c.isalnum() or c in "._-" else "-" for c in model_id)[:32]
 
 
-def version_hash(model_id: str, settings: DatasetSettings, track_ids: Iterable[str]) -> str:
-    """8 hex of sha256 over the model_id, the settings and the sorted track ids (canonical JSON)."""
-    body = {"model_id": model_id, "settings": settings.as_dict(), "track_ids": sorted(track_ids)}
+def version_members(tracks: Iterable[DatasetTrack], settings: DatasetSettings) -> list[str]:
+    """What a version holds, for its hash: sorted ``<track_id> <group key>`` (new groups = new version)."""
+    return sorted(f"{t.track_id} {group_key(t.group_value, t.track_id, settings.group_column)}" for t in tracks)
+
+
+def version_hash(model_id: str, settings: DatasetSettings, members: Iterable[str]) -> str:
+    """8 hex of sha256 over the model_id, the settings and the sorted members (canonical JSON)."""
+    body = {"model_id": model_id, "settings": settings.as_dict(), "tracks": sorted(members)}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def version_name(model_id: str, settings: DatasetSettings, track_ids: Iterable[str], day: date) -> str:
-    """``v<YYYYMMDD>-<model short>-<hash>``."""
-    return f"v{day:%Y%m%d}-{model_short(model_id)}-{version_hash(model_id, settings, track_ids)}"
+def version_name(model_id: str, settings: DatasetSettings, tracks: Iterable[DatasetTrack], day: date) -> str:
+    """``v<YYYYMMDD>-<model short>-<hash>`` (hash: :func:`version_hash` of :func:`version_members`)."""
+    members = version_members(tracks, settings)
+    return f"v{day:%Y%m%d}-{model_short(model_id)}-{version_hash(model_id, settings, members)}"
 
 
 def find_complete_version(dataset_url: str, suffix: str, storage_options: StorageOptions = None) -> str | None:
@@ -132,15 +147,6 @@ def find_complete_version(dataset_url: str, suffix: str, storage_options: Storag
 
 
 # --------------------------------------------------------------------------- one track
-
-
-@dataclass(frozen=True)
-class DatasetTrack:
-    """A committed track to include: its id, source and (optional) group value."""
-
-    track_id: str
-    source_url: str = ""
-    group_value: Any = None
 
 
 def read_committed_stems(
@@ -270,16 +276,15 @@ class DatasetResult:
 
 
 def plan_version(
-    dataset_url: str, model_id: str, settings: DatasetSettings, track_ids: Iterable[str], *,
+    dataset_url: str, model_id: str, settings: DatasetSettings, tracks: Sequence[DatasetTrack], *,
     day: date | None = None, storage_options: StorageOptions = None,
 ) -> tuple[str, bool]:
     """``(version name, already complete)``; an existing complete version of the same hash wins over today's name."""
-    ids = sorted(track_ids)
-    suffix = f"{model_short(model_id)}-{version_hash(model_id, settings, ids)}"
+    suffix = f"{model_short(model_id)}-{version_hash(model_id, settings, version_members(tracks, settings))}"
     existing = find_complete_version(dataset_url, suffix, storage_options)
     if existing is not None:
         return existing, True
-    return version_name(model_id, settings, ids, day or datetime.now(timezone.utc).date()), False
+    return version_name(model_id, settings, tracks, day or datetime.now(timezone.utc).date()), False
 
 
 def finish_dataset(
@@ -354,7 +359,7 @@ def build_dataset(
     """
     if not tracks:
         raise StemflowError("no committed tracks to build a dataset from")
-    version, complete = plan_version(dataset_url, model_id, settings, [t.track_id for t in tracks],
+    version, complete = plan_version(dataset_url, model_id, settings, tracks,
                                      day=day, storage_options=storage_options)
     version_url = join_url(dataset_url, version)
     if complete:

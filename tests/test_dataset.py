@@ -85,11 +85,14 @@ def test_settings_file_and_validation(tmp_path: Path) -> None:
 
 def test_version_name() -> None:
     settings = DatasetSettings()
-    name = version_name(MODEL_ID, settings, ["b", "a"], DAY)
+    a, b = DatasetTrack("a", group_value="X"), DatasetTrack("b")
+    name = version_name(MODEL_ID, settings, [b, a], DAY)
     assert name.startswith("v20261124-toy-4stem-01234567-")
-    assert name == version_name(MODEL_ID, settings, ["a", "b"], DAY)
-    assert name != version_name(MODEL_ID, DatasetSettings(seed=1), ["a", "b"], DAY)
-    assert name != version_name(MODEL_ID, settings, ["a", "b", "c"], DAY)
+    assert name == version_name(MODEL_ID, settings, [a, b], DAY)
+    assert name == version_name(MODEL_ID, settings, [DatasetTrack("a", "file:///elsewhere", " x"), b], DAY)
+    assert name != version_name(MODEL_ID, DatasetSettings(seed=1), [a, b], DAY)
+    assert name != version_name(MODEL_ID, settings, [a, b, DatasetTrack("c")], DAY)
+    assert name != version_name(MODEL_ID, settings, [DatasetTrack("a", group_value="Y"), b], DAY)  # regrouped
     assert model_short("not a model id!") == "not-a-model-id-"
 
 
