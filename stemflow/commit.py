@@ -26,6 +26,12 @@ nothing else. The protocol, and why it holds under crashes and races:
    rely on the output being bit-identical across runs, which holds only on the
    same device class and library versions.
 
+4. **Retried writes.** The storage layer retries transient failures
+   (:mod:`stemflow.retry`). A create-only write whose reply was lost but which
+   did reach the store answers "exists" on retry: for a stem that is adoption
+   (rule 1); for the marker, :func:`commit_track` reads it back and, if it holds
+   exactly this attempt's bytes, reports the commit as its own.
+
 A crash before the marker leaves stems without a marker: the track is planned
 again and the next attempt adopts those stems. The consequence to know: stems
 of a ``model_id`` are never replaced; producing different stems needs a new
@@ -263,10 +269,25 @@ def commit_track(
         started_at=started_at,
         extra=dict(extra or {}),
     )
-    won = write_create_only(f"{base}/{MARKER_NAME}", marker.to_json(), storage_options)
+    body = marker.to_json()
+    url = f"{base}/{MARKER_NAME}"
+    won = write_create_only(url, body, storage_options)
+    if not won and _stored_marker_is(url, body, storage_options):
+        # A retried create whose first attempt reached the store (the reply was lost):
+        # the marker holds our bytes (its committed_at is ours to the microsecond), so we won.
+        logger.info("track %s: the marker found is this attempt's own (a retried write); committed", track_id)
+        return True
     if not won:
         logger.info("track %s of model %s was already committed by another run", track_id, model_id)
     return won
+
+
+def _stored_marker_is(url: str, body: bytes, storage_options: StorageOptions) -> bool:
+    """Whether the object at ``url`` holds exactly ``body``."""
+    try:
+        return read_bytes(url, storage_options) == body
+    except FileNotFoundError:
+        return False
 
 
 def read_marker(

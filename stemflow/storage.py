@@ -21,6 +21,14 @@ other      ``fs.pipe_file``                            ``fs.pipe_file(mode="crea
 =========  ==========================================  ===========================================
 
 Readers therefore never observe a half-written object on local, S3 or memory.
+
+Remote calls (S3, GCS…) are retried with exponential backoff and full jitter when
+they fail transiently (throttling, resets, timeouts; see :mod:`stemflow.retry`):
+every function takes ``retry=`` (a :class:`~stemflow.retry.RetryPolicy`,
+default :data:`~stemflow.retry.DEFAULT_RETRY`). Retrying a create-only write whose
+first attempt did reach the store answers "already exists": callers that must
+tell their own earlier attempt from another writer compare the stored bytes
+(:func:`stemflow.commit.commit_track` does).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.core import url_to_fs
 
 from stemflow.errors import StorageError
+from stemflow.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
 
 logger = logging.getLogger(__name__)
 
@@ -152,12 +161,20 @@ def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
+def _call(fs: AbstractFileSystem, what: str, operation: Any, retry: RetryPolicy | None) -> Any:
+    """Run ``operation()``; on remote filesystems under the retry policy (local, memory: once)."""
+    if _is_local(fs) or _is_memory(fs):
+        return operation()
+    return call_with_retry(operation, what=what, policy=retry or DEFAULT_RETRY)
+
+
 def _local_temp_path(path: str) -> str:
     folder, name = os.path.split(path)
     return os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
 
 
-def write_atomic(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+def write_atomic(url: str, data: bytes, storage_options: StorageOptions = None, *,
+                 retry: RetryPolicy | None = None) -> None:
     """Write ``data`` to ``url``, replacing any object there; readers see old or new, never half.
 
     Raises:
@@ -176,12 +193,13 @@ def write_atomic(url: str, data: bytes, storage_options: StorageOptions = None) 
                 if os.path.exists(temp):
                     os.unlink(temp)
         else:
-            fs.pipe_file(path, data)
+            _call(fs, f"write {url}", lambda: fs.pipe_file(path, data), retry)
     except OSError as e:
         raise StorageError(f"cannot write {url!r}: {e}") from e
 
 
-def write_create_only(url: str, data: bytes, storage_options: StorageOptions = None) -> bool:
+def write_create_only(url: str, data: bytes, storage_options: StorageOptions = None, *,
+                      retry: RetryPolicy | None = None) -> bool:
     """Create ``url`` holding ``data`` unless an object already exists there.
 
     Exactly one of several concurrent callers gets ``True`` (see the module
@@ -199,7 +217,7 @@ def write_create_only(url: str, data: bytes, storage_options: StorageOptions = N
             with _MEMORY_LOCK:
                 fs.pipe_file(path, data, mode="create")
             return True
-        fs.pipe_file(path, data, mode="create")
+        _call(fs, f"create {url}", lambda: fs.pipe_file(path, data, mode="create"), retry)
         return True
     except FileExistsError:
         logger.debug("create-only write lost: %s already exists", url)
@@ -229,7 +247,7 @@ def _create_local(path: str, data: bytes) -> bool:
             os.unlink(temp)
 
 
-def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
+def read_bytes(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> bytes:
     """Read a whole object.
 
     Raises:
@@ -238,24 +256,25 @@ def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
     """
     fs, path = filesystem(url, storage_options)
     try:
-        return fs.cat_file(path)
+        return _call(fs, f"read {url}", lambda: fs.cat_file(path), retry)
     except FileNotFoundError:
         raise
     except OSError as e:
         raise StorageError(f"cannot read {url!r}: {e}") from e
 
 
-def exists(url: str, storage_options: StorageOptions = None) -> bool:
+def exists(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> bool:
     """Whether an object (or folder) exists at ``url``."""
     fs, path = filesystem(url, storage_options)
     try:
-        return bool(fs.exists(path))
+        return bool(_call(fs, f"check {url}", lambda: fs.exists(path), retry))
     except OSError as e:
         raise StorageError(f"cannot check {url!r}: {e}") from e
 
 
 def exists_many(
-    urls: Iterable[str], storage_options: StorageOptions = None, *, concurrency: int = 64
+    urls: Iterable[str], storage_options: StorageOptions = None, *, concurrency: int = 64,
+    retry: RetryPolicy | None = None,
 ) -> list[bool]:
     """:func:`exists` for many URLs of one filesystem, concurrently on async backends (S3).
 
@@ -271,7 +290,8 @@ def exists_many(
     paths = [fs._strip_protocol(url) for url in url_list]
     try:
         if isinstance(fs, AsyncFileSystem) and fs.loop is not None:
-            return sync(fs.loop, _exists_async, fs, paths, concurrency)
+            return list(_call(fs, f"check {len(paths)} objects", lambda: sync(fs.loop, _exists_async, fs, paths,
+                                                                            concurrency), retry))
         return [bool(fs.exists(path)) for path in paths]
     except OSError as e:
         raise StorageError(f"cannot check {len(paths)} objects under {url_list[0]!r}: {e}") from e
@@ -288,7 +308,8 @@ async def _exists_async(fs: AsyncFileSystem, paths: list[str], concurrency: int)
 
 
 def read_many(
-    urls: Sequence[str], storage_options: StorageOptions = None, *, concurrency: int = 64
+    urls: Sequence[str], storage_options: StorageOptions = None, *, concurrency: int = 64,
+    retry: RetryPolicy | None = None,
 ) -> list[bytes | None]:
     """Read many small objects of one filesystem; ``None`` where an object does not exist.
 
@@ -306,7 +327,8 @@ def read_many(
     paths = [fs._strip_protocol(url) for url in urls]
     try:
         if isinstance(fs, AsyncFileSystem) and fs.loop is not None:
-            return sync(fs.loop, _read_many_async, fs, paths, concurrency)
+            return list(_call(fs, f"read {len(paths)} objects", lambda: sync(fs.loop, _read_many_async, fs, paths,
+                                                                           concurrency), retry))
         return [_read_or_none(fs, path) for path in paths]
     except OSError as e:
         raise StorageError(f"cannot read {len(paths)} objects under {urls[0]!r}: {e}") from e
@@ -350,7 +372,8 @@ def info_to_object(fs: AbstractFileSystem, entry: Mapping[str, Any]) -> ObjectIn
     )
 
 
-def object_info(url: str, storage_options: StorageOptions = None) -> ObjectInfo:
+def object_info(url: str, storage_options: StorageOptions = None, *,
+                retry: RetryPolicy | None = None) -> ObjectInfo:
     """Size, etag and mtime of one object (one HEAD on S3).
 
     Raises:
@@ -359,7 +382,7 @@ def object_info(url: str, storage_options: StorageOptions = None) -> ObjectInfo:
     """
     fs, path = filesystem(url, storage_options)
     try:
-        entry = fs.info(path)
+        entry = _call(fs, f"stat {url}", lambda: fs.info(path), retry)
     except FileNotFoundError:
         raise
     except OSError as e:
@@ -372,7 +395,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_object(url: str, storage_options: StorageOptions = None) -> str:
+def sha256_object(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> str:
     """Hex sha256 of an object, streamed in :data:`HASH_BLOCK_BYTES` reads (memory O(1 MiB)).
 
     Raises:
@@ -380,16 +403,20 @@ def sha256_object(url: str, storage_options: StorageOptions = None) -> str:
         StorageError: the read failed otherwise.
     """
     fs, path = filesystem(url, storage_options)
-    digest = hashlib.sha256()
-    try:
+
+    def digest_once() -> str:  # a retry starts the digest over
+        digest = hashlib.sha256()
         with fs.open(path, "rb", block_size=HASH_BLOCK_BYTES) as handle:
             while block := handle.read(HASH_BLOCK_BYTES):
                 digest.update(block)
+        return digest.hexdigest()
+
+    try:
+        return str(_call(fs, f"hash {url}", digest_once, retry))
     except FileNotFoundError:
         raise
     except OSError as e:
         raise StorageError(f"cannot read {url!r}: {e}") from e
-    return digest.hexdigest()
 
 
 __all__ = [
