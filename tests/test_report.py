@@ -253,3 +253,11 @@ def test_report_of_a_real_catalogue_run(tmp_path: Path) -> None:
     assert _screenshot(browser, page, shot, tmp_path / "profile-1") == []
     _assert_not_blank(shot)
     assert _page_errors(browser, page, tmp_path / "profile-2")[:2] == (0, "")
+
+
+def test_report_of_an_empty_output_is_an_error(tmp_path: Path) -> None:
+    from stemflow.errors import StemflowError
+
+    with pytest.raises(StemflowError, match="nothing to report"):
+        build_report(str(tmp_path))
+    assert not (tmp_path / "reports").exists()
