@@ -73,10 +73,10 @@ def committed_task(output_url: str, model_id: str, storage_options: Mapping[str,
 
 
 @task(name="plan-version", retries=2, retry_delay_seconds=2)
-def plan_version_task(dataset_url: str, model_id: str, settings: DatasetSettings, track_ids: list[str],
+def plan_version_task(dataset_url: str, model_id: str, settings: DatasetSettings, tracks: list[DatasetTrack],
                       storage_options: Mapping[str, Any] | None) -> tuple[str, bool]:
     """The version name and whether it is already complete."""
-    return plan_version(dataset_url, model_id, settings, track_ids, storage_options=storage_options)
+    return plan_version(dataset_url, model_id, settings, tracks, storage_options=storage_options)
 
 
 @task(name="prepare-track", retries=1, retry_delay_seconds=2)
@@ -188,8 +188,7 @@ def karaoke_dataset(
         log.info("%d of %d catalogue tracks are committed for %s", len(tracks), len(listed), model_id)
     if not tracks:
         raise StemflowError(f"no track is committed for {model_id} under {output_url!r}")
-    version, complete = plan_version_task(dataset_url, model_id, settings, [t.track_id for t in tracks],
-                                          storage_options)
+    version, complete = plan_version_task(dataset_url, model_id, settings, tracks, storage_options)
     version_url = join_url(dataset_url, version)
     result = {"version": version, "version_url": version_url, "model_id": model_id, "output_url": output_url,
               "separation": separation, "created": not complete}
@@ -198,10 +197,25 @@ def karaoke_dataset(
         return result
     rows = [prepare_track_task(asdict(t), output_url, model_id, version_url, settings, spec, storage_options)
             for t in tracks]
-    models = {"separation": model, "residue (vocal model on the backing)": model if settings.residue else "off"}
+    models = {"separation": model, "residue (vocal model on the backing)": model if settings.residue else "off",
+              **_model_facts(model)}
     counts = finish_task(version_url, rows, model_id, settings, models, storage_options)
     log.info("dataset %s: %d tracks, %d accepted", version_url, counts["tracks"], counts["accepted"])
     return {**result, "counts": counts}
+
+
+def _model_facts(model: str) -> dict[str, str]:
+    """Licence, architecture and reported SDR of a registry model for the card (``{}`` for a config path)."""
+    from stemflow.registry import get_model_entry
+
+    try:
+        entry = get_model_entry(model)
+    except StemflowError:
+        return {}
+    facts = {"architecture": entry.architecture, "stems": ", ".join(entry.stems), "licence": entry.license}
+    if entry.reported_sdr is not None:
+        facts["reported SDR"] = entry.reported_sdr.describe()
+    return facts
 
 
 def _overrides(format: str | None, loudness: str | float | None, stems4: bool | None, group_column: str | None,
@@ -212,7 +226,11 @@ def _overrides(format: str | None, loudness: str | float | None, stems4: bool | 
     if format is not None:
         given["format"] = format
     if loudness is not None:
-        given["loudness_lufs"] = None if str(loudness).strip().lower() == "none" else float(loudness)
+        text = str(loudness).strip().lower()
+        try:
+            given["loudness_lufs"] = None if text == "none" else float(text)
+        except ValueError as e:
+            raise ConfigError(f"loudness must be a target in LUFS (e.g. -14) or 'none', got {loudness!r}") from e
     if splits is not None:
         given["splits"] = tuple(float(f) for f in splits)
     for name, value in (("stems4", stems4), ("group_column", group_column), ("seed", seed), ("residue", residue),

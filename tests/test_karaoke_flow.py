@@ -112,6 +112,21 @@ def test_karaoke_flow_builds_a_dataset_and_is_idempotent(tmp_path: Path, prefect
     again = karaoke_dataset(str(catalogue), str(tmp_path / "dataset"), **options)
     assert not again["created"] and again["version"] == first["version"]
     assert again["separation"]["planned"] == 0
-    # built straight from the separation output: same tracks, no groups -> another version
+    # the same through the CLI: nothing to do, the version's URL on stdout
+    from typer.testing import CliRunner
+
+    from stemflow.cli import app
+
+    result = CliRunner().invoke(app, ["karaoke", str(catalogue), str(tmp_path / "dataset"), "--output-url",
+                                      str(tmp_path / "out"), "--loudness", "-14", "--splits", "0.8,0.1,0.1"],
+                                env={"STEMFLOW_CACHE": str(tmp_path / "cache")})
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith(first["version"])
+    # the catalogue's folder (no artist column: every track its own group) -> another version,
+    # from the same committed stems (the separate-catalogue subflow plans nothing)
+    folder = karaoke_dataset(str(tmp_path / "cat"), str(tmp_path / "dataset"), residue=False, **options)
+    assert folder["created"] and folder["version"] != first["version"] and folder["separation"]["planned"] == 0
+    assert folder["counts"]["tracks"] == 5 and folder["counts"]["accepted"] == 1
+    # straight from the separation output: the same tracks and groups -> that same version
     from_output = karaoke_dataset(str(tmp_path / "out"), str(tmp_path / "dataset"), residue=False, **options)
-    assert from_output["created"] and from_output["counts"]["tracks"] == 5
+    assert not from_output["created"] and from_output["version"] == folder["version"]
