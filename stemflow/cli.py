@@ -282,6 +282,45 @@ def report(
     out.print(result.html_url)
 
 
+@app.command()
+def karaoke(
+    source: Annotated[str, typer.Argument(help="catalogue (folder/prefix or CSV/Parquet manifest) or a separation output URL")],
+    dataset: Annotated[str, typer.Argument(help="dataset URL; the version goes to DATASET/<version>/")],
+    model: Annotated[str, typer.Option(help="registry name or community-format config YAML")] = "spleeter-2stems",
+    output_url: Annotated[Optional[str], typer.Option("--output-url", help="where the stems are committed (catalogue input)")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="flac or wav (default: configs/karaoke.yaml)")] = None,
+    loudness: Annotated[Optional[str], typer.Option(help="backing target in LUFS, e.g. -14, or 'none'")] = None,
+    stems4: Annotated[Optional[bool], typer.Option("--stems4/--no-stems4", help="also write drums/bass/other")] = None,
+    group_column: Annotated[Optional[str], typer.Option("--group-column", help="manifest column grouping the splits")] = None,
+    splits: Annotated[Optional[str], typer.Option(help="train,validation,test fractions, e.g. 0.8,0.1,0.1")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="split seed")] = None,
+    residue: Annotated[Optional[bool], typer.Option("--residue/--no-residue", help="second vocal pass on the backing")] = None,
+    webdataset: Annotated[Optional[bool], typer.Option("--webdataset/--no-webdataset", help="also write tar shards")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="karaoke settings YAML (default configs/karaoke.yaml)")] = None,
+    workers: Annotated[int, typer.Option(help="Ray actors for the separation")] = 1,
+) -> None:
+    """Build a versioned karaoke dataset (backing + guide vocal, scores, splits, card) from a catalogue."""
+    try:
+        from pipelines.karaoke import karaoke_dataset
+    except ImportError as e:
+        raise StemflowError(f"the karaoke flow needs the `pipeline` extra and the repo's pipelines/ package: {e}") from e
+    try:
+        fractions = [float(f) for f in splits.split(",")] if splits else None
+    except ValueError as e:
+        raise typer.BadParameter(f"--splits: {splits!r} is not three comma-separated numbers") from e
+    result = karaoke_dataset(source, dataset, model=model, output_url=output_url, format=format, loudness=loudness,
+                             stems4=stems4, group_column=group_column, splits=fractions, seed=seed, residue=residue,
+                             webdataset=webdataset, config_path=str(config) if config else None, workers=workers,
+                             model_settings={"cache_dir": str(cache_dir()), "offline": offline_requested(False)})
+    if not result["created"]:
+        console.print(f"version {result['version']} already complete: nothing to do")
+    else:
+        counts = result["counts"]
+        console.print(f"{counts['tracks']} tracks, {counts['accepted']} accepted "
+                      + ", ".join(f"{k} {v['accepted']}/{v['tracks']}" for k, v in counts["splits"].items()))
+    out.print(result["version_url"], soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``stemflow`` script; library errors become a message and exit code 2."""
     logging.basicConfig(level=os.environ.get("STEMFLOW_LOG_LEVEL", "WARNING"),
