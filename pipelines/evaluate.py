@@ -42,6 +42,7 @@ from stemflow.evaluation import (
     load_references,
     metrics_table,
     new_eval_id,
+    reported_notes,
     score_track,
     write_evaluation,
 )
@@ -69,8 +70,14 @@ def resolve_task(model: str, checkpoint: str | None, settings: Mapping[str, Any]
     """A picklable model spec, the ``model_id`` and the model's display name."""
     from pipelines.runtime import resolve_model
 
+    from stemflow.registry import get_model_entry, has_model
+
     spec, model_id = resolve_model(model, checkpoint, dict(settings))
-    return {"spec": asdict(spec), "model_id": model_id, "name": parse_model_id(model_id).name}
+    reported = None
+    if has_model(model) and (sdr := get_model_entry(model).reported_sdr) is not None:
+        reported = f"{sdr.value:.2f} dB ({sdr.metric}, {sdr.dataset})"
+    return {"spec": asdict(spec), "model_id": model_id, "name": parse_model_id(model_id).name,
+            "reported_sdr": reported}
 
 
 def _score_or_error(model: Mapping[str, Any], track: ReferenceTrack, estimates_of, storage_options,
@@ -217,11 +224,12 @@ def evaluate(
     rates = [r["sample_rate"] for r in rows if r.get("sample_rate")]
     rows += baseline_task(tracks, rates[0] if rates else baseline_sample_rate, storage_options, max_duration_s)
     info = {"dataset_url": dataset_url, "engine": engine, "tracks": [t["name"] for t in tracks],
-            "models": [{"name": m["name"], "model_id": m["model_id"]} for m in resolved],
+            "models": [{k: m[k] for k in ("name", "model_id", "reported_sdr")} for m in resolved],
             "max_duration_s": max_duration_s, "wall_s": time.perf_counter() - started}
     urls = write_task(output_url, eval_id, rows, info, storage_options)
     board = leaderboard(metrics_table(rows))
-    create_markdown_artifact(f"# stemflow evaluation `{eval_id}`\n\n" + leaderboard_markdown(board),
+    markdown = leaderboard_markdown(board, reported_notes(info))
+    create_markdown_artifact(f"# stemflow evaluation `{eval_id}`\n\n" + markdown,
                              key="stemflow-leaderboard", description=f"leaderboard of {eval_id}")
     errors = sum(1 for r in rows if r.get("status") == "error")
     log.info("evaluation %s written to %s (%d error rows)", eval_id, urls["metrics.parquet"], errors)

@@ -369,8 +369,14 @@ LEADERBOARD_HEADERS: dict[str, str] = {
 """Leaderboard columns shown in tables (Markdown, CLI, report) and their labels."""
 
 
-def leaderboard_markdown(board: pa.Table) -> str:
-    """The leaderboard as a Markdown table with the SDR definitions stated under it."""
+def reported_notes(info: Mapping[str, Any] | None) -> list[str]:
+    """``"<model>: its authors report …"`` for each ``info["models"]`` entry with a ``reported_sdr`` text."""
+    models = (info or {}).get("models") or []
+    return [f"{m['name']}: its authors report {m['reported_sdr']}" for m in models if m.get("reported_sdr")]
+
+
+def leaderboard_markdown(board: pa.Table, notes: Sequence[str] = ()) -> str:
+    """The leaderboard as a Markdown table with the SDR definitions (and ``notes``) stated under it."""
     keys = list(LEADERBOARD_HEADERS)
     lines = ["| " + " | ".join(LEADERBOARD_HEADERS.values()) + " |", "|" + " --- |" * len(keys)]
     lines += ["| " + " | ".join(_fmt(row[k]) for k in keys) + " |" for row in board.to_pylist()]
@@ -379,6 +385,7 @@ def leaderboard_markdown(board: pa.Table) -> str:
         "cSDR: per track the median over 1 s frames of BSS-Eval v4 SDR (museval), then the median over "
         "tracks (MUSDB18 convention). uSDR: one SDR over the whole track (SDX challenge), mean over tracks. "
         f"`{MIXTURE_BASELINE}`: the mixture itself as the estimate.",
+        *(f"\n{note}" for note in notes),
     ]
     return "\n".join(lines) + "\n"
 
@@ -403,7 +410,8 @@ def write_evaluation(
 ) -> dict[str, str]:
     """Write ``metrics.parquet`` and the leaderboard (``.parquet``, ``.json``, ``.md``), each atomically.
 
-    ``info`` (data set, models, settings) is stored in ``leaderboard.json`` next to the rows.
+    ``info`` (data set, models, settings) is stored in ``leaderboard.json`` next to the rows;
+    its ``models`` entries' ``reported_sdr`` texts are quoted under the Markdown table.
     Returns the URLs written, keyed by file name.
     """
     base = evaluation_url(out_url, eval_id)
@@ -416,7 +424,7 @@ def write_evaluation(
     body = {"eval_id": eval_id, "info": dict(info or {}),
             "rows": [{k: _json_safe(v) for k, v in row.items()} for row in board.to_pylist()]}
     payloads["leaderboard.json"] = json.dumps(body, indent=1, default=str).encode()
-    payloads["leaderboard.md"] = leaderboard_markdown(board).encode()
+    payloads["leaderboard.md"] = leaderboard_markdown(board, reported_notes(info)).encode()
     urls = {}
     for name, data in payloads.items():
         urls[name] = f"{base}/{name}"

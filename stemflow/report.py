@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +38,15 @@ import numpy as np
 from stemflow.audio import encode, load_audio
 from stemflow.commit import read_marker, track_url
 from stemflow.errors import StemflowError
-from stemflow.evaluation import LEADERBOARD_HEADERS, MIXTURE_BASELINE, leaderboard, order_models, read_evaluations
+from stemflow.evaluation import (
+    LEADERBOARD_HEADERS,
+    MIXTURE_BASELINE,
+    evaluation_url,
+    leaderboard,
+    order_models,
+    read_evaluations,
+    reported_notes,
+)
 from stemflow.records import COLUMNS, read_records
 from stemflow.report_plots import box_plot_png, finite_summary, histogram_png, spectrogram_strip_png
 from stemflow.storage import StorageOptions, check_component, join_url, read_bytes, write_atomic
@@ -294,7 +303,17 @@ def _flags_section(flags: Sequence[Flag], thresholds: Thresholds) -> str:
             + _table(["flag", "model_id", "track", "stem", "column", "value"], rows, left=5))
 
 
-def _evaluation_section(eval_id: str, metrics: Any, images: _Images) -> str:
+def _evaluation_notes(out_url: str, eval_id: str, storage_options: StorageOptions) -> list[str]:
+    """What ``leaderboard.json`` says the models' authors report (nothing if it cannot be read)."""
+    try:
+        body = json.loads(read_bytes(join_url(evaluation_url(out_url, eval_id), "leaderboard.json"), storage_options))
+        return reported_notes(body.get("info"))
+    except (OSError, ValueError, AttributeError, StemflowError) as e:
+        logger.info("no readable leaderboard.json for %s: %s", eval_id, e)
+        return []
+
+
+def _evaluation_section(eval_id: str, metrics: Any, images: _Images, notes: Sequence[str] = ()) -> str:
     board = leaderboard(metrics).to_pylist()
     keys = list(LEADERBOARD_HEADERS)
     classes = ["baseline" if r["model_name"] == MIXTURE_BASELINE else "" for r in board]
@@ -312,6 +331,7 @@ def _evaluation_section(eval_id: str, metrics: Any, images: _Images) -> str:
                                      f"{eval_id}: {label}, one value per track"))
     errors = sum(1 for r in metrics.to_pylist() if r["status"] == "error")
     note = f'<p class="note">{errors} track(s) failed and are not in the means.</p>' if errors else ""
+    note += "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
     return (f"<h2>Evaluation {_e(eval_id)}</h2>" + table + note
             + '<p class="note">cSDR: per-track median over 1 s frames (museval), median over tracks (MUSDB18). '
             + f"uSDR: whole-track SDR (SDX), mean over tracks. <i>{MIXTURE_BASELINE}</i>: the mixture as the "
@@ -407,7 +427,8 @@ def build_report(
                 shown.append(f'<div class="track"><h3>{_e(track_id)}</h3><p class="note">cannot read: {_e(e)}</p></div>')
         sections.append("<h2>Tracks</h2>" + "".join(shown))
     for eval_id, metrics in evaluations.items():
-        sections.append(_evaluation_section(eval_id, metrics, images))
+        notes = _evaluation_notes(out_url, eval_id, storage_options)
+        sections.append(_evaluation_section(eval_id, metrics, images, notes))
     errors = table.num_rows - len(rows)
     models = sorted({str(r["model_id"]) for r in rows})
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")

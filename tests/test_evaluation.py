@@ -142,7 +142,8 @@ def test_metrics_parquet_and_leaderboard_files_round_trip(tmp_path: Path, model_
     rows = model_rows
     table = metrics_table(rows)
     assert table.schema == METRICS_SCHEMA
-    urls = write_evaluation(str(tmp_path), "eval-1", table, info={"dataset": "synthetic"})
+    info = {"dataset": "synthetic", "models": [{"name": "two", "model_id": "two-abc", "reported_sdr": "12.00 dB (x, y)"}]}
+    urls = write_evaluation(str(tmp_path), "eval-1", table, info=info)
     base = tmp_path / "evaluation" / "eval-1"
     assert sorted(p.name for p in base.iterdir()) == [
         "leaderboard.json", "leaderboard.md", "leaderboard.parquet", "metrics.parquet"]
@@ -155,7 +156,8 @@ def test_metrics_parquet_and_leaderboard_files_round_trip(tmp_path: Path, model_
                       "track": "broken", "status": "error", "error": "AudioDecodeError: bad"}]
     assert pq.read_table(base / "leaderboard.parquet").equals(leaderboard(table))
     body = json.loads((base / "leaderboard.json").read_text())
-    assert body["info"] == {"dataset": "synthetic"} and len(body["rows"]) == 2 + 5
+    assert body["info"] == info and len(body["rows"]) == 2 + 5
+    assert (base / "leaderboard.md").read_text().endswith("\n\ntwo: its authors report 12.00 dB (x, y)\n")
     assert body["rows"][0]["usdr_mean"] == pytest.approx(leaderboard(table).to_pylist()[0]["usdr_mean"])
     assert list(read_evaluations(str(tmp_path))) == ["eval-1"]
     assert read_evaluations(str(tmp_path))["eval-1"].equals(table)

@@ -115,7 +115,9 @@ def report(catalogue_output: Path):
     estimates = {"vocals": refs[1]["vocals"] + 0.01, "instrumental": refs[1]["instrumental"]}
     rows = score_track(model_name="model-a", model_id="model-a-000000000000-s00000000", track="t-clean",
                        references=references, estimates=estimates) + baseline_rows("t-clean", references)
-    write_evaluation(str(catalogue_output), "eval-test", metrics_table(rows))
+    info = {"models": [{"name": "model-a", "model_id": "model-a-000000000000-s00000000",
+                        "reported_sdr": "9.65 dB (SDR, mean of 4 stems, MUSDB18-HQ test)"}]}
+    write_evaluation(str(catalogue_output), "eval-test", metrics_table(rows), info=info)
     return build_report(str(catalogue_output), name="nightly", spectrogram_tracks=3, excerpt_s=2.0)
 
 
@@ -144,6 +146,7 @@ def test_report_files_and_contents(report, catalogue_output: Path) -> None:
                  "silence_ratio &gt; 0.9", "bleed_ratio &gt; 0.35"):
         assert rule in page
     assert "Models compared" in page and "Evaluation eval-test" in page and "uSDR mean (dB)" in page
+    assert "model-a: its authors report 9.65 dB (SDR, mean of 4 stems, MUSDB18-HQ test)" in page
     assert page.count("data:audio/flac;base64,") == 3  # one mixture excerpt per track shown
     links = re.findall(r'<audio controls preload="none" src="(\.\./stems/[^"]+)"', page)
     assert len(links) == 3 * 2
