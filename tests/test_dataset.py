@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from collections import Counter
@@ -205,3 +206,42 @@ def test_residue_uses_the_vocal_separator(tmp_path: Path) -> None:
     assert seen == [((2, 2 * RATE), RATE)]
     assert row["vocal_residue_db"] == pytest.approx(expected, abs=0.01)  # FLAC 24-bit round trip
     assert "vocal_residue" in row["reasons"]
+
+
+def test_incomplete_version_is_completed_and_a_complete_one_never_rewritten(tmp_path: Path) -> None:
+    out, dataset = str(tmp_path / "out"), str(tmp_path / "dataset")
+    commit_toy_track(out, "a", four_stems(1.0, 60))
+    tracks = [DatasetTrack("a", group_value="Ann")]
+    settings = DatasetSettings(residue=False)
+    first = build_dataset(tracks, out_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings, day=DAY)
+    root = tmp_path / "dataset" / first.version
+    backing = next(root.rglob("backing.flac"))  # in whichever split the group hashes to
+    audio_bytes = backing.read_bytes()
+    # a crash before the marker: the manifest and the marker are missing
+    (root / COMPLETE_NAME).unlink()
+    (root / "manifest.parquet").unlink()
+    again = build_dataset(tracks, out_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings, day=DAY)
+    assert again.created and again.version == first.version and again.accepted == 1
+    assert backing.read_bytes() == audio_bytes and (root / "manifest.parquet").is_file()
+    assert (root / COMPLETE_NAME).is_file()
+
+
+def test_dataset_on_an_object_store(tmp_path: Path) -> None:
+    import fsspec
+
+    from stemflow.dataset_manifest import read_manifest_table
+
+    out, dataset = "memory://karaoke-test/out", "memory://karaoke-test/dataset"
+    commit_toy_track(out, "m", four_stems(1.0, 70))
+    result = build_dataset([DatasetTrack("m")], out_url=out, model_id=MODEL_ID, dataset_url=dataset,
+                           settings=DatasetSettings(residue=False, webdataset=True), day=DAY)
+    rows = read_manifest_table(result.version_url).to_pylist()
+    assert [r["track_id"] for r in rows] == ["m"] and rows[0]["accepted"]
+    fs = fsspec.filesystem("memory")
+    data = fs.cat_file(f"/karaoke-test/dataset/{result.version}/{rows[0]['vocals_path']}")
+    vocals, rate = sf.read(io.BytesIO(data), always_2d=True)
+    assert rate == RATE and vocals.shape == (2 * RATE, 2)
+    again = build_dataset([DatasetTrack("m")], out_url=out, model_id=MODEL_ID, dataset_url=dataset,
+                          settings=DatasetSettings(residue=False, webdataset=True), day=DAY)
+    assert not again.created and again.version == result.version
+    fs.rm("/karaoke-test", recursive=True)
