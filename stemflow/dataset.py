@@ -331,7 +331,8 @@ def read_complete_marker(version_url: str, storage_options: StorageOptions = Non
 
 def split_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Tracks and accepted tracks per split, and in total."""
-    counts: dict[str, Any] = {"tracks": 0, "accepted": 0, "splits": {n: {"tracks": 0, "accepted": 0} for n in SPLIT_NAMES}}
+    splits = {name: {"tracks": 0, "accepted": 0} for name in SPLIT_NAMES}
+    counts: dict[str, Any] = {"tracks": 0, "accepted": 0, "splits": splits}
     for row in rows:
         part = counts["splits"][row["split"]]
         for bucket in (counts, part):

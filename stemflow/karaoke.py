@@ -172,7 +172,9 @@ def _window_energies(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(energies), np.concatenate(counts)
 
 
-def vocal_coverage(vocals: Any, mixture: Any, sample_rate: float, presence: PresenceSettings = PresenceSettings()) -> float:
+def vocal_coverage(
+    vocals: Any, mixture: Any, sample_rate: float, presence: PresenceSettings = PresenceSettings()
+) -> float:
     """Fraction of windows where the vocal is present (0..1); formula in the module docstring.
 
     Args:
@@ -272,7 +274,9 @@ def judge(scores: Mapping[str, float], thresholds: KaraokeThresholds = KaraokeTh
     """Apply the thresholds to :func:`karaoke_scores` output; reasons in :data:`REASONS` order."""
     coverage = scores["vocal_coverage"]
     share = scores["vocal_share"]
-    instrumental = coverage < thresholds.instrumental_max_coverage or not share >= thresholds.instrumental_max_vocal_share
+    # a NaN share (silent mixture) counts as "no vocal"
+    instrumental = (coverage < thresholds.instrumental_max_coverage
+                    or not share >= thresholds.instrumental_max_vocal_share)
     too_loud = _above(share, thresholds.max_vocal_share) or _above(
         scores["vocal_to_backing_lu"], thresholds.max_vocal_to_backing_lu
     )
@@ -309,7 +313,8 @@ def loudness_gain_db(
     amplified); digital silence everywhere gives 0.
     """
     back = as_signal(backing, "backing")
-    peaks = [_true_peak(back, sample_rate)] + [_true_peak(as_signal(s, "peak signal"), sample_rate) for s in peak_signals]
+    signals = [back, *(as_signal(s, "peak signal") for s in peak_signals)]
+    peaks = [_true_peak(s, sample_rate) for s in signals]
     loudest = max(peaks)
     headroom = max_true_peak_dbtp - loudest if loudest > DB_FLOOR else math.inf
     wanted = 0.0

@@ -100,7 +100,8 @@ def test_residue_db() -> None:
     assert vocal_residue_db(vocals * np.float32(0.1), vocals) == pytest.approx(-20.0, abs=1e-5)
     assert vocal_residue_db(np.zeros_like(vocals), vocals) == -200.0
     assert math.isnan(vocal_residue_db(vocals, np.zeros_like(vocals)))
-    scores = karaoke_scores(vocals, noise(1.0, 0.1, seed=9), RATE, vocals_of_backing=vocals * np.float32(10 ** (-15 / 20)))
+    found = vocals * np.float32(10 ** (-15 / 20))
+    scores = karaoke_scores(vocals, noise(1.0, 0.1, seed=9), RATE, vocals_of_backing=found)
     assert scores["vocal_residue_db"] == pytest.approx(-15.0, abs=1e-4)
 
 
