@@ -231,6 +231,8 @@ def _score_and_write(
     files = {"backing": backing, "vocals": vocals}
     if settings.stems4 and all(s in stems for s in FOUR_STEMS):
         files.update({s: stems[s] for s in FOUR_STEMS})
+    elif settings.stems4:
+        logger.info("track %s: stems4 asked but the model gives %s", track.track_id, sorted(stems))
     gain_db = loudness_gain_db(backing, sample_rate, settings.loudness_lufs,
                                peak_signals=tuple(a for n, a in files.items() if n != "backing"),
                                max_true_peak_dbtp=settings.max_true_peak_dbtp)

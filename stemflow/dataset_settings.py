@@ -44,6 +44,10 @@ class DatasetSettings:
     def __post_init__(self) -> None:
         if self.format not in ("flac", "wav"):
             raise ConfigError(f"format must be 'flac' or 'wav', got {self.format!r}")
+        if self.bit_depth not in ((16, 24) if self.format == "flac" else (16, 24, 32)):
+            raise ConfigError(
+                f"bit_depth {self.bit_depth} is not available for {self.format} (flac: 16, 24; wav: 16, 24, 32)"
+            )
         if len(self.splits) != 3 or any(not f >= 0 for f in self.splits) or not math.isclose(sum(self.splits), 1.0):
             raise ConfigError(f"splits must be 3 non-negative fractions summing to 1, got {self.splits}")
         if self.tracks_per_shard < 1:

@@ -82,6 +82,9 @@ def test_settings_file_and_validation(tmp_path: Path) -> None:
         settings_from_dict({"dataset": {"splits": [0.5, 0.1, 0.1]}})
     with pytest.raises(ConfigError, match="format"):
         DatasetSettings(format="mp3")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="bit_depth"):
+        DatasetSettings(format="flac", bit_depth=32)
+    assert DatasetSettings(format="wav", bit_depth=32).bit_depth == 32
 
 
 def test_version_name() -> None:
