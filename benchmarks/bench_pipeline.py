@@ -14,6 +14,11 @@ and torch threads:
   call: Prefect's ephemeral API, a local Ray started on demand, one CPU actor
   with ``--threads`` torch threads, stems written and committed, Parquet written.
 
+Both phases get the same thread budget: ``--threads`` torch threads and the
+same ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``. The
+default is 1: on a small machine shared with other work, two OpenMP threads
+per process oversubscribe the cores and run many times slower.
+
 Efficiency = plain time / flow wall time (target >= 0.85). Peak memory is the
 largest resident set of each phase's whole process tree (driver, Ray's
 processes and workers, Prefect's server), sampled from ``/proc`` every 0.2 s.
@@ -86,8 +91,11 @@ def run_phase(args: argparse.Namespace, phase: str, catalogue: Path, work: Path)
     command = [sys.executable, __file__, "--phase", phase, "--catalogue", str(catalogue), "--work", str(work),
                "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--model", args.model,
                "--checkpoint", args.checkpoint, "--shard-size", str(args.shard_size)]
+    # the same thread budget for every library in both phases (Ray would set OMP_NUM_THREADS=1 in its workers)
+    threads = str(args.threads)
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
-           "PREFECT_HOME": str(work / "prefect-home"), "PYTHONPATH": str(REPO_ROOT)}
+           "PREFECT_HOME": str(work / "prefect-home"), "PYTHONPATH": str(REPO_ROOT),
+           "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     env.pop("RAY_ADDRESS", None)
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, start_new_session=True,
@@ -156,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     """Generate the catalogue, run both phases, print and save the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracks", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, both phases")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both phases")
     parser.add_argument("--batch-size", type=int, default=8, help="chunks per forward pass, both phases")
-    parser.add_argument("--shard-size", type=int, default=10)
+    parser.add_argument("--shard-size", type=int, default=20)
     parser.add_argument("--model", default=str(FIXTURE_MODEL / "config.yaml"))
     parser.add_argument("--checkpoint", default=str(FIXTURE_MODEL / "model.ckpt"))
     parser.add_argument("--phase", choices=["plain", "flow"], help=argparse.SUPPRESS)

@@ -20,9 +20,10 @@ tracks of stems being encoded; ``max_tasks_in_flight_per_actor=1`` keeps Ray Dat
 from queueing more work than that on an actor.
 
 Exactly once: stems are written first, the ``_COMMITTED.json`` marker last with
-a create-only write (:func:`stemflow.storage.commit_track`). A track whose marker
-already exists is reported as ``skipped`` and yields no Parquet rows, so two
-racing runs never both record it. Each track's failure becomes an ``error``
+a create-only write (:func:`stemflow.commit.commit_track`). A track whose marker
+already exists is ``skipped`` (no Parquet rows, so two racing runs never both
+record it), unless this same run committed it in an earlier attempt of the
+shard: then its rows are rebuilt from the marker, which carries them. Each track's failure becomes an ``error``
 outcome; a batch is never dropped for one bad track.
 """
 
@@ -34,7 +35,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -141,15 +142,16 @@ def connect_ray(settings: StageSettings) -> None:
     """Join the configured Ray cluster, or start a local one on demand (idempotent)."""
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
-    if settings.runtime_env:
-        kwargs["runtime_env"] = dict(settings.runtime_env)
+    kwargs: dict[str, Any] = {"runtime_env": dict(settings.runtime_env)} if settings.runtime_env else {}
     if settings.ray_address:
+        if not settings.ray_address.startswith("ray://"):  # Ray Client takes fewer options
+            kwargs["configure_logging"] = False
         ray.init(address=settings.ray_address, **kwargs)
         logger.info("joined Ray cluster at %s", settings.ray_address)
     else:
         num_cpus = settings.local_num_cpus or os.cpu_count() or 1
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
+                 **kwargs)
         logger.info("started a local Ray with %d CPUs", num_cpus)
 
 
@@ -370,6 +372,8 @@ class _SeparateActor:
         settings: StageSettings,
         torch_threads: int,
     ) -> None:
+        if settings.gpus_per_worker > 0 and model_spec.device == "cpu":
+            model_spec = replace(model_spec, device="cuda")  # Ray sets CUDA_VISIBLE_DEVICES per actor
         self._worker = TrackWorker(
             model_spec, job=job, stem_format=settings.stem_format, bit_depth=settings.bit_depth,
             torch_threads=torch_threads,

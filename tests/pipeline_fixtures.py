@@ -7,12 +7,10 @@ separate a one-second track in well under a second on a CPU.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import soundfile as sf
 
 from stemflow.audio import load_audio
@@ -78,9 +76,3 @@ def residual_db(mixture: np.ndarray, stems: list[np.ndarray]) -> float:
     residual = mixture.astype(np.float64) - np.sum([s.astype(np.float64) for s in stems], axis=0)
     return float(10 * np.log10(max(np.sum(residual**2), 1e-30) / np.sum(mixture.astype(np.float64) ** 2)))
 
-
-@pytest.fixture(scope="session")
-def quiet_env() -> None:
-    """Environment for Prefect and Ray in tests: no analytics, a private Prefect home."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

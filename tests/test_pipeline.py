@@ -44,7 +44,7 @@ from stemflow.storage import filesystem, read_bytes  # noqa: E402
 pytestmark = [pytest.mark.prefect, pytest.mark.ray]
 
 MODEL_SETTINGS = {"batch_size": 8}
-STAGE = {"local_num_cpus": 2, "tracks_per_call": 1}
+STAGE = {"local_num_cpus": 2, "tracks_per_call": 1, "torch_threads": 1}
 
 
 @pytest.fixture(scope="session")
@@ -184,7 +184,7 @@ import sys
 sys.path.insert(0, {root!r})
 from pipelines.separate_catalogue import separate_catalogue
 separate_catalogue({cat!r}, {out!r}, model={config!r}, checkpoint={ckpt!r}, shard_size=3,
-                   stage={{"tracks_per_call": 1}}, model_settings={{"batch_size": 8}})
+                   stage={{"tracks_per_call": 1, "torch_threads": 1}}, model_settings={{"batch_size": 8}})
 """
 
 
@@ -228,3 +228,21 @@ def test_killed_run_is_completed_exactly_once_by_the_next(tmp_path: Path, prefec
     assert stems_on_disk == set(committed_tracks(out, model_id))
     runs = {json.loads(p.read_text())["status"] for p in (tmp_path / "out" / "runs").glob("*.json")}
     assert runs == {"running", "succeeded"}  # the killed run's manifest stays "running"
+
+
+@pytest.mark.slow
+def test_demo_separates_the_musdb_excerpt_with_the_offline_model(
+    tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.demo import main
+
+    monkeypatch.setenv("STEMFLOW_CACHE", str(tmp_path / "cache"))
+    assert main(["--root", str(tmp_path / "demo"), "--generated", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 ok, 0 errors" in printed and "parquet:" in printed
+    table = read_records(str(tmp_path / "demo" / "out"))
+    assert table.num_rows == 4 and set(table.column("stem").to_pylist()) == {"vocals", "instrumental"}
+    excerpt = [r for r in table.to_pylist() if r["source_url"].endswith(".stem.mp4")]
+    assert len(excerpt) == 2 and all(r["status"] == "ok" and r["duration_s"] > 1 for r in excerpt)
+    assert main(["--root", str(tmp_path / "demo"), "--generated", "1"]) == 0
+    assert "nothing to do" in capsys.readouterr().out

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pipeline_fixtures import (
     BAD_FILES,
     MODEL_CHECKPOINT,
@@ -34,6 +36,15 @@ from stemflow.storage import read_bytes
 
 SPEC = ModelSpec(config_path=MODEL_CONFIG, checkpoint_path=MODEL_CHECKPOINT, batch_size=8)
 MODEL_ID = "fixture-mel-000000000000-s00000000"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread (2 oversubscribe a shared 2-core machine badly); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _job(out: Path, run_id: str) -> ShardJob:
@@ -152,7 +163,7 @@ def test_run_shard_on_local_ray(tmp_path: Path) -> None:
     write_catalogue(tmp_path / "cat", good=3, bad=True)
     out = tmp_path / "out"
     tracks = _tracks(tmp_path / "cat")
-    settings = StageSettings(local_num_cpus=2, workers=1, tracks_per_call=2)
+    settings = StageSettings(local_num_cpus=2, workers=1, tracks_per_call=2, torch_threads=1)
     result = run_shard(tracks, SPEC, _job(out, "run-ray"), settings)
     assert sorted(o.track_id for o in result.outcomes) == sorted(t["track_id"] for t in tracks)
     assert result.count(STATUS_OK) == 3 and result.count(STATUS_ERROR) == len(BAD_FILES)
