@@ -21,6 +21,15 @@ from stemflow.separate import Separator
 SAMPLE_RATE = 44100
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from threads; one avoids oversubscribing a shared 2-core CI box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_config(
     chunk_size: int, num_overlap: int, stems: tuple[str, ...] = ("vocals",), target: str | None = None
 ) -> ModelConfig:
@@ -128,11 +137,11 @@ def test_identity_model_reconstructs_any_length(chunk_size, num_overlap, length,
     np.testing.assert_allclose(out["vocals"], mix, atol=1e-6, rtol=0)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     chunk_size=st.integers(2, 90),
     num_overlap=st.integers(1, 6),
-    length=st.integers(1, 500),
+    length=st.integers(1, 400),
 )
 def test_matches_chunk_by_chunk_reference(chunk_size, num_overlap, length):
     num_overlap = min(num_overlap, chunk_size)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from stemflow.models import load_model
 from stemflow.separate import Separator
@@ -18,6 +19,15 @@ from stemflow.separate import Separator
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "roformer"
 SETS = sorted(p.name for p in FIXTURES.glob("*/") if (p / "demix_output.npy").exists())
 TOLERANCE = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from threads; one avoids oversubscribing a shared 2-core CI box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module", params=SETS)

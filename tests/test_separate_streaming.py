@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from test_separate import SAMPLE_RATE, ConvModel, GainModel, make_config, random_mix
+from test_separate import SAMPLE_RATE, ConvModel, GainModel, _one_torch_thread, make_config, random_mix  # noqa: F401
 
 from stemflow.errors import AudioDecodeError, ConfigError
 from stemflow.separate import Separator
