@@ -13,6 +13,9 @@ share a batch:
    spans the chunks still open; finished samples are divided by the summed
    window and handed out block by block.
 
+:meth:`Separator.separate_many` packs chunks of several tracks into the same
+batches (the plan and the accumulator are per track, the batch is not).
+
 Memory is bounded by the chunk and the batch, not the track: the in-memory
 path (:meth:`Separator.separate`) holds the input and the output stems, the
 streaming path (:mod:`stemflow.streaming`) not even those. The output does not
@@ -154,6 +157,27 @@ class OverlapAdd:
         return SeparatedBlock(start=first, stems=block)
 
 
+@dataclass
+class _TrackJob:
+    """One track in flight: its plan, its input, its accumulator, and what it still reads."""
+
+    plan: ChunkPlan
+    source: TrackSource
+    accumulator: OverlapAdd
+    first_reads: list[int]
+
+    @classmethod
+    def start(cls, plan: ChunkPlan, source: TrackSource, num_stems: int, batch_size: int) -> _TrackJob:
+        span = plan.chunk_size + batch_size * plan.step
+        return cls(plan, source, OverlapAdd(plan, num_stems, span=span), _suffix_min_first_read(plan))
+
+    def release_after(self, chunk: Chunk, unwritten: int) -> None:
+        """Free input no chunk after ``chunk`` reads and no block from ``unwritten`` on needs."""
+        after = chunk.index + 1
+        needed = self.first_reads[after] if after < len(self.first_reads) else self.plan.num_samples
+        self.source.release(min(needed, unwritten))
+
+
 def check_finite(audio: torch.Tensor, *, where: str = "input") -> None:
     """Raise :class:`AudioDecodeError` if ``audio`` holds NaN or infinite samples."""
     if not bool(torch.isfinite(audio).all()):
@@ -255,27 +279,52 @@ class Separator:
                 outputs[stem][:, block.start : stop] = block.stems[row].numpy()
         return outputs
 
+    def separate_many(
+        self, tracks: Sequence[np.ndarray | torch.Tensor], sample_rate: int
+    ) -> list[dict[str, np.ndarray]]:
+        """Separate several tracks, packing chunks of different tracks into the same batches.
+
+        Same output as :meth:`separate` on each track (chunks are independent);
+        worth it for short tracks, whose last batch would otherwise run part
+        empty. Holds every input and output in memory. The first invalid track
+        raises: check each with :meth:`check_audio` first to isolate bad ones.
+        """
+        mixtures = [self.check_audio(audio, sample_rate) for audio in tracks]
+        outputs = [{stem: np.empty((2, m.shape[1]), dtype=np.float32) for stem in self.stems} for m in mixtures]
+        rows = [(stem, self.all_stems.index(stem)) for stem in self.stems]
+        for track, block in self._iter_tracks([TensorSource(m) for m in mixtures]):
+            stop = block.start + block.stems.shape[-1]
+            for stem, row in rows:
+                outputs[track][stem][:, block.start : stop] = block.stems[row].numpy()
+        return outputs
+
     def iter_blocks(self, source: TrackSource) -> Iterator[SeparatedBlock]:
         """Separate ``source`` and yield its finished output front to back.
 
         Blocks are contiguous and cover ``[0, num_samples)``; ``stems`` rows are
         :attr:`all_stems` (the complement last, from the unpadded mixture).
         """
-        plan = self.plan(source.num_samples)
-        accumulator = OverlapAdd(plan, len(self.model_stems), span=plan.chunk_size + self.batch_size * plan.step)
-        first_reads = _suffix_min_first_read(plan)
-        chunks = plan.chunks
-        for begin in range(0, len(chunks), self.batch_size):
-            batch = chunks[begin : begin + self.batch_size]
-            outputs = self.run_batch(self._gather(plan, batch, source))
-            for chunk, output in zip(batch, outputs):
-                accumulator.add(chunk, output)
-            block = accumulator.pop(plan.final_before(batch[-1].index))
-            if block.stems.shape[-1] > 0:
-                yield self._with_complement(block, source)
-            after = batch[-1].index + 1
-            keep = min(first_reads[after] if after < len(chunks) else plan.num_samples, block.start)
-            source.release(keep)
+        for _, block in self._iter_tracks([source]):
+            yield block
+
+    def _iter_tracks(self, sources: Sequence[TrackSource]) -> Iterator[tuple[int, SeparatedBlock]]:
+        """Plan every track, run their chunks in batches of ``batch_size``, yield ``(track, block)``."""
+        jobs = [_TrackJob.start(self.plan(source.num_samples), source, len(self.model_stems), self.batch_size)
+                for source in sources]  # fmt: skip
+        items = [(track, chunk) for track, job in enumerate(jobs) for chunk in job.plan.chunks]
+        for begin in range(0, len(items), self.batch_size):
+            batch = items[begin : begin + self.batch_size]
+            outputs = self.run_batch(self._gather([(jobs[t], chunk) for t, chunk in batch]))
+            last: dict[int, Chunk] = {}
+            for (track, chunk), output in zip(batch, outputs):
+                jobs[track].accumulator.add(chunk, output)
+                last[track] = chunk
+            for track, chunk in last.items():
+                job = jobs[track]
+                block = job.accumulator.pop(job.plan.final_before(chunk.index))
+                if block.stems.shape[-1] > 0:
+                    yield track, self._with_complement(block, job.source)
+                job.release_after(chunk, block.start)
 
     def _with_complement(self, block: SeparatedBlock, source: TrackSource) -> SeparatedBlock:
         if self.config.complement_stem is None:
@@ -284,16 +333,16 @@ class Separator:
         complement = (mixture - block.stems[0]).unsqueeze(0)
         return SeparatedBlock(start=block.start, stems=torch.cat([block.stems, complement], dim=0))
 
-    def _gather(self, plan: ChunkPlan, batch: Sequence[Chunk], source: TrackSource) -> torch.Tensor:
+    def _gather(self, batch: Sequence[tuple[_TrackJob, Chunk]]) -> torch.Tensor:
         """Model input for ``batch``: float32 ``[len(batch), 2, chunk_size]`` in a reused buffer."""
-        if self._batch is None or self._batch.shape[-1] != plan.chunk_size:
-            buffer = torch.empty(self.batch_size, 2, plan.chunk_size, dtype=torch.float32)
+        if self._batch is None:
+            buffer = torch.empty(self.batch_size, 2, self.chunk_size, dtype=torch.float32)
             self._batch = buffer.pin_memory() if self.device.type == "cuda" else buffer
-        for slot, chunk in zip(self._batch, batch):
-            indices = chunk_source_indices(plan, chunk)
+        for slot, (job, chunk) in zip(self._batch, batch):
+            indices = chunk_source_indices(job.plan, chunk)
             used = indices[: chunk.valid] if chunk.tail_pad == "zeros" else indices
             first, stop = int(used.min()), int(used.max()) + 1
-            window = source.read(first, stop)
+            window = job.source.read(first, stop)
             slot[:, : used.shape[0]] = window.index_select(1, used - first)
             slot[:, used.shape[0] :] = 0
         return self._batch[: len(batch)]

@@ -281,3 +281,21 @@ def test_bfloat16_autocast_on_cpu_is_close():
         err = half[stem] - full[stem]
         sdr = 10 * np.log10(np.sum(full[stem] ** 2) / np.sum(err**2))
         assert 35 < sdr < 80  # bf16 has ~8 bits of mantissa: close, but really bf16
+
+
+def test_separate_many_packs_tracks_and_matches_one_by_one():
+    config = make_config(200, 4, stems=("vocals", "other"), target="vocals")
+    model = ConvModel(config, seed=9)
+    tracks = [random_mix(n, seed=n) for n in (1, 300, 5000, 77, 1234)]
+    sep = Separator(model, batch_size=4)
+    together = sep.separate_many(tracks, SAMPLE_RATE)
+    assert len(together) == len(tracks)
+    one_by_one = Separator(model, batch_size=1)
+    for mix, out in zip(tracks, together):
+        alone = one_by_one.separate(mix, SAMPLE_RATE)
+        assert list(out) == ["vocals", "instrumental"]
+        for stem in out:
+            assert out[stem].shape == mix.shape
+            np.testing.assert_allclose(out[stem], alone[stem], atol=1e-6, rtol=0)
+    with pytest.raises(AudioDecodeError, match="stereo"):
+        sep.separate_many([tracks[1], tracks[2][:1]], SAMPLE_RATE)

@@ -56,3 +56,16 @@ def test_separate_matches_reference_demix(fixture_set, batch_size):
     batch4 = folder / "demix_output_batch4.npy"
     if batch4.exists():  # the reference's batch-dependent output is not ours
         assert np.abs(got - np.load(batch4)).max() > 100 * TOLERANCE
+
+
+def test_separate_many_matches_reference_demix(fixture_set):
+    folder, model = fixture_set
+    mix = np.load(folder / "demix_input.npy")
+    expected = np.load(folder / "demix_output.npy")
+    sep = Separator(model, batch_size=4)
+    outs = sep.separate_many([mix[:, :1000], mix, mix[:, :5000]], model.config.audio.sample_rate)
+    got = np.stack([outs[1][stem] for stem in model.config.model_stems])
+    assert np.abs(got - expected).max() <= TOLERANCE
+    short = sep.separate(mix[:, :5000], model.config.audio.sample_rate)
+    for stem in sep.stems:
+        assert np.abs(outs[2][stem] - short[stem]).max() <= 1e-6
