@@ -45,11 +45,12 @@ import torch
 
 import stemflow
 from stemflow.commit import CommitMarker, commit_track, read_marker, stem_url, write_stem
-from stemflow.errors import ConfigError, StemflowError, StorageError
+from stemflow.audio import probe
+from stemflow.errors import AudioDecodeError, ConfigError, StemflowError, StorageError
 from stemflow.loading import LoadedModel, load_custom, load_registered
 from stemflow.records import error_row, stem_rows
 from stemflow.separate import Separator
-from stemflow.storage import read_bytes
+from stemflow.storage import object_info, read_bytes
 from stemflow.track import TrackResult, encode_stems, separate_track
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,12 @@ logger = logging.getLogger(__name__)
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 STATUS_SKIPPED = "skipped"
+
+DEFAULT_MAX_DURATION_S = 7200.0
+"""Longest source a worker decodes (2 h): decoded at 44.1 kHz stereo float32 that is 2.5 GB."""
+
+DEFAULT_MAX_SOURCE_BYTES = 2 << 30
+"""Largest source object a worker reads into memory (2 GiB; a 2 h 16-bit stereo WAV is 1.3 GB)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,8 @@ class StageSettings:
     bit_depth: int = 24
     show_progress: bool = False
     runtime_env: Mapping[str, Any] | None = None
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S
+    max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -95,6 +104,9 @@ class StageSettings:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         if self.tracks_per_call < 1 or self.io_threads < 1 or self.max_pending_uploads < 1:
             raise ConfigError("tracks_per_call, io_threads and max_pending_uploads must be >= 1")
+        if (self.max_duration_s is not None and self.max_duration_s <= 0) or (
+                self.max_source_bytes is not None and self.max_source_bytes <= 0):
+            raise ConfigError("max_duration_s and max_source_bytes must be > 0 (or None for no limit)")
 
 
 @dataclass(frozen=True)
@@ -238,6 +250,11 @@ class TrackWorker:
     ``extra["record"]`` keeps the track's record columns, so rows lost to a
     crash between commit and Parquet can be rebuilt without the audio
     (:func:`rows_from_marker`).
+
+    Memory per track is bounded before anything big is read: a source larger
+    than ``max_source_bytes`` (one HEAD) is refused unread, and one whose header
+    claims more than ``max_duration_s`` is refused undecoded; both become error
+    rows that name the limit. ``None`` disables a limit.
     """
 
     def __init__(
@@ -248,8 +265,12 @@ class TrackWorker:
         stem_format: str = "flac",
         bit_depth: int = 24,
         torch_threads: int | None = None,
+        max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+        max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES,
     ) -> None:
         self.separator = build_separator(spec, torch_threads)
+        self.max_duration_s = max_duration_s
+        self.max_source_bytes = max_source_bytes
         self.device = spec.device
         self.job = job
         self.stem_format = stem_format
@@ -259,6 +280,12 @@ class TrackWorker:
         """Read the source object's bytes (never raises)."""
         started = time.perf_counter()
         try:
+            if self.max_source_bytes is not None:
+                size = object_info(url, self.job.storage_options).size
+                if size > self.max_source_bytes:
+                    raise AudioDecodeError(
+                        f"{url}: the source is {size} bytes, over max_source_bytes={self.max_source_bytes}; "
+                        "not read (raise the limit in the stage settings to process it)")
             data = read_bytes(url, self.job.storage_options)
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
             return _Fetched(None, e, time.perf_counter() - started)
@@ -276,10 +303,24 @@ class TrackWorker:
                 return sep
             if got.error is not None:
                 raise got.error
+            self._check_duration(got.data or b"", url)
             sep.result = separate_track(self.separator, got.data or b"", name=url)
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
             sep.error = e
         return sep
+
+    def _check_duration(self, data: bytes, url: str) -> None:
+        """Refuse a source whose header claims more than ``max_duration_s`` (before decoding it)."""
+        if self.max_duration_s is None or not data:
+            return
+        try:
+            duration_s = probe(data, name=url).duration_s
+        except StemflowError:
+            return  # undecodable: separate_track raises the decoder's own clear error
+        if duration_s is not None and duration_s > self.max_duration_s:
+            raise AudioDecodeError(
+                f"{url}: the source is {duration_s:.0f} s long, over max_duration_s={self.max_duration_s:g}; "
+                "not decoded (raise the limit in the stage settings to process it)")
 
     def finish(self, sep: _Separated) -> TrackOutcome:
         """Encode and store the stems write-once, then create the marker (never raises)."""
@@ -376,7 +417,8 @@ class _SeparateActor:
             model_spec = replace(model_spec, device="cuda")  # Ray sets CUDA_VISIBLE_DEVICES per actor
         self._worker = TrackWorker(
             model_spec, job=job, stem_format=settings.stem_format, bit_depth=settings.bit_depth,
-            torch_threads=torch_threads,
+            torch_threads=torch_threads, max_duration_s=settings.max_duration_s,
+            max_source_bytes=settings.max_source_bytes,
         )
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="stemflow-io")
         self._max_pending = settings.max_pending_uploads
