@@ -95,10 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.root).resolve()
     tracks = build_demo_catalogue(root / "catalogue", args.generated)
     print(f"demo catalogue: {len(tracks)} tracks in {root / 'catalogue'}")
-    cache_dir = os.environ.get("STEMFLOW_CACHE", str(Path.home() / ".cache" / "stemflow"))
     summary = separate_catalogue(
         str(root / "catalogue"), str(root / "out"), model=args.model, checkpoint=args.checkpoint,
-        shard_size=4, model_settings={"cache_dir": cache_dir},
+        shard_size=4,  # weights cache: $STEMFLOW_CACHE or ~/.cache/stemflow (read by the flow)
     )
     print_results(summary, root / "out")
     return 0 if summary["errors"] == 0 else 1

@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipelines import runtime
+from stemflow.cache import default_cache_dir
 from stemflow.commit import utc_now_iso
 from stemflow.ray_stage import StageSettings
 from stemflow.records import RunManifest, run_manifest_url
@@ -140,13 +141,14 @@ def run_flow_body(
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     run_date = f"{datetime.now(UTC):%Y-%m-%d}"
     settings = _stage_settings(workers, gpus_per_worker, ray_address, stage)
-    resolved = resolve_model_task(model, checkpoint, dict(model_settings or {}))
+    model_settings = {"cache_dir": str(default_cache_dir(os.environ)), **(model_settings or {})}
+    resolved = resolve_model_task(model, checkpoint, model_settings)
     model_id = resolved["model_id"]
     manifest = RunManifest(
         run_id=run_id, status="running", started_at=started_at,
         inputs={"flow": flow_name, "catalogue_url": catalogue_url, "out_url": output_url, "model": model,
                 "checkpoint": checkpoint, "model_id": model_id, "shard_size": shard_size},
-        settings={**settings, **(model_settings or {})}, versions=runtime.versions(),
+        settings={**settings, **model_settings}, versions=runtime.versions(),
     )
     runtime.write_manifest(output_url, manifest, storage_options)
     log.info("run %s: model %s (model_id %s) -> %s", run_id, model, model_id, output_url)
@@ -264,10 +266,12 @@ def run_catalogue(
     storage_options: Mapping[str, Any] | None = None,
     progress_callback: ProgressCallback | None = None,
     stage: Mapping[str, Any] | None = None,
+    cache_dir: str | None = None,
 ) -> RunSummary:
     """CLI backend: run the catalogue flow (ephemeral Prefect unless PREFECT_API_URL is set).
 
     ``gpus`` > 0 runs ``gpus`` GPU actors (one GPU each) and ignores ``workers``.
+    ``cache_dir``: the weights cache (default ``$STEMFLOW_CACHE`` or ``~/.cache/stemflow``).
     """
 
     @flow(name="separate-catalogue", log_prints=False)
@@ -275,7 +279,8 @@ def run_catalogue(
         return run_flow_body(
             catalogue_url, output_url, model=model, checkpoint=checkpoint, shard_size=shard_size,
             workers=gpus if gpus > 0 else workers, gpus_per_worker=1.0 if gpus > 0 else 0.0,
-            ray_address=None, storage_options=storage_options, stage=stage, model_settings=None,
+            ray_address=None, storage_options=storage_options, stage=stage,
+            model_settings={"cache_dir": cache_dir} if cache_dir else None,
             only_track_ids=None, flow_name="separate-catalogue", progress_callback=progress_callback,
         )
 
