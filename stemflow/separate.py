@@ -97,15 +97,17 @@ class OverlapAdd:
     Holds ``[num_stems, 2, span]`` sums and ``[span]`` window totals on the CPU,
     where ``span`` covers only chunks not yet finished (a few chunks long).
     Chunks must be added in plan order; :meth:`pop` hands out finished samples.
+    The buffers are allocated at the first :meth:`add` and freed once the
+    track is finished, so many planned tracks cost nothing until they run.
     """
 
     def __init__(self, plan: ChunkPlan, num_stems: int, *, span: int | None = None) -> None:
         self.plan = plan
         self.offset = 0  # padded position of buffer index 0
         self._used = 0
-        size = span or plan.chunk_size * 2
-        self._sums = torch.zeros(num_stems, 2, size, dtype=torch.float32)
-        self._weights = torch.zeros(size, dtype=torch.float32)
+        self._size = min(span or plan.chunk_size * 2, plan.padded_length)
+        self._sums = torch.zeros(num_stems, 2, 0, dtype=torch.float32)
+        self._weights = torch.zeros(0, dtype=torch.float32)
         self._windows: dict[tuple[bool, bool], torch.Tensor] = {}
 
     def _window(self, chunk: Chunk) -> torch.Tensor:
@@ -120,14 +122,14 @@ class OverlapAdd:
             raise StemflowError(f"chunk {chunk.index} starts before the finished part; add chunks in order")
         begin, end = chunk.start - self.offset, chunk.stop - self.offset
         if end > self._weights.shape[0]:
-            self._grow(end)
+            self._grow(max(end, self._size))
         window = self._window(chunk)[: chunk.valid]
         self._sums[..., begin:end] += output[..., : chunk.valid] * window
         self._weights[begin:end] += window
         self._used = max(self._used, end)
 
     def _grow(self, needed: int) -> None:
-        size = max(needed, 2 * self._weights.shape[0])
+        size = max(needed, min(2 * self._weights.shape[0], self.plan.padded_length))
         sums = torch.zeros(*self._sums.shape[:2], size, dtype=torch.float32)
         weights = torch.zeros(size, dtype=torch.float32)
         sums[..., : self._used] = self._sums[..., : self._used]
@@ -154,6 +156,9 @@ class OverlapAdd:
         last = min(max(stop - pad, 0), length)
         block = done[..., first + pad - self.offset : last + pad - self.offset]
         self.offset = stop
+        if stop >= self.plan.padded_length:  # finished: free the buffers
+            self._sums = torch.zeros(*self._sums.shape[:2], 0, dtype=torch.float32)
+            self._weights = torch.zeros(0, dtype=torch.float32)
         return SeparatedBlock(start=first, stems=block)
 
 

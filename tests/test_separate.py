@@ -299,3 +299,20 @@ def test_separate_many_packs_tracks_and_matches_one_by_one():
             np.testing.assert_allclose(out[stem], alone[stem], atol=1e-6, rtol=0)
     with pytest.raises(AudioDecodeError, match="stereo"):
         sep.separate_many([tracks[1], tracks[2][:1]], SAMPLE_RATE)
+
+
+def test_accumulator_memory_is_per_track_in_flight():
+    from stemflow.separate import OverlapAdd
+
+    plan = Separator(GainModel(make_config(100, 4)), batch_size=2).plan(10_000)
+    accumulator = OverlapAdd(plan, 1, span=100 + 2 * 25)
+    assert accumulator._weights.numel() == 0  # nothing allocated before the first chunk
+    sizes = []
+    for chunk in plan.chunks:
+        accumulator.add(chunk, torch.ones(1, 2, 100))
+        sizes.append(accumulator._weights.numel())
+        if chunk.index % 2 == 1 or chunk.index == len(plan.chunks) - 1:
+            block = accumulator.pop(plan.final_before(chunk.index))
+            assert torch.allclose(block.stems, torch.ones(()))
+    assert max(sizes) == 150  # chunk + batch * step, however long the track
+    assert accumulator._weights.numel() == 0  # freed when the track is finished
