@@ -74,8 +74,9 @@ METRICS_SCHEMA = pa.schema(
 ``reference`` names what the stem was scored on (``vocals``, ``drums+bass+other``…);
 ``csdr_db`` is the museval median of 1 s frames, ``usdr_db`` the SDX whole-track SDR,
 ``si_sdr_db`` scale-invariant SDR, ``bleedless``/``fullness`` the community's 0-100
-mel-spectrogram scores; ``duration_s`` the length scored (after ``max_duration_s``); the remaining columns are the reference-free quality
-measures of :mod:`stemflow.quality` (``bleed_ratio``, ``residual_db``: null for the baseline).
+mel-spectrogram scores; ``duration_s`` the length scored (after ``max_duration_s``); the
+remaining columns are the reference-free quality measures of :mod:`stemflow.quality`
+(``bleed_ratio``, ``residual_db``: null for the baseline).
 """
 
 _STAT_COLUMNS = (

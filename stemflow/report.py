@@ -424,7 +424,8 @@ def build_report(
                 shown.append(_track_section(out_url, model_id, track_id, reasons, excerpt_s, images, storage_options))
             except (StemflowError, OSError) as e:
                 logger.warning("report: cannot show track %s of %s: %s", track_id, model_id, e)
-                shown.append(f'<div class="track"><h3>{_e(track_id)}</h3><p class="note">cannot read: {_e(e)}</p></div>')
+                shown.append(f'<div class="track"><h3>{_e(track_id)}</h3>'
+                             f'<p class="note">cannot read: {_e(e)}</p></div>')
         sections.append("<h2>Tracks</h2>" + "".join(shown))
     for eval_id, metrics in evaluations.items():
         notes = _evaluation_notes(out_url, eval_id, storage_options)

@@ -142,7 +142,8 @@ def test_metrics_parquet_and_leaderboard_files_round_trip(tmp_path: Path, model_
     rows = model_rows
     table = metrics_table(rows)
     assert table.schema == METRICS_SCHEMA
-    info = {"dataset": "synthetic", "models": [{"name": "two", "model_id": "two-abc", "reported_sdr": "12.00 dB (x, y)"}]}
+    model = {"name": "two", "model_id": "two-abc", "reported_sdr": "12.00 dB (x, y)"}
+    info = {"dataset": "synthetic", "models": [model]}
     urls = write_evaluation(str(tmp_path), "eval-1", table, info=info)
     base = tmp_path / "evaluation" / "eval-1"
     assert sorted(p.name for p in base.iterdir()) == [

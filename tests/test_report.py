@@ -37,7 +37,10 @@ def _signal(seed: int, gain: float) -> np.ndarray:
 
 
 def _tracks() -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """track_id -> (mixture, stems). t-clean sums exactly; t-clip clips; t-silent has silent vocals; t-resid does not add up."""
+    """track_id -> (mixture, stems).
+
+    t-clean sums exactly; t-clip clips; t-silent has silent vocals; t-resid does not add up.
+    """
     out = {}
     for index, track_id in enumerate(["t-clean", "t-clip", "t-silent", "t-resid"]):
         vocals = _signal(index, 0.3)
