@@ -254,7 +254,13 @@ class Separator:
                 f"input is at {sample_rate} Hz but the model runs at {self.sample_rate} Hz; "
                 "resample it first (stemflow.audio)"
             )
-        tensor = torch.from_numpy(audio) if isinstance(audio, np.ndarray) else audio
+        if isinstance(audio, np.ndarray):
+            if not np.issubdtype(audio.dtype, np.floating):
+                raise AudioDecodeError(f"input must be floating-point audio, got {audio.dtype}")
+            native = np.ascontiguousarray(audio, dtype=np.float32)  # no copy if already float32
+            tensor = torch.from_numpy(native if native.flags.writeable else native.copy())
+        else:
+            tensor = audio
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             raise AudioDecodeError(f"input must be floating-point audio, got {getattr(audio, 'dtype', type(audio))}")
         if tensor.ndim != 2 or tensor.shape[0] != 2:

@@ -316,3 +316,15 @@ def test_accumulator_memory_is_per_track_in_flight():
             assert torch.allclose(block.stems, torch.ones(()))
     assert max(sizes) == 150  # chunk + batch * step, however long the track
     assert accumulator._weights.numel() == 0  # freed when the track is finished
+
+
+def test_accepts_float64_big_endian_and_read_only_arrays():
+    model = GainModel(make_config(128, 4), gains=(2.0,))
+    sep = Separator(model)
+    mix = random_mix(1000)
+    expected = sep.separate(mix, SAMPLE_RATE)["vocals"]
+    frozen = mix.copy()
+    frozen.flags.writeable = False
+    for variant in (mix.astype(np.float64), mix.astype(">f4"), frozen, np.asfortranarray(mix)):
+        np.testing.assert_allclose(sep.separate(variant, SAMPLE_RATE)["vocals"], expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(expected, 2 * mix, atol=1e-6, rtol=0)
