@@ -1,6 +1,6 @@
 """The separation engine: chunked overlap-add of a model over a whole track.
 
-The work splits in three steps, so that chunks of several tracks can later
+The work splits in three steps, so that chunks of several tracks can
 share a batch:
 
 1. plan: :func:`stemflow.chunking.plan_chunks` cuts the track into chunk
