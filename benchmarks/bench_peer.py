@@ -67,7 +67,7 @@ def music_like(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
     """A deterministic music-like stereo signal, float32 ``[2, N]``.
 
     Harmonic tones with slow vibrato, a noise-burst beat, a bass line and a
-    little noise; the channels differ (delay and gain), peak about 0.8.
+    little noise; the channels differ (delay and gain); scaled to peak 0.8.
     """
     rng = np.random.default_rng(seed)
     n = int(round(seconds * sample_rate))
@@ -81,7 +81,8 @@ def music_like(seconds: float, sample_rate: int, seed: int) -> np.ndarray:
     mono = tones + beat + bass + 0.01 * rng.standard_normal(n)
     left = mono
     right = 0.9 * np.roll(mono, 29) + 0.01 * rng.standard_normal(n)
-    return np.stack([left, right]).astype(np.float32)
+    stereo = np.stack([left, right])
+    return (stereo * (0.8 / np.abs(stereo).max())).astype(np.float32)
 
 
 def sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -181,7 +182,10 @@ def _set_threads(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(int(spec.get("threads", 2)))
-    torch.set_num_interop_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work has started (called in-process)
+        pass
 
 
 def _time_forwards(call, x, repeats: int) -> tuple[list[float], np.ndarray]:
