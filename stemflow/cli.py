@@ -222,6 +222,65 @@ def models_fetch(name: Annotated[str, typer.Argument(help="registry name")]) -> 
 
 
 @app.command()
+def run(
+    catalogue_url: Annotated[str, typer.Argument(help="folder, s3://bucket/prefix, ... or a CSV/Parquet manifest")],
+    output_url: Annotated[str, typer.Argument(help="where stems/, metadata/ and runs/ go")],
+    model: Annotated[Optional[str], typer.Option(help="registry name or config YAML (default: best cached model, "
+                                                      "else spleeter-2stems)")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="weights, when --model is a config YAML")] = None,
+    shard_size: Annotated[int, typer.Option(help="tracks per shard (one Prefect task each)")] = 50,
+    workers: Annotated[int, typer.Option(help="CPU actors (ignored with --gpus)")] = 1,
+    gpus: Annotated[int, typer.Option(help="GPU actors, one GPU each")] = 0,
+) -> None:
+    """Run the nightly job once: separate every track not yet committed for the model."""
+    from pipelines.separate_catalogue import run_catalogue
+    from stemflow.loading import default_model_name
+
+    chosen = model or default_model_name(cache_dir())
+    console.print(f"model [bold]{chosen}[/bold]; catalogue {catalogue_url} -> {output_url}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("tracks", total=None)
+
+        def progress(done: int, planned: int) -> None:
+            bar.update(task, completed=done, total=planned)
+
+        summary = run_catalogue(catalogue_url, output_url, model=chosen, checkpoint=checkpoint,
+                                shard_size=shard_size, workers=workers, gpus=gpus, progress_callback=progress,
+                                cache_dir=str(cache_dir()))
+    if summary.planned == 0:
+        out.print(f"nothing to do: every track is already committed for {summary.model_id}")
+        return
+    out.print(f"run {summary.run_id} ({summary.status}): {summary.ok} committed, {summary.errors} errors, "
+              f"{summary.skipped} already done by another run, {summary.wall_s:.1f} s, "
+              f"{summary.tracks_per_hour:.0f} tracks/h; model_id {summary.model_id}")
+    out.print(f"manifest: {summary.manifest_url}")
+    for failure in summary.failures[:20]:
+        out.print(f"  [red]error[/red] {failure.get('source_url', '')}: {failure.get('error', '')}")
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(output_url: Annotated[str, typer.Argument(help="an output URL of `stemflow run`")]) -> None:
+    """What is committed per model_id (markers) and recorded (Parquet rows, errors)."""
+    from pipelines.separate_catalogue import catalogue_status
+
+    rows = catalogue_status(output_url)
+    if not rows:
+        out.print(f"nothing committed under {output_url}")
+        return
+    table = Table(title=f"stemflow status: {output_url}")
+    table.add_column("model_id", no_wrap=True)
+    for column in ("committed", "ok (parquet)", "rows", "errors"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(str(row["model_id"]), str(row["committed_tracks"]), str(row["ok_tracks"]), str(row["rows"]),
+                      str(row["error_rows"]))
+    out.print(table)
+
+
+@app.command()
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="MUSDB18-style folder (<track>/mixture.wav + <stem>.wav) or .stem.mp4 file/folder")],
     output: Annotated[str, typer.Option("-o", "--output", help="output URL; results go to OUTPUT/evaluation/<eval_id>/")],

@@ -112,3 +112,35 @@ def test_separate_real_music_with_the_offline_default(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["instrumental.flac", "vocals.flac"]
     info = sf.info(str(folder / "vocals.flac"))
     assert info.samplerate == 44100 and info.channels == 2 and info.subtype == "PCM_24"
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+@pytest.mark.ray
+def test_run_and_status_on_a_folder_catalogue(tmp_path: Path) -> None:
+    catalogue = tmp_path / "catalogue"
+    catalogue.mkdir()
+    for i in range(2):
+        sf.write(catalogue / f"t{i}.wav", _tone(0.3, 44100, 2, 10 + i), 44100)
+    (catalogue / "bad.flac").write_bytes(b"not audio at all")
+    out = tmp_path / "out"
+    env_args = dict(cache=tmp_path / "cache")
+    model = ("--model", str(MEL / "config.yaml"), "--checkpoint", str(MEL / "model.ckpt"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    first = run_cli("run", str(catalogue), str(out), *model, "--shard-size", "2", **env_args)
+    assert first.returncode == 1, first.stderr  # one bad file: an error row, the rest committed
+    assert "2 committed, 1 errors" in first.stdout.replace("\n", " ")
+    markers = sorted(out.glob("stems/*/*/_COMMITTED.json"))
+    assert len(markers) == 2
+    # a failed track is not committed, so the next run retries it (and only it)
+    retry = run_cli("run", str(catalogue), str(out), *model, **env_args)
+    assert "0 committed, 1 errors" in retry.stdout.replace("\n", " ")
+    (catalogue / "bad.flac").unlink()
+    again = run_cli("run", str(catalogue), str(out), *model, **env_args)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    status = run_cli("status", str(out), **env_args)
+    assert status.returncode == 0, status.stderr
+    model_id = markers[0].parent.parent.name
+    row = next(line for line in status.stdout.splitlines() if model_id[:20] in line)
+    # committed, ok tracks in Parquet, rows (2 stems x 2 tracks + 2 error rows), error rows
+    assert [cell.strip() for cell in row.split("│")[2:6]] == ["2", "2", "6", "2"]
