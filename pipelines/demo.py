@@ -84,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Build the demo catalogue, separate it with the flow, print the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="demo-output", help="folder for catalogue/ and out/")
-    parser.add_argument("--model", default="spleeter-2stems", help="registry name or config YAML")
+    parser.add_argument("--model", default=None,
+                        help="registry name or config YAML (default: the best Roformer model whose weights are "
+                             "cached, else the offline spleeter-2stems)")
     parser.add_argument("--checkpoint", default=None, help="weights, when --model is a config YAML")
     parser.add_argument("--generated", type=int, default=3, help="number of generated toy songs")
     args = parser.parse_args(argv)
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracks = build_demo_catalogue(root / "catalogue", args.generated)
     print(f"demo catalogue: {len(tracks)} tracks in {root / 'catalogue'}")
     summary = separate_catalogue(
-        str(root / "catalogue"), str(root / "out"), model=args.model, checkpoint=args.checkpoint,
+        str(root / "catalogue"), str(root / "out"), model=model, checkpoint=args.checkpoint,
         shard_size=4,  # weights cache: $STEMFLOW_CACHE or ~/.cache/stemflow (read by the flow)
     )
     print_results(summary, root / "out")
