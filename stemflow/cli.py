@@ -131,6 +131,7 @@ def separate(
     format: Annotated[OutputFormat, typer.Option("--format", help="output format")] = OutputFormat.flac,
     bit_depth: Annotated[int, typer.Option(help="16 or 24 (flac/wav), 32 = float wav")] = 24,
     precision: Annotated[Precision, typer.Option(help="float32, or bf16/fp16 autocast")] = Precision.float32,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU; eager fallback)")] = False,
     stream: Annotated[bool, typer.Option(help="bounded-memory file-to-file path for very long inputs")] = False,
     offline: Annotated[bool, typer.Option(help="never download weights")] = False,
 ) -> None:
@@ -143,7 +144,7 @@ def separate(
         raise typer.Exit(2)
     loaded = _load(model, config, checkpoint, offline)
     separator = Separator(loaded.model, device=device, chunk_size=chunk_size, num_overlap=overlap,
-                          batch_size=batch_size, precision=precision.value)
+                          batch_size=batch_size, precision=precision.value, compile=compile)
     console.print(f"model [bold]{loaded.name}[/bold] ({loaded.config.model_type}), stems: {', '.join(loaded.stems)}, "
                   f"device {separator.device}, chunk {separator.chunk_size}, overlap {separator.num_overlap}")
     outcomes: list[_Outcome] = []
@@ -185,7 +186,7 @@ def _separate_one(separator, path: Path, target: Path, format: str, bit_depth: i
         outputs = {stem: target / f"{stem}.{extension}" for stem in separator.stems}
         separate_file(separator, path, outputs, bit_depth=bit_depth, progress=progress)
         return "streamed"
-    result = separate_track(separator, path, name=str(path), measure_quality=False)
+    result = separate_track(separator, path, name=str(path), measure_quality=False, progress=progress)
     clipped = 0
     for stem, audio in result.stems.items():
         written = save_audio(target / f"{stem}.{extension}", audio, result.sample_rate, format=format,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -202,6 +202,9 @@ class Separator:
     ``config.stems``, i.e. the model's plus the complement ``mixture - target``
     of a single-target model). ``sample_rate``: the rate the model runs at
     (default: ``config.audio.sample_rate``); inputs must already be at it.
+    ``compile``: run ``separate_chunks`` through ``torch.compile`` (worth it on
+    GPUs for long jobs: the first batches pay the compilation); if compilation
+    fails the separator falls back to eager mode and logs a warning.
     """
 
     def __init__(
@@ -215,6 +218,7 @@ class Separator:
         precision: str = "float32",
         stems: Sequence[str] | None = None,
         sample_rate: int | None = None,
+        compile: bool = False,
     ) -> None:
         config = getattr(model, "config", None)
         if not isinstance(config, ModelConfig):
@@ -242,6 +246,14 @@ class Separator:
         self.stems: tuple[str, ...] = tuple(s for s in self.all_stems if s in requested)
         self.model = model.eval().to(self.device)
         self._batch: torch.Tensor | None = None
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model.separate_chunks
+        self.compiled = False
+        if compile:
+            try:
+                self._forward = torch.compile(self.model.separate_chunks, dynamic=False)
+                self.compiled = True
+            except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+                logger.warning("torch.compile is not available (%s); running eagerly", e)
 
     def plan(self, num_samples: int) -> ChunkPlan:
         """The chunk plan of a track of ``num_samples`` samples with this separator's settings."""
@@ -274,11 +286,18 @@ class Separator:
         check_finite(tensor)
         return tensor
 
-    def separate(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> dict[str, np.ndarray]:
+    def separate(
+        self,
+        audio: np.ndarray | torch.Tensor,
+        sample_rate: int,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Separate one track.
 
         ``audio``: float ``[2, N]`` at :attr:`sample_rate`. Returns one float32
         ``[2, N]`` array per stem of :attr:`stems`, in that order.
+        ``progress(done_samples, total_samples)`` is called after each finished block.
         """
         mixture = self.check_audio(audio, sample_rate)
         length = mixture.shape[1]
@@ -288,6 +307,8 @@ class Separator:
             stop = block.start + block.stems.shape[-1]
             for stem, row in rows:
                 outputs[stem][:, block.start : stop] = block.stems[row].numpy()
+            if progress is not None:
+                progress(stop, length)
         return outputs
 
     def separate_many(
@@ -367,11 +388,23 @@ class Separator:
         )
         with torch.inference_mode(), autocast:
             x = batch.to(self.device, non_blocking=True)
-            y = self.model.separate_chunks(x)
+            y = self._run_model(x)
         expected = (batch.shape[0], len(self.model_stems), 2, batch.shape[-1])
         if tuple(y.shape) != expected:
             raise StemflowError(f"model returned shape {tuple(y.shape)}, expected {expected} [B, S, 2, L]")
         return y.to(device="cpu", dtype=torch.float32)
+
+    def _run_model(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's ``separate_chunks``, compiled if asked; a compile failure falls back to eager once."""
+        if not self.compiled:
+            return self.model.separate_chunks(x)
+        try:
+            return self._forward(x)
+        except Exception as e:  # noqa: BLE001 - compilation errors surface at the first call
+            logger.warning("torch.compile failed (%s: %s); falling back to eager", type(e).__name__, e)
+            self.compiled = False
+            self._forward = self.model.separate_chunks
+            return self.model.separate_chunks(x)
 
 
 def _positive(name: str, value: int | None, default: int) -> int:

@@ -10,6 +10,7 @@ because the CLI writes files while the pipeline uploads bytes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,16 +53,18 @@ def separate_track(
     *,
     name: str,
     measure_quality: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TrackResult:
     """Decode ``source`` at the model's rate (stereo), separate it, and measure the stems.
 
     Raises :class:`stemflow.errors.AudioDecodeError` for empty, undecodable or
-    NaN/inf input (the message names ``name``).
+    NaN/inf input (the message names ``name``). ``progress(done_samples,
+    total_samples)`` follows the separation.
     """
     started = time.perf_counter()
     decoded = load_audio(source, sample_rate=separator.sample_rate, channels=2, name=name)
     decoded_at = time.perf_counter()
-    stems = separator.separate(decoded.samples, decoded.sample_rate)
+    stems = separator.separate(decoded.samples, decoded.sample_rate, progress=progress)
     separated_at = time.perf_counter()
     per_stem: dict[str, dict[str, float]] = {}
     per_track: dict[str, float] = {}

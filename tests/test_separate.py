@@ -328,3 +328,24 @@ def test_accepts_float64_big_endian_and_read_only_arrays():
     for variant in (mix.astype(np.float64), mix.astype(">f4"), frozen, np.asfortranarray(mix)):
         np.testing.assert_allclose(sep.separate(variant, SAMPLE_RATE)["vocals"], expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(expected, 2 * mix, atol=1e-6, rtol=0)
+
+
+def test_progress_reports_every_block_up_to_the_track_length() -> None:
+    separator = Separator(ConvModel(make_config(64, 2)), batch_size=2)
+    calls: list[tuple[int, int]] = []
+    audio = np.random.default_rng(5).standard_normal((2, 1000)).astype(np.float32)
+    separator.separate(audio, separator.sample_rate, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (1000, 1000)
+    assert all(total == 1000 for _, total in calls)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+@pytest.mark.slow
+def test_compiled_separator_matches_eager() -> None:
+    audio = np.random.default_rng(6).standard_normal((2, 700)).astype(np.float32)
+    eager = Separator(ConvModel(make_config(64, 2)), batch_size=4).separate(audio, SAMPLE_RATE)
+    compiled_separator = Separator(ConvModel(make_config(64, 2)), batch_size=4, compile=True)
+    compiled = compiled_separator.separate(audio, SAMPLE_RATE)
+    assert compiled_separator.compiled  # compiled on this machine (gcc is installed), not the fallback
+    for stem in eager:
+        np.testing.assert_allclose(compiled[stem], eager[stem], atol=1e-6)
