@@ -79,7 +79,11 @@ def _output_texts(out: str, storage_options: Any) -> dict[str, bytes]:
 
 def _ray_log_texts() -> dict[str, bytes]:
     """The local Ray session's log files (worker stdout/stderr, raylet, GCS…)."""
-    logs = Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs"
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None) if ray.is_initialized() else None
+    logs = Path(node.get_logs_dir_path()) if node is not None else (
+        Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs")  # this driver's session, if it can tell
     return {str(p): p.read_bytes() for p in logs.rglob("*") if p.is_file() and p.stat().st_size < 50 << 20}
 
 
