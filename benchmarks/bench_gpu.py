@@ -157,6 +157,26 @@ def bench_config(path: Path, device: torch.device, args: argparse.Namespace, pea
         print(f"  track {args.track_seconds:.0f} s, {precision}, batch {batch}: {seconds:.2f} s wall, "
               f"{row['seconds_per_track_minute']:.2f} s per track-minute "
               f"{row.get('sdr_vs_float32_db', '')}", flush=True)
+    if args.compile:
+        batch = min(args.track_batch, result["largest_batch"].get("bfloat16", 1) or 1)
+        separator = Separator(model, device=device, batch_size=batch, precision="bfloat16", compile=True)
+        start = time.perf_counter()
+        separator.separate(audio[:, : chunk * 4], config.audio.sample_rate)  # compiles (full and tail batch shapes)
+        sync(device)
+        compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        compiled = separator.separate(audio, config.audio.sample_rate)
+        sync(device)
+        seconds = time.perf_counter() - start
+        row = {"precision": "bfloat16+compile", "batch": batch, "compiled": separator.compiled,
+               "compile_warmup_s": compile_s, "track_seconds": args.track_seconds, "wall_s": seconds,
+               "seconds_per_track_minute": seconds / (args.track_seconds / 60)}
+        if "float32" in outputs:
+            row["sdr_vs_float32_db"] = {s: sdr(outputs["float32"][s], compiled[s]) for s in compiled}
+        result["track"].append(row)
+        print(f"  track {args.track_seconds:.0f} s, bf16 + torch.compile (compiled={separator.compiled}), batch {batch}: "
+              f"{seconds:.2f} s wall, {row['seconds_per_track_minute']:.2f} s per track-minute "
+              f"(warm-up incl. compilation {compile_s:.0f} s) {row.get('sdr_vs_float32_db', '')}", flush=True)
     del model
     gc.collect()
     if device.type == "cuda":
@@ -173,6 +193,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--track-seconds", type=float, default=180.0)
     parser.add_argument("--track-batch", type=int, default=16, help="cap of the batch used for the whole-track run")
+    parser.add_argument("--compile", action="store_true", help="also time bf16 with torch.compile")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu.json")
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -398,8 +398,11 @@ class Separator:
         """The model's ``separate_chunks``, compiled if asked; a compile failure falls back to eager once."""
         if not self.compiled:
             return self.model.separate_chunks(x)
+        rows = x.shape[0]
+        if rows < self.batch_size:  # keep one static shape: a short tail batch would recompile
+            x = torch.cat([x, x.new_zeros((self.batch_size - rows, *x.shape[1:]))])
         try:
-            return self._forward(x)
+            return self._forward(x)[:rows]
         except Exception as e:  # noqa: BLE001 - compilation errors surface at the first call
             logger.warning("torch.compile failed (%s: %s); falling back to eager", type(e).__name__, e)
             self.compiled = False
