@@ -407,7 +407,7 @@ class Separator:
             logger.warning("torch.compile failed (%s: %s); falling back to eager", type(e).__name__, e)
             self.compiled = False
             self._forward = self.model.separate_chunks
-            return self.model.separate_chunks(x)
+            return self.model.separate_chunks(x[:rows])
 
 
 def _positive(name: str, value: int | None, default: int) -> int:
