@@ -94,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from pipelines.separate_catalogue import separate_catalogue
 
+    from stemflow.cache import default_cache_dir
+    from stemflow.loading import default_model_name
+
+    model = args.model or default_model_name(default_cache_dir(os.environ))
+    print(f"model: {model}")
     root = Path(args.root).resolve()
     tracks = build_demo_catalogue(root / "catalogue", args.generated)
     print(f"demo catalogue: {len(tracks)} tracks in {root / 'catalogue'}")
