@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from stemflow.loudness import as_signal, integrated_loudness, true_peak_dbtp
+from stemflow.models.mel_bands import mel_filterbank
 from stemflow.quality import stem_quality, track_quality
 
 logger = logging.getLogger(__name__)
@@ -261,36 +262,14 @@ def si_sdr(reference: Any, estimate: Any, *, zero_mean: bool = False, eps: float
     )
 
 
-def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney (Auditory Toolbox) mel scale: linear 3 mel / 200 Hz below 1 kHz, logarithmic above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    log_step = math.log(6.4) / 27.0
-    return np.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) / log_step)
-
-
-def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    mel = np.asarray(mel, dtype=np.float64)
-    log_step = math.log(6.4) / 27.0
-    return np.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * np.exp(log_step * (mel - 15.0)))
-
-
 def slaney_mel_filterbank(sample_rate: float, n_fft: int, n_mels: int) -> np.ndarray:
-    """Triangular mel filterbank, shape ``[n_mels, n_fft // 2 + 1]`` (Slaney scale, area-normalised).
+    """Triangular mel filterbank, float64 ``[n_mels, n_fft // 2 + 1]`` (Slaney scale, area-normalised).
 
-    The defaults of ``librosa.filters.mel`` (``htk=False, norm="slaney"``, 0 Hz to
-    Nyquist), which MSST's bleedless/fullness use: ``n_mels + 2`` edges evenly
-    spaced on the Slaney mel scale; filter ``m`` rises linearly from edge ``m``
-    to ``m+1`` and falls to ``m+2``, scaled by ``2 / (f_{m+2} - f_m)``.
-    Very narrow low filters may hold no FFT bin (all-zero rows).
+    ``librosa.filters.mel`` with its defaults, as MSST's bleedless/fullness use it:
+    one implementation, shared with Mel-Band-RoFormer's band layout
+    (:func:`stemflow.models.mel_bands.mel_filterbank`).
     """
-    fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
-    edges = _slaney_mel_to_hz(np.linspace(0.0, _hz_to_slaney_mel(sample_rate / 2.0), n_mels + 2))
-    widths = np.diff(edges)  # [n_mels + 1]
-    offsets = edges[:, None] - fft_hz[None, :]  # [n_mels + 2, bins]
-    rising = -offsets[:-2] / widths[:-1, None]
-    falling = offsets[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return mel_filterbank(sample_rate, n_fft, n_mels).astype(np.float64)
 
 
 def _mel_db(audio: np.ndarray, mel: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
