@@ -32,6 +32,9 @@ nothing else. The protocol, and why it holds under crashes and races:
    (rule 1); for the marker, :func:`commit_track` reads it back and, if it holds
    exactly this attempt's bytes, reports the commit as its own.
 
+   :func:`write_stem`, :func:`commit_track` and :func:`read_marker` take the
+   policy as ``retry=`` (default :data:`stemflow.retry.DEFAULT_RETRY`).
+
 A crash before the marker leaves stems without a marker: the track is planned
 again and the next attempt adopts those stems. The consequence to know: stems
 of a ``model_id`` are never replaced; producing different stems needs a new
@@ -48,6 +51,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from stemflow.errors import StorageError
+from stemflow.retry import RetryPolicy
 from stemflow.storage import (
     StorageOptions,
     check_component,
@@ -202,6 +206,7 @@ def write_stem(
     data: bytes,
     *,
     storage_options: StorageOptions = None,
+    retry: RetryPolicy | None = None,
 ) -> StemObject:
     """Store one encoded stem write-once and describe what is stored.
 
@@ -213,10 +218,10 @@ def write_stem(
         StorageError: unsafe names, or the write or read-back failed.
     """
     url = stem_url(out_url, model_id, track_id, stem, ext)
-    if write_create_only(url, data, storage_options):
+    if write_create_only(url, data, storage_options, retry=retry):
         return StemObject(stem, stem_file_name(stem, ext), len(data), sha256_hex(data))
-    stored_sha = sha256_object(url, storage_options)
-    stored_size = object_info(url, storage_options).size
+    stored_sha = sha256_object(url, storage_options, retry=retry)
+    stored_size = object_info(url, storage_options, retry=retry).size
     if stored_sha != sha256_hex(data):
         logger.info("adopting existing stem %s (differs from this attempt's bytes)", url)
     return StemObject(stem, stem_file_name(stem, ext), stored_size, stored_sha)
@@ -234,6 +239,7 @@ def commit_track(
     committed_at: str | None = None,
     extra: Mapping[str, Any] | None = None,
     storage_options: StorageOptions = None,
+    retry: RetryPolicy | None = None,
 ) -> bool:
     """Create the track's commit marker; ``True`` if we committed, ``False`` if another run had.
 
@@ -254,7 +260,7 @@ def commit_track(
         check_component(stem.stem, "stem name")
         url = f"{base}/{check_component(stem.file_name, 'stem file name')}"
         try:
-            size = object_info(url, storage_options).size
+            size = object_info(url, storage_options, retry=retry).size
         except FileNotFoundError as e:
             raise StorageError(f"cannot commit {track_id!r}: stem {url!r} is missing") from e
         if size != stem.size:
@@ -271,8 +277,8 @@ def commit_track(
     )
     body = marker.to_json()
     url = f"{base}/{MARKER_NAME}"
-    won = write_create_only(url, body, storage_options)
-    if not won and _stored_marker_is(url, body, storage_options):
+    won = write_create_only(url, body, storage_options, retry=retry)
+    if not won and _stored_marker_is(url, body, storage_options, retry):
         # A retried create whose first attempt reached the store (the reply was lost):
         # the marker holds our bytes (its committed_at is ours to the microsecond), so we won.
         logger.info("track %s: the marker found is this attempt's own (a retried write); committed", track_id)
@@ -282,20 +288,21 @@ def commit_track(
     return won
 
 
-def _stored_marker_is(url: str, body: bytes, storage_options: StorageOptions) -> bool:
+def _stored_marker_is(url: str, body: bytes, storage_options: StorageOptions, retry: RetryPolicy | None) -> bool:
     """Whether the object at ``url`` holds exactly ``body``."""
     try:
-        return read_bytes(url, storage_options) == body
+        return read_bytes(url, storage_options, retry=retry) == body
     except FileNotFoundError:
         return False
 
 
 def read_marker(
-    out_url: str, model_id: str, track_id: str, *, storage_options: StorageOptions = None
+    out_url: str, model_id: str, track_id: str, *, storage_options: StorageOptions = None,
+    retry: RetryPolicy | None = None,
 ) -> CommitMarker | None:
     """The track's commit marker, or ``None`` if the track is not committed."""
     try:
-        data = read_bytes(marker_url(out_url, model_id, track_id), storage_options)
+        data = read_bytes(marker_url(out_url, model_id, track_id), storage_options, retry=retry)
     except FileNotFoundError:
         return None
     return CommitMarker.from_json(data)

@@ -50,6 +50,7 @@ from stemflow.errors import AudioDecodeError, ConfigError, StemflowError, Storag
 from stemflow.loading import LoadedModel, load_custom, load_registered
 from stemflow.records import error_row, stem_rows
 from stemflow.separate import Separator
+from stemflow.retry import RetryPolicy
 from stemflow.storage import object_info, read_bytes
 from stemflow.track import TrackResult, encode_stems, separate_track
 
@@ -94,6 +95,9 @@ class StageSettings:
     runtime_env: Mapping[str, Any] | None = None
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
     max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES
+    retry_attempts: int = 4
+    retry_base_delay_s: float = 0.25
+    retry_max_delay_s: float = 8.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -107,6 +111,12 @@ class StageSettings:
         if (self.max_duration_s is not None and self.max_duration_s <= 0) or (
                 self.max_source_bytes is not None and self.max_source_bytes <= 0):
             raise ConfigError("max_duration_s and max_source_bytes must be > 0 (or None for no limit)")
+        self.retry_policy()  # validates the retry fields
+
+    def retry_policy(self) -> RetryPolicy:
+        """The storage retry policy of the workers (:mod:`stemflow.retry`; botocore's is in storage options)."""
+        return RetryPolicy(attempts=self.retry_attempts, base_delay_s=self.retry_base_delay_s,
+                           max_delay_s=self.retry_max_delay_s)
 
 
 @dataclass(frozen=True)
@@ -267,8 +277,10 @@ class TrackWorker:
         torch_threads: int | None = None,
         max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
         max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.separator = build_separator(spec, torch_threads)
+        self.retry = retry
         self.max_duration_s = max_duration_s
         self.max_source_bytes = max_source_bytes
         self.device = spec.device
@@ -281,12 +293,12 @@ class TrackWorker:
         started = time.perf_counter()
         try:
             if self.max_source_bytes is not None:
-                size = object_info(url, self.job.storage_options).size
+                size = object_info(url, self.job.storage_options, retry=self.retry).size
                 if size > self.max_source_bytes:
                     raise AudioDecodeError(
                         f"{url}: the source is {size} bytes, over max_source_bytes={self.max_source_bytes}; "
                         "not read (raise the limit in the stage settings to process it)")
-            data = read_bytes(url, self.job.storage_options)
+            data = read_bytes(url, self.job.storage_options, retry=self.retry)
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
             return _Fetched(None, e, time.perf_counter() - started)
         return _Fetched(data, None, time.perf_counter() - started)
@@ -297,7 +309,8 @@ class TrackWorker:
         sep = _Separated(track_id, url, started=time.perf_counter() - got.seconds)
         try:
             job = self.job
-            marker = read_marker(job.output_url, job.model_id, track_id, storage_options=job.storage_options)
+            marker = read_marker(job.output_url, job.model_id, track_id, storage_options=job.storage_options,
+                                 retry=self.retry)
             if marker is not None:
                 sep.recorded = tuple(rows_from_marker(marker, job)) if marker.run_id == job.run_id else ()
                 return sep
@@ -344,7 +357,7 @@ class TrackWorker:
         stored = []
         for stem, encoded in encode_stems(result, format=self.stem_format, bit_depth=self.bit_depth).items():
             obj = write_stem(job.output_url, job.model_id, sep.track_id, stem, self.stem_format,
-                             encoded.data, storage_options=job.storage_options)
+                             encoded.data, storage_options=job.storage_options, retry=self.retry)
             stored.append(obj)
             stems[stem] = {
                 **result.stem_quality.get(stem, {}),
@@ -356,7 +369,7 @@ class TrackWorker:
         track["processing_s"] = time.perf_counter() - sep.started
         won = commit_track(job.output_url, job.model_id, sep.track_id, stored, source_url=sep.source_url,
                            run_id=job.run_id, extra={"record": {"track": track, "stems": stems}},
-                           storage_options=job.storage_options)
+                           storage_options=job.storage_options, retry=self.retry)
         if not won:
             return self._outcome(sep, STATUS_SKIPPED, None, ())
         rows = stem_rows({**track, **_partition(job)}, stems)
@@ -418,7 +431,7 @@ class _SeparateActor:
         self._worker = TrackWorker(
             model_spec, job=job, stem_format=settings.stem_format, bit_depth=settings.bit_depth,
             torch_threads=torch_threads, max_duration_s=settings.max_duration_s,
-            max_source_bytes=settings.max_source_bytes,
+            max_source_bytes=settings.max_source_bytes, retry=settings.retry_policy(),
         )
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="stemflow-io")
         self._max_pending = settings.max_pending_uploads
