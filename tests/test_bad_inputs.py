@@ -288,3 +288,16 @@ def test_a_source_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Pat
     assert result["status"] == "error"
     assert "max_source_bytes" in result["error"] and "28800044" in result["error"]
     assert (result["peak_kib"] - result["base_kib"]) / 1024 < 20  # 28.8 MB never entered memory
+
+
+@pytest.mark.ray
+def test_the_limits_are_stage_settings_and_are_validated() -> None:
+    from stemflow.errors import ConfigError
+    from stemflow.ray_stage import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES, StageSettings
+
+    assert (StageSettings().max_duration_s, StageSettings().max_source_bytes) == (
+        DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES) == (7200.0, 2 << 30)
+    assert StageSettings(max_duration_s=None, max_source_bytes=None).max_duration_s is None  # no limit
+    for bad in ({"max_duration_s": 0}, {"max_source_bytes": -1}):
+        with pytest.raises(ConfigError, match="max_duration_s and max_source_bytes"):
+            StageSettings(**bad)

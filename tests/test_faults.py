@@ -211,7 +211,7 @@ def test_persistent_faults_become_error_outcomes_with_no_partial_commit(
     proxy: FaultProxy, s3_bucket: str, tmp_path: Path  # noqa: F811
 ) -> None:
     pytest.importorskip("ray")
-    from stemflow.ray_stage import ModelSpec, ShardJob, TrackWorker
+    from stemflow.ray_stage import ModelSpec, ShardJob, StageSettings, TrackWorker
 
     options = _bare_fs(proxy)  # botocore and s3fs retries off: the stage's own policy decides
     cat, out = f"{s3_bucket}/cat", f"{s3_bucket}/out"
@@ -248,3 +248,11 @@ def test_persistent_faults_become_error_outcomes_with_no_partial_commit(
         url = f"{cat}/t{i}.wav"
         assert worker.finish(worker.separate(f"t{i}id", url, worker.fetch(url))).status == "ok"
     assert assert_exactly_once_invariant(out, "m-faults", options) == {"t0id", "t1id", "t2id", "t3id"}
+    # the stage settings set the policy the worker uses
+    fs.pipe_file(f"{cat}/t4.wav", _wav(4))
+    url = f"{cat}/t4.wav"
+    proxy.add(Fault("slowdown", method="GET", path_pattern=r"/cat/t4\.wav", times=10**6))
+    for attempts in (2, 3):
+        worker.retry = StageSettings(retry_attempts=attempts, retry_base_delay_s=0.01).retry_policy()
+        outcome = worker.finish(worker.separate("t4id", url, worker.fetch(url)))
+        assert outcome.status == "error" and f"failed after {attempts} attempts" in (outcome.error or "")
