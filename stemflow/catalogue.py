@@ -287,7 +287,13 @@ def list_audio(
 
     def skip(path: str) -> bool:
         folder_url = url_of(fs, path) + "/"
-        hidden = not include_hidden and path.rsplit("/", 1)[-1].startswith(".")
+        name = path.rsplit("/", 1)[-1]
+        if name in (".", ".."):
+            # an object-store key with a literal "." or ".." component cannot be read safely
+            # (HTTP clients normalise it to another key): never listed, but never silently
+            logger.warning("skipping %s: a %r path component cannot be addressed safely", folder_url, name)
+            return True
+        hidden = not include_hidden and name.startswith(".")
         return hidden or any(folder_url.startswith(prefix) for prefix in excluded)
 
     def keep(info: ObjectInfo) -> bool:
