@@ -52,7 +52,7 @@ from stemflow.records import error_row, stem_rows
 from stemflow.separate import Separator
 from stemflow.retry import RetryPolicy
 from stemflow.storage import object_info, read_bytes
-from stemflow.track import TrackResult, encode_stems, separate_track
+from stemflow.track import TrackResult, encode_stems, separate_track, separate_tracks
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ class StageSettings:
     workers need stemflow installed, or a ``runtime_env`` given here).
     ``gpus_per_worker`` > 0 gives each actor that many GPUs; 0 makes CPU actors
     with ``cpus_per_worker`` CPUs each, and torch uses that many threads.
+    ``pack_tracks``: the ``tracks_per_call`` tracks an actor gets at once share
+    the model's batches (short tracks and tails fill whole batches; same stems),
+    at the cost of holding those tracks decoded together.
     """
 
     ray_address: str | None = None
@@ -87,6 +90,7 @@ class StageSettings:
     cpus_per_worker: float | None = None
     torch_threads: int | None = None
     tracks_per_call: int = 2
+    pack_tracks: bool = True
     io_threads: int = 2
     max_pending_uploads: int = 2
     stem_format: str = "flac"
@@ -305,6 +309,42 @@ class TrackWorker:
 
     def separate(self, track_id: str, url: str, fetched: Future[_Fetched] | _Fetched) -> _Separated:
         """Decode, separate and measure one fetched source, unless already committed (never raises)."""
+        sep, data = self._prepare(track_id, url, fetched)
+        if data is not None:
+            try:
+                sep.result = separate_track(self.separator, data, name=url)
+            except Exception as e:  # noqa: BLE001 - becomes this track's error row
+                sep.error = e
+        return sep
+
+    def separate_packed(self, items: Sequence[tuple[str, str, Future[_Fetched] | _Fetched]]) -> list[_Separated]:
+        """Like :meth:`separate` for several ``(track_id, url, fetched)`` at once: their chunks share
+        the model's batches (:func:`stemflow.track.separate_tracks`), so no batch runs part empty
+        but the very last. Never raises; a batch-wide failure falls back to one track at a time."""
+        prepared = [self._prepare(track_id, url, fetched) for track_id, url, fetched in items]
+        ready = [(sep, data) for sep, data in prepared if data is not None]
+        if len(ready) > 1:
+            try:
+                results = separate_tracks(self.separator, [(data, sep.source_url) for sep, data in ready])
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory for the packed batch
+                logger.warning("packed separation of %d tracks failed (%s); one at a time", len(ready), e)
+            else:
+                for (sep, _), result in zip(ready, results):
+                    if isinstance(result, TrackResult):
+                        sep.result = result
+                    else:
+                        sep.error = result
+                return [sep for sep, _ in prepared]
+        for sep, data in ready:
+            try:
+                sep.result = separate_track(self.separator, data, name=sep.source_url)
+            except Exception as e:  # noqa: BLE001 - becomes this track's error row
+                sep.error = e
+        return [sep for sep, _ in prepared]
+
+    def _prepare(self, track_id: str, url: str, fetched: Future[_Fetched] | _Fetched) -> tuple[_Separated, bytes | None]:
+        """The track's record so far, and its bytes when it is to be separated (``None``: already
+        committed, or failed to fetch / over the limits, with the error set)."""
         got = fetched.result() if isinstance(fetched, Future) else fetched
         sep = _Separated(track_id, url, started=time.perf_counter() - got.seconds)
         try:
@@ -313,14 +353,14 @@ class TrackWorker:
                                  retry=self.retry)
             if marker is not None:
                 sep.recorded = tuple(rows_from_marker(marker, job)) if marker.run_id == job.run_id else ()
-                return sep
+                return sep, None
             if got.error is not None:
                 raise got.error
             self._check_duration(got.data or b"", url)
-            sep.result = separate_track(self.separator, got.data or b"", name=url)
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
             sep.error = e
-        return sep
+            return sep, None
+        return sep, got.data or b""
 
     def _check_duration(self, data: bytes, url: str) -> None:
         """Refuse a source whose header claims more than ``max_duration_s`` (before decoding it)."""
@@ -435,6 +475,7 @@ class _SeparateActor:
         )
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="stemflow-io")
         self._max_pending = settings.max_pending_uploads
+        self._pack = settings.pack_tracks
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
         """Separate every track of ``batch`` (columns url, track_id); one outcome row each."""
@@ -443,11 +484,15 @@ class _SeparateActor:
         fetches = [self._io.submit(self._worker.fetch, url) for url in urls]
         pending: list[Future[TrackOutcome]] = []
         outcomes: list[TrackOutcome] = []
-        for url, track_id, fetched in zip(urls, track_ids, fetches):
-            while len(pending) >= self._max_pending:
-                outcomes.append(pending.pop(0).result())
-            separated = self._worker.separate(track_id, url, fetched)
-            pending.append(self._io.submit(self._worker.finish, separated))
+        if self._pack:
+            for separated in self._worker.separate_packed(list(zip(track_ids, urls, fetches))):
+                pending.append(self._io.submit(self._worker.finish, separated))
+        else:
+            for url, track_id, fetched in zip(urls, track_ids, fetches):
+                while len(pending) >= self._max_pending:
+                    outcomes.append(pending.pop(0).result())
+                separated = self._worker.separate(track_id, url, fetched)
+                pending.append(self._io.submit(self._worker.finish, separated))
         outcomes.extend(f.result() for f in pending)
         return {
             "track_id": [o.track_id for o in outcomes],

@@ -10,13 +10,14 @@ because the CLI writes files while the pipeline uploads bytes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from stemflow.audio import AudioFormat, AudioSource, ClipPolicy, DecodedAudio, EncodedAudio, encode, load_audio
+from stemflow.errors import StemflowError
 from stemflow.quality import stem_quality, track_quality
 from stemflow.separate import Separator
 
@@ -47,6 +48,39 @@ class TrackResult:
         return self.mixture.shape[-1] / self.sample_rate
 
 
+def decode_track(separator: Separator, source: AudioSource, *, name: str) -> DecodedAudio:
+    """Decode ``source`` at the model's rate, stereo (the audio policy of :mod:`stemflow.audio`)."""
+    return load_audio(source, sample_rate=separator.sample_rate, channels=2, name=name)
+
+
+def measure_track(
+    decoded: DecodedAudio,
+    stems: dict[str, np.ndarray],
+    *,
+    name: str,
+    timings_s: dict[str, float],
+    measure_quality: bool = True,
+) -> TrackResult:
+    """Wrap separated stems into a :class:`TrackResult`, with the reference-free quality measures."""
+    started = time.perf_counter()
+    per_stem: dict[str, dict[str, float]] = {}
+    per_track: dict[str, float] = {}
+    if measure_quality:
+        per_stem = {stem: stem_quality(audio, decoded.sample_rate, decoded.samples) for stem, audio in stems.items()}
+        # all stems, the complement of a single-target model included, should add up to the mixture
+        per_track = track_quality(decoded.samples, stems)
+    return TrackResult(
+        name=name,
+        sample_rate=decoded.sample_rate,
+        mixture=decoded.samples,
+        stems=stems,
+        decoded=decoded,
+        stem_quality=per_stem,
+        track_quality=per_track,
+        timings_s={**timings_s, "quality": time.perf_counter() - started},
+    )
+
+
 def separate_track(
     separator: Separator,
     source: AudioSource,
@@ -62,31 +96,49 @@ def separate_track(
     total_samples)`` follows the separation.
     """
     started = time.perf_counter()
-    decoded = load_audio(source, sample_rate=separator.sample_rate, channels=2, name=name)
+    decoded = decode_track(separator, source, name=name)
     decoded_at = time.perf_counter()
     stems = separator.separate(decoded.samples, decoded.sample_rate, progress=progress)
-    separated_at = time.perf_counter()
-    per_stem: dict[str, dict[str, float]] = {}
-    per_track: dict[str, float] = {}
-    if measure_quality:
-        per_stem = {stem: stem_quality(audio, decoded.sample_rate, decoded.samples) for stem, audio in stems.items()}
-        # all stems, the complement of a single-target model included, should add up to the mixture
-        per_track = track_quality(decoded.samples, stems)
-    finished = time.perf_counter()
-    return TrackResult(
-        name=name,
-        sample_rate=decoded.sample_rate,
-        mixture=decoded.samples,
-        stems=stems,
-        decoded=decoded,
-        stem_quality=per_stem,
-        track_quality=per_track,
-        timings_s={
-            "decode": decoded_at - started,
-            "separate": separated_at - decoded_at,
-            "quality": finished - separated_at,
-        },
-    )
+    timings = {"decode": decoded_at - started, "separate": time.perf_counter() - decoded_at}
+    return measure_track(decoded, stems, name=name, timings_s=timings, measure_quality=measure_quality)
+
+
+def separate_tracks(
+    separator: Separator,
+    sources: Sequence[tuple[AudioSource, str]],
+    *,
+    measure_quality: bool = True,
+) -> list[TrackResult | StemflowError]:
+    """Several tracks at once: chunks of all of them share the model's batches.
+
+    ``sources``: ``(source, name)`` pairs. Same stems as :func:`separate_track`
+    on each (chunks are independent; :meth:`Separator.separate_many`), but a
+    short track or a track's tail no longer runs a part-empty batch. A track
+    that fails to decode comes back as its error, in its place; the others go
+    on. Each track's ``separate`` time is its share (by length) of the batches.
+    """
+    results: list[TrackResult | StemflowError | None] = [None] * len(sources)
+    decoded: list[tuple[int, DecodedAudio, float]] = []
+    for index, (source, name) in enumerate(sources):
+        started = time.perf_counter()
+        try:
+            audio = decode_track(separator, source, name=name)
+            separator.check_audio(audio.samples, audio.sample_rate)
+        except StemflowError as e:
+            results[index] = e
+            continue
+        decoded.append((index, audio, time.perf_counter() - started))
+    if decoded:
+        started = time.perf_counter()
+        separated = separator.separate_many([audio.samples for _, audio, _ in decoded], separator.sample_rate)
+        elapsed = time.perf_counter() - started
+        total = sum(audio.samples.shape[-1] for _, audio, _ in decoded)
+        for (index, audio, decode_s), stems in zip(decoded, separated):
+            share = elapsed * audio.samples.shape[-1] / total
+            results[index] = measure_track(audio, stems, name=sources[index][1],
+                                           timings_s={"decode": decode_s, "separate": share},
+                                           measure_quality=measure_quality)
+    return [r for r in results if r is not None]
 
 
 def encode_stems(

@@ -177,3 +177,24 @@ def test_run_shard_on_local_ray(tmp_path: Path) -> None:
     again = run_shard(tracks, SPEC, _job(out, "run-ray-2"), settings)
     assert again.count(STATUS_SKIPPED) == 3 and again.count(STATUS_OK) == 0
     assert {r["status"] for r in again.rows} == {"error"}
+
+
+@pytest.mark.ray
+def test_packed_tracks_give_the_same_stems_as_one_at_a_time(tmp_path: Path) -> None:
+    """Cross-track batching (pack_tracks) changes which chunks share a batch, never the stems."""
+    from stemflow.commit import read_marker
+    from stemflow.ray_stage import run_shard
+
+    write_catalogue(tmp_path / "cat", good=3, bad=True)
+    tracks = _tracks(tmp_path / "cat")
+    markers = {}
+    for pack in (True, False):
+        out = tmp_path / f"out-{pack}"
+        settings = StageSettings(local_num_cpus=2, workers=1, tracks_per_call=4, torch_threads=1, pack_tracks=pack)
+        result = run_shard(tracks, SPEC, _job(out, f"run-{pack}"), settings)
+        assert result.count(STATUS_OK) == 3 and result.count(STATUS_ERROR) == len(BAD_FILES)
+        markers[pack] = {
+            t["track_id"]: {s.stem: s.sha256 for s in read_marker(str(out), MODEL_ID, t["track_id"]).stems}
+            for t in tracks if read_marker(str(out), MODEL_ID, t["track_id"]) is not None
+        }
+    assert len(markers[True]) == 3 and markers[True] == markers[False]
