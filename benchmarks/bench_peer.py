@@ -17,7 +17,8 @@ Cases (the documented run; ``--quick`` shrinks every case):
   (``benchmarks/configs/bs_roformer_mid.yaml``). Run at ``num_overlap`` 2 (the
   timed comparison) and 1 (the equivalence check: with one window per sample
   both tools' windows divide out, so outside audio-separator's realigned tail
-  chunk the stems must agree to float precision).
+  chunk the stems must agree to float precision once our model, too, skips the
+  DC-bin zeroing that audio-separator's copy of the Roformer code drops).
 
 audio-separator lives in its own virtualenv (``benchmarks/peer_setup.sh``) and
 runs offline: ``MDXCSeparator(common_config, arch_config)`` on a local
@@ -109,13 +110,21 @@ def load_yaml_with_tuples(path: Path) -> dict[str, Any]:
         return yaml.load(f, Loader=Loader)  # noqa: S506 - SafeLoader subclass
 
 
-def run_child(python: Path, role: str, spec: dict[str, Any], work: Path, timeout_s: float = 3600) -> dict[str, Any]:
+def run_child(
+    python: Path, role: str, spec: dict[str, Any], work: Path, timeout_s: float = 3600, *, reuse: bool = False
+) -> dict[str, Any]:
     """Run ``role`` in a fresh interpreter; returns its JSON result plus wall time and peak RSS.
 
-    Peak RSS comes from ``os.wait4`` on that one child (``ru_maxrss``, KiB on Linux).
+    Peak RSS comes from ``os.wait4`` on that one child (``ru_maxrss``, KiB on Linux). The
+    result is kept in ``work``; ``reuse`` returns a kept result of the same role and tag
+    instead of running again (to resume an interrupted run).
     """
     spec_path = work / f"spec_{role}_{spec['tag']}.json"
     result_path = work / f"result_{role}_{spec['tag']}.json"
+    if reuse and result_path.exists():
+        kept = json.loads(result_path.read_text())
+        if "peak_rss_mib" in kept:
+            return kept
     spec = {**spec, "result_path": str(result_path)}
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(spec.get("threads", 2))}
@@ -134,6 +143,7 @@ def run_child(python: Path, role: str, spec: dict[str, Any], work: Path, timeout
         raise RuntimeError(f"child {role} ({spec['tag']}) failed with exit code {code}:\n{tail}")
     result = json.loads(result_path.read_text())
     result.update(process_wall_s=wall, peak_rss_mib=usage.ru_maxrss / 1024)
+    result_path.write_text(json.dumps(result))
     return result
 
 
@@ -351,21 +361,30 @@ def make_checkpoint(config_path: Path, path: Path, seed: int = 0) -> int:
 
 
 def forward_case(name: str, config_path: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import torch
+
     from stemflow.config import load_config
 
     config = load_config(config_path)
     chunk = config.audio.chunk_size if not args.quick else 441 * 200  # quick: 2 s, a multiple of the hop
     ckpt = work / f"{name}.ckpt"
-    params = make_checkpoint(config_path, ckpt)
-    x = music_like(chunk / SAMPLE_RATE, SAMPLE_RATE, seed=3)[None]
-    np.save(work / f"{name}_input.npy", x)
+    if args.reuse and ckpt.exists() and (work / f"{name}_input.npy").exists():
+        from stemflow.models import build_model
+
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_model(load_config(config_path)).parameters())
+    else:
+        params = make_checkpoint(config_path, ckpt)
+        np.save(work / f"{name}_input.npy", music_like(chunk / SAMPLE_RATE, SAMPLE_RATE, seed=3)[None])
     common = {"config": str(config_path), "checkpoint": str(ckpt), "input": str(work / f"{name}_input.npy"),
               "repeats": args.repeats, "threads": args.threads, "tag": name}
     print(f"[forward] {name}: {params / 1e6:.1f} M params, chunk {chunk} samples ({chunk / SAMPLE_RATE:.2f} s)", flush=True)
     ours = run_child(OUR_PYTHON, "ours-forward", {**common, "output": str(work / f"{name}_ours.npy"),
-                                                   "output_no_zero_dc": str(work / f"{name}_ours_no_zero_dc.npy")}, work)
+                                                   "output_no_zero_dc": str(work / f"{name}_ours_no_zero_dc.npy")},
+                     work, reuse=args.reuse)
     print(f"  stemflow        : {_fmt_times(ours['forward_s'])}  peak RSS {ours['peak_rss_mib']:.0f} MiB", flush=True)
-    peer = run_child(args.peer_python, "peer-forward", {**common, "output": str(work / f"{name}_peer.npy")}, work)
+    peer = run_child(args.peer_python, "peer-forward", {**common, "output": str(work / f"{name}_peer.npy")}, work,
+                     reuse=args.reuse)
     print(f"  audio-separator : {_fmt_times(peer['forward_s'])}  peak RSS {peer['peak_rss_mib']:.0f} MiB", flush=True)
     y_ours, y_peer = np.load(work / f"{name}_ours.npy"), np.load(work / f"{name}_peer.npy")
     same_shape = y_ours.shape == y_peer.shape
@@ -390,13 +409,19 @@ def forward_case(name: str, config_path: Path, args: argparse.Namespace, work: P
     }
 
 
-def e2e_case(args: argparse.Namespace, work: Path, num_overlap: int, seconds: float) -> dict[str, Any]:
+def e2e_case(args: argparse.Namespace, work: Path, num_overlap: int, seconds: float, *, zero_dc: bool) -> dict[str, Any]:
+    """One end-to-end comparison; ``zero_dc=False`` runs our model without the reference's DC-bin
+    zeroing (what audio-separator's copy computes), to isolate the overlap-add differences."""
     import soundfile as sf
 
     from stemflow.config import load_config
 
     config = load_config(MID_BS)
-    tag = f"e2e_overlap{num_overlap}"
+    tag = f"e2e_overlap{num_overlap}" + ("" if zero_dc else "_no_zero_dc")
+    our_config = MID_BS
+    if not zero_dc:
+        our_config = work / "bs_roformer_mid_no_zero_dc.yaml"
+        our_config.write_text(MID_BS.read_text().replace("\nmodel:\n", "\nmodel:\n  zero_dc: false\n", 1))
     ckpt = work / "mid.ckpt"
     if not ckpt.exists():
         make_checkpoint(MID_BS, ckpt)
@@ -406,9 +431,10 @@ def e2e_case(args: argparse.Namespace, work: Path, num_overlap: int, seconds: fl
     chunk = config.audio.chunk_size if args.chunk_seconds is None else int(round(args.chunk_seconds * SAMPLE_RATE / 441)) * 441
     common = {"config": str(MID_BS), "checkpoint": str(ckpt), "input": str(wav), "num_overlap": num_overlap,
               "batch_size": args.batch_size, "threads": args.threads, "tag": tag, "chunk_size": chunk}
-    print(f"[e2e] mid-size BS-RoFormer, {seconds:.0f} s track, chunk {chunk / SAMPLE_RATE:.2f} s, num_overlap {num_overlap}",
-          flush=True)
-    ours = run_child(OUR_PYTHON, "ours-e2e", {**common, "output_dir": str(work / f"{tag}_ours")}, work)
+    print(f"[e2e] mid-size BS-RoFormer, {seconds:.0f} s track, chunk {chunk / SAMPLE_RATE:.2f} s, num_overlap {num_overlap}"
+          f"{'' if zero_dc else ', ours without DC-bin zeroing'}", flush=True)
+    ours = run_child(OUR_PYTHON, "ours-e2e", {**common, "config": str(our_config),
+                                               "output_dir": str(work / f"{tag}_ours")}, work)
     print(f"  stemflow        : {ours['process_wall_s']:7.1f} s wall ({ours['separate_s']:.1f} s separate, "
           f"{ours['chunks']} chunks), peak RSS {ours['peak_rss_mib']:.0f} MiB", flush=True)
     peer = run_child(args.peer_python, "peer-e2e", {**common, "output_dir": str(work / f"{tag}_peer")}, work)
@@ -436,6 +462,7 @@ def e2e_case(args: argparse.Namespace, work: Path, num_overlap: int, seconds: fl
               f"{entry['sdr_before_peer_tail_db']:6.1f} dB), max |diff| {entry['max_abs_diff']:.2e}", flush=True)
     return {
         "case": tag, "config": MID_BS.name, "track_s": seconds, "chunk_size": chunk, "num_overlap": num_overlap,
+        "stemflow_zero_dc": zero_dc,
         "batch_size_stemflow": args.batch_size, "stemflow": ours, "audio_separator": peer, "stems": stems,
         "mixture_rms": float(np.sqrt(np.mean(mixture.astype(np.float64) ** 2))),
         "speed_ratio_peer_over_ours": peer["process_wall_s"] / ours["process_wall_s"],
@@ -457,7 +484,8 @@ def print_table(results: dict[str, Any]) -> None:
     for case in results["e2e"]:
         ours, peer = case["stemflow"], case["audio_separator"]
         worst = min(s["sdr_db"] for s in case["stems"].values())
-        print(f"| e2e mid {case['track_s']:.0f} s, overlap {case['num_overlap']} | {ours['process_wall_s']:.1f} | "
+        label = "" if case["stemflow_zero_dc"] else ", ours w/o DC zeroing"
+        print(f"| e2e mid {case['track_s']:.0f} s, overlap {case['num_overlap']}{label} | {ours['process_wall_s']:.1f} | "
               f"{peer['process_wall_s']:.1f} | {case['speed_ratio_peer_over_ours']:.2f}x | {ours['peak_rss_mib']:.0f} | "
               f"{peer['peak_rss_mib']:.0f} | min SDR {worst:.1f} dB |")
 
@@ -479,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="end-to-end track length")
     parser.add_argument("--chunk-seconds", type=float, default=None,
                         help="end-to-end chunk length (default: the config's 11 s; --quick: 2 s)")
+    parser.add_argument("--e2e-cases", nargs="+", default=["timed", "equivalence"], choices=["timed", "equivalence"],
+                        help="timed: overlap 2, our reference model; equivalence: overlap 1, ours without DC zeroing")
+    parser.add_argument("--reuse", action="store_true", help="reuse child results kept in --work (resume a run)")
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
     parser.add_argument("--work", type=Path, default=HERE / "results" / "peer_work.tmp")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "peer_cpu.json")
@@ -495,15 +526,26 @@ def main(argv: list[str] | None = None) -> int:
     if "forward" in args.cases:
         for name, path in (("bs_roformer_4stem_real", REAL_BS), ("mel_roformer_vocals_real", REAL_MEL)):
             results["forward"].append(forward_case(name, path, args, args.work))
+            save(results, args.out)
     if "e2e" in args.cases:
-        for num_overlap in (2, 1):
-            results["e2e"].append(e2e_case(args, args.work, num_overlap, args.seconds))
-    results["machine"]["loadavg_end"] = os.getloadavg()
+        # The timed comparison (our reference-exact model), then the equivalence check: one window per
+        # sample (overlap 1), our model without DC-bin zeroing, like audio-separator's copy.
+        if "timed" in args.e2e_cases:
+            results["e2e"].append(e2e_case(args, args.work, 2, args.seconds, zero_dc=True))
+            save(results, args.out)
+        if "equivalence" in args.e2e_cases:
+            results["e2e"].append(e2e_case(args, args.work, 1, args.seconds, zero_dc=False))
     print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, default=float))
+    save(results, args.out)
     print(f"\nwrote {args.out}")
     return 0
+
+
+def save(results: dict[str, Any], out: Path) -> None:
+    """Write ``results`` (so far) to ``out``, with the load average now."""
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=float))
 
 
 if __name__ == "__main__":
