@@ -9,13 +9,14 @@ Data path (one Ray Data pipeline per shard)::
     from_items(small track records: url, track_id, size)
       -> map_batches(_SeparateActor, ActorPoolStrategy(min, max), num_gpus=1 | CPUs)
            per actor: model loaded once in __init__
-           per call:  fetch bytes (I/O threads, prefetched)  ||  separate_track (caller thread)
-                      || encode + upload stems + create-only commit marker (I/O threads)
+           per call:  fetch + decode (I/O threads, prefetched)
+                      ||  separate (caller thread; the call's tracks share batches: pack_tracks)
+                      ||  encode + upload stems + create-only commit marker (I/O threads)
       -> small outcome records back to the driver (status, error, Parquet rows as JSON)
 
 Only URLs and small records travel through the object store; decoded audio and
 stems live inside one actor for the time one track takes. Memory per actor is
-bounded by ``tracks_per_call`` fetched sources plus ``max_pending_uploads``
+bounded by ``tracks_per_call`` decoded sources plus ``max_pending_uploads``
 tracks of stems being encoded; ``max_tasks_in_flight_per_actor=1`` keeps Ray Data
 from queueing more work than that on an actor.
 
@@ -45,14 +46,14 @@ import torch
 
 import stemflow
 from stemflow.commit import CommitMarker, commit_track, read_marker, stem_url, write_stem
-from stemflow.audio import probe
+from stemflow.audio import DecodedAudio, probe
 from stemflow.errors import AudioDecodeError, ConfigError, StemflowError, StorageError
 from stemflow.loading import LoadedModel, load_custom, load_registered
 from stemflow.records import error_row, stem_rows
 from stemflow.separate import Separator
 from stemflow.retry import RetryPolicy
 from stemflow.storage import object_info, read_bytes
-from stemflow.track import TrackResult, encode_stems, separate_track, separate_tracks
+from stemflow.track import TrackResult, decode_track, encode_stems, measure_track, separate_decoded
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +240,10 @@ def build_separator(spec: ModelSpec, torch_threads: int | None = None) -> Separa
 
 @dataclass
 class _Fetched:
-    data: bytes | None
+    decoded: DecodedAudio | None
     error: BaseException | None
     seconds: float
+    decode_s: float = 0.0
 
 
 @dataclass
@@ -255,8 +257,9 @@ class _Separated:
 
 
 class TrackWorker:
-    """One track at a time: fetch, separate (:func:`stemflow.track.separate_track`), then
-    encode, upload and commit.
+    """Fetch + decode, separate, then encode, upload and commit: the steps of
+    :func:`stemflow.track.separate_track` (the same functions: ``decode_track``,
+    ``Separator.separate``/``separate_many``, ``measure_track``), split so they overlap.
 
     The steps are separate methods so an actor can fetch and finish on I/O
     threads while its caller thread separates. None of them raises for a bad
@@ -293,7 +296,8 @@ class TrackWorker:
         self.bit_depth = bit_depth
 
     def fetch(self, url: str) -> _Fetched:
-        """Read the source object's bytes (never raises)."""
+        """Read and decode the source object (never raises). Runs on an I/O thread, so the
+        next tracks are read and decoded while the model separates the current one."""
         started = time.perf_counter()
         try:
             if self.max_source_bytes is not None:
@@ -303,48 +307,50 @@ class TrackWorker:
                         f"{url}: the source is {size} bytes, over max_source_bytes={self.max_source_bytes}; "
                         "not read (raise the limit in the stage settings to process it)")
             data = read_bytes(url, self.job.storage_options, retry=self.retry)
+            self._check_duration(data, url)
+            decode_started = time.perf_counter()
+            decoded = decode_track(self.separator, data, name=url)
+            self.separator.check_audio(decoded.samples, decoded.sample_rate)
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
             return _Fetched(None, e, time.perf_counter() - started)
-        return _Fetched(data, None, time.perf_counter() - started)
+        done = time.perf_counter()
+        return _Fetched(decoded, None, done - started, decode_s=done - decode_started)
 
     def separate(self, track_id: str, url: str, fetched: Future[_Fetched] | _Fetched) -> _Separated:
-        """Decode, separate and measure one fetched source, unless already committed (never raises)."""
-        sep, data = self._prepare(track_id, url, fetched)
-        if data is not None:
+        """Separate and measure one fetched source, unless already committed (never raises)."""
+        sep, got = self._prepare(track_id, url, fetched)
+        if got is not None and got.decoded is not None:
             try:
-                sep.result = separate_track(self.separator, data, name=url)
+                started = time.perf_counter()
+                stems = self.separator.separate(got.decoded.samples, got.decoded.sample_rate)
+                timings = {"decode": got.decode_s, "separate": time.perf_counter() - started}
+                sep.result = measure_track(got.decoded, stems, name=url, timings_s=timings)
             except Exception as e:  # noqa: BLE001 - becomes this track's error row
                 sep.error = e
         return sep
 
     def separate_packed(self, items: Sequence[tuple[str, str, Future[_Fetched] | _Fetched]]) -> list[_Separated]:
         """Like :meth:`separate` for several ``(track_id, url, fetched)`` at once: their chunks share
-        the model's batches (:func:`stemflow.track.separate_tracks`), so no batch runs part empty
+        the model's batches (:func:`stemflow.track.separate_decoded`), so no batch runs part empty
         but the very last. Never raises; a batch-wide failure falls back to one track at a time."""
         prepared = [self._prepare(track_id, url, fetched) for track_id, url, fetched in items]
-        ready = [(sep, data) for sep, data in prepared if data is not None]
+        ready = [(sep, got) for sep, got in prepared if got is not None and got.decoded is not None]
         if len(ready) > 1:
             try:
-                results = separate_tracks(self.separator, [(data, sep.source_url) for sep, data in ready])
+                results = separate_decoded(
+                    self.separator, [(got.decoded, sep.source_url, got.decode_s) for sep, got in ready])
             except Exception as e:  # noqa: BLE001 - e.g. out of memory for the packed batch
                 logger.warning("packed separation of %d tracks failed (%s); one at a time", len(ready), e)
             else:
                 for (sep, _), result in zip(ready, results):
-                    if isinstance(result, TrackResult):
-                        sep.result = result
-                    else:
-                        sep.error = result
+                    sep.result = result
                 return [sep for sep, _ in prepared]
-        for sep, data in ready:
-            try:
-                sep.result = separate_track(self.separator, data, name=sep.source_url)
-            except Exception as e:  # noqa: BLE001 - becomes this track's error row
-                sep.error = e
-        return [sep for sep, _ in prepared]
+        return [self.separate(sep.track_id, sep.source_url, got) if got is not None else sep for sep, got in prepared]
 
-    def _prepare(self, track_id: str, url: str, fetched: Future[_Fetched] | _Fetched) -> tuple[_Separated, bytes | None]:
-        """The track's record so far, and its bytes when it is to be separated (``None``: already
-        committed, or failed to fetch / over the limits, with the error set)."""
+    def _prepare(self, track_id: str, url: str, fetched: Future[_Fetched] | _Fetched
+                 ) -> tuple[_Separated, _Fetched | None]:
+        """The track's record so far, and its decoded audio when it is to be separated (``None``:
+        already committed, or failed to fetch or decode, with the error set)."""
         got = fetched.result() if isinstance(fetched, Future) else fetched
         sep = _Separated(track_id, url, started=time.perf_counter() - got.seconds)
         try:
@@ -356,11 +362,10 @@ class TrackWorker:
                 return sep, None
             if got.error is not None:
                 raise got.error
-            self._check_duration(got.data or b"", url)
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
             sep.error = e
             return sep, None
-        return sep, got.data or b""
+        return sep, got
 
     def _check_duration(self, data: bytes, url: str) -> None:
         """Refuse a source whose header claims more than ``max_duration_s`` (before decoding it)."""
@@ -369,7 +374,7 @@ class TrackWorker:
         try:
             duration_s = probe(data, name=url).duration_s
         except StemflowError:
-            return  # undecodable: separate_track raises the decoder's own clear error
+            return  # undecodable: decode_track raises the decoder's own clear error
         if duration_s is not None and duration_s > self.max_duration_s:
             raise AudioDecodeError(
                 f"{url}: the source is {duration_s:.0f} s long, over max_duration_s={self.max_duration_s:g}; "

@@ -103,42 +103,40 @@ def separate_track(
     return measure_track(decoded, stems, name=name, timings_s=timings, measure_quality=measure_quality)
 
 
-def separate_tracks(
+def separate_decoded(
     separator: Separator,
-    sources: Sequence[tuple[AudioSource, str]],
+    tracks: Sequence[tuple[DecodedAudio, str, float]],
     *,
     measure_quality: bool = True,
-) -> list[TrackResult | StemflowError]:
-    """Several tracks at once: chunks of all of them share the model's batches.
+) -> list[TrackResult]:
+    """Separate already decoded tracks together: chunks of all of them share the model's batches.
 
-    ``sources``: ``(source, name)`` pairs. Same stems as :func:`separate_track`
-    on each (chunks are independent; :meth:`Separator.separate_many`), but a
-    short track or a track's tail no longer runs a part-empty batch. A track
-    that fails to decode comes back as its error, in its place; the others go
-    on. Each track's ``separate`` time is its share (by length) of the batches.
+    ``tracks``: ``(decoded, name, decode_seconds)``. Same stems as
+    :func:`separate_track` on each (chunks are independent;
+    :meth:`Separator.separate_many`), but short tracks and tails no longer run
+    part-empty batches. Each track's ``separate`` time is its share (by length)
+    of the batches. Decoding apart from separating lets a caller decode the next
+    tracks on other threads while the model runs.
     """
-    results: list[TrackResult | StemflowError | None] = [None] * len(sources)
-    decoded: list[tuple[int, DecodedAudio, float]] = []
-    for index, (source, name) in enumerate(sources):
-        started = time.perf_counter()
-        try:
-            audio = decode_track(separator, source, name=name)
-            separator.check_audio(audio.samples, audio.sample_rate)
-        except StemflowError as e:
-            results[index] = e
-            continue
-        decoded.append((index, audio, time.perf_counter() - started))
-    if decoded:
-        started = time.perf_counter()
-        separated = separator.separate_many([audio.samples for _, audio, _ in decoded], separator.sample_rate)
-        elapsed = time.perf_counter() - started
-        total = sum(audio.samples.shape[-1] for _, audio, _ in decoded)
-        for (index, audio, decode_s), stems in zip(decoded, separated):
-            share = elapsed * audio.samples.shape[-1] / total
-            results[index] = measure_track(audio, stems, name=sources[index][1],
-                                           timings_s={"decode": decode_s, "separate": share},
-                                           measure_quality=measure_quality)
-    return [r for r in results if r is not None]
+    if not tracks:
+        return []
+    started = time.perf_counter()
+    separated = separator.separate_many([decoded.samples for decoded, _, _ in tracks], decoded_rate(tracks))
+    elapsed = time.perf_counter() - started
+    total = sum(decoded.samples.shape[-1] for decoded, _, _ in tracks)
+    return [
+        measure_track(decoded, stems, name=name, measure_quality=measure_quality,
+                      timings_s={"decode": decode_s, "separate": elapsed * decoded.samples.shape[-1] / total})
+        for (decoded, name, decode_s), stems in zip(tracks, separated)
+    ]
+
+
+def decoded_rate(tracks: Sequence[tuple[DecodedAudio, str, float]]) -> int:
+    """The one sample rate of decoded tracks (they were all decoded for the same model)."""
+    rates = {decoded.sample_rate for decoded, _, _ in tracks}
+    if len(rates) != 1:
+        raise StemflowError(f"tracks decoded at different sample rates {sorted(rates)}")
+    return rates.pop()
 
 
 def encode_stems(
