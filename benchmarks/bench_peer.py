@@ -377,14 +377,21 @@ def forward_case(name: str, config_path: Path, args: argparse.Namespace, work: P
         params = make_checkpoint(config_path, ckpt)
         np.save(work / f"{name}_input.npy", music_like(chunk / SAMPLE_RATE, SAMPLE_RATE, seed=3)[None])
     common = {"config": str(config_path), "checkpoint": str(ckpt), "input": str(work / f"{name}_input.npy"),
-              "repeats": args.repeats, "threads": args.threads, "tag": name}
+              "repeats": 1, "threads": args.threads}
     print(f"[forward] {name}: {params / 1e6:.1f} M params, chunk {chunk} samples ({chunk / SAMPLE_RATE:.2f} s)", flush=True)
-    ours = run_child(OUR_PYTHON, "ours-forward", {**common, "output": str(work / f"{name}_ours.npy"),
-                                                   "output_no_zero_dc": str(work / f"{name}_ours_no_zero_dc.npy")},
-                     work, reuse=args.reuse)
+    # One child per repeat, the tools taking turns: a change in the machine's load hits both.
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "peer": []}
+    for repeat in range(args.repeats):
+        tag = f"{name}_r{repeat}"
+        runs["ours"].append(run_child(OUR_PYTHON, "ours-forward", {
+            **common, "tag": tag, "output": str(work / f"{name}_ours.npy"),
+            "output_no_zero_dc": str(work / f"{name}_ours_no_zero_dc.npy")}, work, reuse=args.reuse))
+        runs["peer"].append(run_child(args.peer_python, "peer-forward", {
+            **common, "tag": tag, "output": str(work / f"{name}_peer.npy")}, work, reuse=args.reuse))
+        print(f"  repeat {repeat}: stemflow {runs['ours'][-1]['forward_s'][0]:7.2f} s, "
+              f"audio-separator {runs['peer'][-1]['forward_s'][0]:7.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    ours, peer = (_merge_runs(runs[k]) for k in ("ours", "peer"))
     print(f"  stemflow        : {_fmt_times(ours['forward_s'])}  peak RSS {ours['peak_rss_mib']:.0f} MiB", flush=True)
-    peer = run_child(args.peer_python, "peer-forward", {**common, "output": str(work / f"{name}_peer.npy")}, work,
-                     reuse=args.reuse)
     print(f"  audio-separator : {_fmt_times(peer['forward_s'])}  peak RSS {peer['peak_rss_mib']:.0f} MiB", flush=True)
     y_ours, y_peer = np.load(work / f"{name}_ours.npy"), np.load(work / f"{name}_peer.npy")
     same_shape = y_ours.shape == y_peer.shape
@@ -469,6 +476,15 @@ def e2e_case(args: argparse.Namespace, work: Path, num_overlap: int, seconds: fl
     }
 
 
+def _merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One tool's repeats (one child each): all forward times, the largest peak RSS, the first run's details."""
+    merged = dict(runs[0])
+    merged["forward_s"] = [t for r in runs for t in r["forward_s"]]
+    merged["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    merged["load_s"] = [r["load_s"] for r in runs]
+    return merged
+
+
 def _fmt_times(times: list[float]) -> str:
     return f"forward {np.median(times):7.2f} s (median of {len(times)}: " + ", ".join(f"{t:.2f}" for t in times) + ")"
 
@@ -520,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds = min(args.seconds, 12.0)
         args.chunk_seconds = args.chunk_seconds or 2.0
         args.repeats = min(args.repeats, 2)
+    args.work = args.work.resolve()  # children run with the work folder as their cwd
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine_info(), "quick": args.quick, "forward": [], "e2e": []}
     print(json.dumps(results["machine"]), flush=True)

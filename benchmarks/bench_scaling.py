@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batches = [1, 4]
         args.batch_track_seconds = 30.0
         args.fastpath_track_seconds = 4.0
+    args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
 
     config, ckpt = model_files(args.model, args.work)
