@@ -19,23 +19,15 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
+from stemflow.audio import load_stems
+
 SAMPLE_RATE = 44100
 STEMS = ("drums", "bass", "other", "vocals")
-
-
-def decode(path: str, stream: int) -> np.ndarray:
-    raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", path, "-map", f"0:{stream}", "-f", "f32le", "-ac", "2", "-ar", "44100", "-"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    return np.frombuffer(raw, dtype=np.float32).reshape(-1, 2).T.copy()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     from stemflow.quality import stem_quality, track_quality
 
     path = stempeg.example_stem_path()
-    streams = [decode(path, i) for i in range(5)]
+    stems = load_stems(path, sample_rate=SAMPLE_RATE)
+    streams = [stems[name] for name in ("mixture", *STEMS)]
     mixture = np.tile(streams[0], args.tile)
     refs = np.tile(np.stack(streams[1:]), args.tile)
     rng = np.random.default_rng(0)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
+from stemflow.audio import load_stems
 from stemflow.metrics import csdr, framewise_sdr, framewise_sdr_joint
 
 museval = pytest.importorskip("museval")
@@ -16,14 +16,6 @@ stempeg = pytest.importorskip("stempeg")
 SAMPLE_RATE = 44100
 
 
-def decode_stream(path: str, index: int) -> np.ndarray:
-    """One stream of a .stem.mp4 as float32 ``[2, samples]`` at 44.1 kHz, via ffmpeg."""
-    raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", path, "-map", f"0:{index}", "-f", "f32le", "-ac", "2", "-ar", "44100", "-"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    return np.frombuffer(raw, dtype=np.float32).reshape(-1, 2).T.copy()
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +24,8 @@ def musdb_excerpt() -> tuple[np.ndarray, np.ndarray]:
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg not installed")
     path = stempeg.example_stem_path()
-    streams = [decode_stream(path, i) for i in range(5)]
-    return streams[0], np.stack(streams[1:])
+    stems = load_stems(path, sample_rate=SAMPLE_RATE)
+    return stems["mixture"], np.stack([stems[name] for name in ("drums", "bass", "other", "vocals")])
 
 
 @pytest.fixture(scope="module")

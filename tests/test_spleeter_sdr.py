@@ -12,7 +12,6 @@ over both channels. The baseline is the mixture itself as the estimate.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from stemflow.audio import load_stems
 from stemflow.errors import ModelNotAvailableError
 from stemflow.models import spleeter_convert
 
@@ -29,12 +29,6 @@ EVALUATED = 6 * SAMPLE_RATE  # samples before the decoder burst at the end of ev
 # Measured once with this port (torch 2.13 CPU, float32) and pinned as a regression check;
 # the requirement is only the margin over the mixture baseline.
 PINNED_WHOLE_TRACK_SDR = {"vocals": 5.47, "instrumental": 12.14}
-
-
-def _decode_stream(path: str, stream: int) -> np.ndarray:
-    command = ["ffmpeg", "-v", "error", "-i", path, "-map", f"0:{stream}", "-f", "f32le", "-ac", "2", "-ar", "44100", "-"]
-    raw = subprocess.run(command, capture_output=True, check=True).stdout
-    return np.frombuffer(raw, dtype=np.float32).reshape(-1, 2).T.copy()
 
 
 def sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -50,13 +44,12 @@ def excerpt() -> dict[str, np.ndarray]:
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
     path = str(stempeg.example_stem_path())
-    mixture, drums, bass, other, vocals = (_decode_stream(path, i) for i in range(5))
-    length = min(a.shape[1] for a in (mixture, drums, bass, other, vocals))
-    assert length > EVALUATED
+    stems = load_stems(path, sample_rate=44100)  # trimmed to the shortest stream
+    assert stems["mixture"].shape[1] > EVALUATED
     return {
-        "mixture": mixture[:, :length],
-        "vocals": vocals[:, :length],
-        "instrumental": (drums + bass + other)[:, :length],
+        "mixture": stems["mixture"],
+        "vocals": stems["vocals"],
+        "instrumental": stems["drums"] + stems["bass"] + stems["other"],
     }
 
 
