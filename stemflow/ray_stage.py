@@ -51,7 +51,7 @@ from stemflow.errors import AudioDecodeError, ConfigError, StemflowError, Storag
 from stemflow.loading import LoadedModel, load_custom, load_registered
 from stemflow.records import error_row, stem_rows
 from stemflow.separate import Separator
-from stemflow.retry import RetryPolicy
+from stemflow.retry import DEFAULT_RETRY, RetryPolicy
 from stemflow.storage import object_info, read_bytes
 from stemflow.track import TrackResult, decode_track, encode_stems, measure_track, separate_decoded
 
@@ -100,9 +100,9 @@ class StageSettings:
     runtime_env: Mapping[str, Any] | None = None
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
     max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES
-    retry_attempts: int = 4
-    retry_base_delay_s: float = 0.25
-    retry_max_delay_s: float = 8.0
+    retry_attempts: int = DEFAULT_RETRY.attempts
+    retry_base_delay_s: float = DEFAULT_RETRY.base_delay_s
+    retry_max_delay_s: float = DEFAULT_RETRY.max_delay_s
 
     def __post_init__(self) -> None:
         if self.workers < 1:
