@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stemflow.config import load_config
 from stemflow.models import build_model
+from stemflow.models.config import load_config
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -1,4 +1,4 @@
-"""Benchmark of the separation engine (stemflow.separate / stemflow.streaming).
+"""Benchmark of the separation engine (stemflow.engine.separator / stemflow.engine.streaming).
 
 Three cases, printed as a table and written to ``benchmarks/results/engine.json``:
 
@@ -38,9 +38,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stemflow.config import config_from_dict, load_config  # noqa: E402
+from stemflow.engine.separator import Separator  # noqa: E402
 from stemflow.models import build_model, load_model  # noqa: E402
-from stemflow.separate import Separator  # noqa: E402
+from stemflow.models.config import config_from_dict, load_config  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "roformer"
 FULL_CONFIG = REPO / "configs" / "models" / "config_bs_roformer_384_8_2_485100.yaml"
@@ -130,7 +130,7 @@ def stream_child(input_path: Path, out_dir: Path, mode: str) -> dict:
     """Run in a fresh interpreter: separate one file, report time and memory."""
     import soundfile as sf
 
-    from stemflow.streaming import separate_file
+    from stemflow.engine.streaming import separate_file
 
     separator = Separator(TinyStemModel())
     baseline = max_rss_mb()

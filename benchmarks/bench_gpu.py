@@ -4,7 +4,7 @@ For each config: FLOPs per chunk (``torch.utils.flop_counter``), the machine's
 measured matmul peak (same dtype), forward time per chunk against batch size
 and precision (float32 / bf16 / fp16 autocast) up to the largest batch that
 fits, model FLOP utilisation (MFU), seconds per track-minute through the full
-:class:`stemflow.separate.Separator` (overlap-add included), and the SDR of the
+:class:`stemflow.engine.separator.Separator` (overlap-add included), and the SDR of the
 bf16/fp16 stems against float32's. Runs on CPU too (small batches), but it is
 meant for a CUDA machine::
 
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stemflow.config import load_config
+from stemflow.engine.separator import Separator
 from stemflow.models import build_model
-from stemflow.separate import Separator
+from stemflow.models.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = (

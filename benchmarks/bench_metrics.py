@@ -4,10 +4,10 @@ Decodes the stempeg example (``The Easton Ellises - Falcon 69``, 6.08 s, 4 stems
 with ffmpeg, builds estimates (references plus noise at about -20 dB, the
 mixture standing in for vocals), evaluates the four stems jointly with
 ``museval.evaluate`` (1 s windows and hops, v4) once and with
-:func:`stemflow.metrics.framewise_sdr_joint` (best of ``--repeats``), prints a
+:func:`stemflow.measures.metrics.framewise_sdr_joint` (best of ``--repeats``), prints a
 table and writes ``benchmarks/results/metrics.json`` with the speed ratio and the
-largest absolute difference. It also times :func:`stemflow.quality.stem_quality`
-and :func:`stemflow.quality.track_quality` on the excerpt tiled to ``--quality-seconds``.
+largest absolute difference. It also times :func:`stemflow.measures.quality.stem_quality`
+and :func:`stemflow.measures.quality.track_quality` on the excerpt tiled to ``--quality-seconds``.
 
 Usage: ``python benchmarks/bench_metrics.py [--tile N] [--repeats R] [--quality-seconds S]``
 (``--tile N`` repeats the excerpt N times to time longer tracks; museval's cost grows with it).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stemflow.audio import load_stems
+from stemflow.audio.decode import load_stems
 
 SAMPLE_RATE = 44100
 STEMS = ("drums", "bass", "other", "vocals")
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     import museval
     import stempeg
 
-    from stemflow.metrics import framewise_sdr, framewise_sdr_joint
-    from stemflow.quality import stem_quality, track_quality
+    from stemflow.measures.metrics import framewise_sdr, framewise_sdr_joint
+    from stemflow.measures.quality import stem_quality, track_quality
 
     path = stempeg.example_stem_path()
     stems = load_stems(path, sample_rate=SAMPLE_RATE)

@@ -271,9 +271,10 @@ def child_ours_e2e(spec: dict[str, Any]) -> dict[str, Any]:
     """stemflow end to end: load model, decode, Separator.separate, write float WAVs."""
     import torch
 
-    from stemflow.audio import load_audio, save_audio
+    from stemflow.audio.decode import load_audio
+    from stemflow.audio.encode import save_audio
+    from stemflow.engine.separator import Separator
     from stemflow.models import load_model
-    from stemflow.separate import Separator
 
     _set_threads(spec)
     start = time.perf_counter()
@@ -351,8 +352,8 @@ def make_checkpoint(config_path: Path, path: Path, seed: int = 0) -> int:
     """Seeded random weights of ``config_path``'s model saved as a plain state dict; returns the parameter count."""
     import torch
 
-    from stemflow.config import load_config
     from stemflow.models import build_model
+    from stemflow.models.config import load_config
 
     torch.manual_seed(seed)
     model = build_model(load_config(config_path))
@@ -363,7 +364,7 @@ def make_checkpoint(config_path: Path, path: Path, seed: int = 0) -> int:
 def forward_case(name: str, config_path: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
-    from stemflow.config import load_config
+    from stemflow.models.config import load_config
 
     config = load_config(config_path)
     chunk = config.audio.chunk_size if not args.quick else 441 * 200  # quick: 2 s, a multiple of the hop
@@ -421,7 +422,7 @@ def e2e_case(args: argparse.Namespace, work: Path, num_overlap: int, seconds: fl
     zeroing (what audio-separator's copy computes), to isolate the overlap-add differences."""
     import soundfile as sf
 
-    from stemflow.config import load_config
+    from stemflow.models.config import load_config
 
     config = load_config(MID_BS)
     tag = f"e2e_overlap{num_overlap}" + ("" if zero_dc else "_no_zero_dc")

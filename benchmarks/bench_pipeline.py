@@ -126,10 +126,10 @@ def phase_plain(args: argparse.Namespace) -> dict[str, Any]:
     """Everything the pipeline does per track, minus storage and orchestration, in this process."""
     import torch
 
-    from stemflow.audio import load_audio
-    from stemflow.loading import load_custom
-    from stemflow.separate import Separator
-    from stemflow.track import encode_stems, separate_track
+    from stemflow.audio.decode import load_audio
+    from stemflow.engine.separator import Separator
+    from stemflow.engine.track import encode_stems, separate_track
+    from stemflow.hub.loading import load_custom
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -54,8 +54,8 @@ def child_separate(spec: dict[str, Any]) -> dict[str, Any]:
     """Load the model once, separate each input ``.npy`` in turn; time each; optionally save stems."""
     import torch
 
+    from stemflow.engine.separator import Separator
     from stemflow.models import load_model
-    from stemflow.separate import Separator
 
     torch.set_num_threads(int(spec["threads"]))
     torch.set_num_interop_threads(1)
@@ -118,8 +118,8 @@ def model_files(model: str, work: Path) -> tuple[str, str]:
     if not ckpt.exists():
         import torch
 
-        from stemflow.config import load_config
         from stemflow.models import build_model
+        from stemflow.models.config import load_config
 
         torch.manual_seed(0)
         torch.save(build_model(load_config(MID_CONFIG)).state_dict(), ckpt)

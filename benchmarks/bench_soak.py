@@ -99,8 +99,8 @@ def add_faults(proxy: Any, rate: float) -> None:
 
 def check(out: str, model_id: str, planned_ids: set[str], options: dict[str, Any]) -> dict[str, Any]:
     """Every planned track committed once with one set of ok rows, or an error without a marker."""
-    from stemflow.commit import committed_tracks, verify_track
-    from stemflow.records import read_records
+    from stemflow.store.commit import committed_tracks, verify_track
+    from stemflow.store.records import read_records
 
     rows = read_records(out, model_id=model_id, storage_options=options).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from moto.server import ThreadedMotoServer
 
     from pipelines.separate_catalogue import separate_catalogue
-    from stemflow.catalogue import list_audio
+    from stemflow.catalogue.listing import list_audio
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
               "config_kwargs": {"request_checksum_calculation": "when_required", "read_timeout": 2,
                                 "connect_timeout": 2, "retries": {"total_max_attempts": 3, "mode": "standard"}}}
     retries = _Counter()
-    logging.getLogger("stemflow.retry").addHandler(retries)
+    logging.getLogger("stemflow.store.retry").addHandler(retries)
     try:
         fs = s3fs.S3FileSystem(**direct)
         fs.mkdir("soak")

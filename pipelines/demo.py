@@ -93,9 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from pipelines.separate_catalogue import separate_catalogue
-
-    from stemflow.cache import default_cache_dir
-    from stemflow.loading import default_model_name
+    from stemflow.hub.cache import default_cache_dir
+    from stemflow.hub.loading import default_model_name
 
     model = args.model or default_model_name(default_cache_dir(os.environ))
     print(f"model: {model}")

@@ -4,7 +4,7 @@
 
 1. discover the data set (MUSDB18-style folders or ``.stem.mp4`` files);
 2. per model, separate every mixture. With ``engine="ray"`` (the default) this is
-   the catalogue's own Ray stage (:func:`stemflow.ray_stage.run_shard`): stems are
+   the catalogue's own Ray stage (:func:`stemflow.stage.ray_adapter.run_shard`): stems are
    committed under ``<out>/stems/<model_id>/<track_id>/`` exactly once (a later
    evaluation of the same model reuses them), the stage's Parquet rows go to
    ``<out>/metadata/`` with ``run_id = eval_id``, and the committed stems are then
@@ -12,7 +12,7 @@
    stores nothing but the metrics (for a laptop, or tests without Ray);
 3. score the mixture baseline;
 4. write ``<out>/evaluation/<eval_id>/`` (metrics + leaderboard, see
-   :func:`stemflow.evaluation.write_evaluation`) and publish the leaderboard as a
+   :func:`stemflow.evaluation.results.write_evaluation`) and publish the leaderboard as a
    Prefect artifact.
 
 Tasks exchange URLs, ids and metric rows (a few dozen floats per track and stem),
@@ -30,23 +30,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from stemflow.audio import load_audio
-from stemflow.evaluation import (
-    MIXTURE_BASELINE,
-    ReferenceTrack,
-    baseline_rows,
-    discover_dataset,
-    error_metrics_row,
-    leaderboard,
-    leaderboard_markdown,
-    load_references,
-    metrics_table,
-    new_eval_id,
-    reported_notes,
-    score_track,
-    write_evaluation,
-)
-from stemflow.model_id import parse_model_id
+from stemflow.audio.decode import load_audio
+from stemflow.evaluation.leaderboard import leaderboard, leaderboard_markdown, reported_notes
+from stemflow.evaluation.references import MIXTURE_BASELINE, ReferenceTrack, discover_dataset, load_references
+from stemflow.evaluation.results import new_eval_id, write_evaluation
+from stemflow.evaluation.scoring import baseline_rows, error_metrics_row, metrics_table, score_track
+from stemflow.hub.model_id import parse_model_id
 
 ENGINES = ("ray", "local")
 
@@ -69,8 +58,7 @@ def discover_task(dataset_url: str, storage_options: Mapping[str, Any] | None) -
 def resolve_task(model: str, checkpoint: str | None, settings: Mapping[str, Any]) -> dict[str, Any]:
     """A picklable model spec, the ``model_id`` and the model's display name."""
     from pipelines.runtime import resolve_model
-
-    from stemflow.registry import get_model_entry, has_model
+    from stemflow.hub.registry import get_model_entry, has_model
 
     spec, model_id = resolve_model(model, checkpoint, dict(settings))
     reported = None
@@ -96,9 +84,10 @@ def _score_or_error(model: Mapping[str, Any], track: ReferenceTrack, estimates_o
 def local_task(tracks: list[dict[str, Any]], model: Mapping[str, Any], storage_options: Mapping[str, Any] | None,
                max_duration_s: float | None) -> list[dict[str, Any]]:
     """Separate in-process (no Ray, nothing stored) and score every track."""
-    from stemflow.ray_stage import ModelSpec, build_separator
-    from stemflow.storage import read_bytes
-    from stemflow.track import separate_track
+    from stemflow.engine.track import separate_track
+    from stemflow.hub.spec import ModelSpec
+    from stemflow.stage.worker import build_separator
+    from stemflow.store.objects import read_bytes
 
     separator = build_separator(ModelSpec(**model["spec"]))
 
@@ -115,9 +104,11 @@ def local_task(tracks: list[dict[str, Any]], model: Mapping[str, Any], storage_o
 def ray_task(tracks: list[dict[str, Any]], model: Mapping[str, Any], output_url: str, eval_id: str,
              storage_options: Mapping[str, Any] | None, stage: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Separate the mixtures on the Ray stage (commit stems, record rows); track name -> id/status/error."""
-    from stemflow.catalogue import track_ref
-    from stemflow.ray_stage import ModelSpec, ShardJob, StageSettings, run_shard
-    from stemflow.records import write_part
+    from stemflow.catalogue.tracks import track_ref
+    from stemflow.hub.spec import ModelSpec
+    from stemflow.stage.ray_adapter import run_shard
+    from stemflow.stage.settings import ShardJob, StageSettings
+    from stemflow.store.records import write_part
 
     refs = {t["name"]: track_ref(t["mixture_url"], storage_options=storage_options) for t in tracks}
     run_date = f"{datetime.now(UTC):%Y-%m-%d}"
@@ -138,9 +129,9 @@ def score_committed_task(tracks: list[dict[str, Any]], model: Mapping[str, Any],
                          storage_options: Mapping[str, Any] | None,
                          max_duration_s: float | None) -> list[dict[str, Any]]:
     """Score the committed stems of every track (read back from the output store)."""
-    from stemflow.commit import read_marker, track_url
     from stemflow.errors import StemflowError
-    from stemflow.storage import read_bytes
+    from stemflow.store.commit import read_marker, track_url
+    from stemflow.store.objects import read_bytes
 
     def estimates_of(track: ReferenceTrack):
         outcome = outcomes[track.name]
@@ -199,7 +190,7 @@ def evaluate(
     ``models`` holds registry names or community config YAML paths (their weights in
     ``checkpoints[config_path]``); ``model_settings`` (``cache_dir``, ``device``,
     ``chunk_size``…) go to every model; ``stage`` overrides Ray
-    :class:`~stemflow.ray_stage.StageSettings` fields. Returns ``eval_id``, the file
+    :class:`~stemflow.stage.settings.StageSettings` fields. Returns ``eval_id``, the file
     URLs and the leaderboard rows.
     """
     log = get_run_logger()

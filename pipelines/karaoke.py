@@ -12,7 +12,7 @@
 
 Then: plan the version (an existing complete one with the same model, settings
 and tracks ends the flow: nothing to do), one task per track (score, gain,
-write; :func:`stemflow.dataset.prepare_track`), one task for the manifest, card
+write; :func:`stemflow.karaoke.dataset.prepare_track`), one task for the manifest, card
 and ``_COMPLETE.json``. Tasks exchange URLs, ids and small row dicts.
 """
 
@@ -28,12 +28,16 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from pipelines.separate_catalogue import resolve_model_task, run_flow_body, separate_catalogue
-from stemflow.catalogue import TrackRef, iter_catalogue
-from stemflow.commit import committed_tracks
-from stemflow.dataset import DatasetSettings, DatasetTrack, finish_dataset, load_settings, plan_version, prepare_track
+from stemflow.catalogue.planning import iter_catalogue
+from stemflow.catalogue.tracks import TrackRef
 from stemflow.errors import ConfigError, StemflowError
-from stemflow.ray_stage import ModelSpec, build_separator
-from stemflow.storage import exists, join_url
+from stemflow.hub.spec import ModelSpec
+from stemflow.karaoke.dataset import DatasetTrack, finish_dataset, plan_version, prepare_track
+from stemflow.karaoke.settings import DatasetSettings, load_settings
+from stemflow.stage.worker import build_separator
+from stemflow.store.commit import committed_tracks
+from stemflow.store.objects import exists
+from stemflow.store.paths import join_url
 
 _SEPARATORS: dict[str, Any] = {}
 _SEPARATORS_LOCK = threading.Lock()
@@ -85,7 +89,7 @@ def prepare_track_task(track: Mapping[str, Any], output_url: str, model_id: str,
                        storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Score and write one track; its manifest row (an error row for a bad track)."""
     separator = _vocal_separator(spec) if spec is not None and settings.residue else None
-    return prepare_track(DatasetTrack(**track), out_url=output_url, model_id=model_id, version_url=version_url,
+    return prepare_track(DatasetTrack(**track), output_url=output_url, model_id=model_id, version_url=version_url,
                          settings=settings, vocal_separator=separator, storage_options=storage_options)
 
 
@@ -159,7 +163,7 @@ def karaoke_dataset(
                                                        residue, webdataset))
     model_settings = dict(model_settings or {})
     if not (model.endswith((".yaml", ".yml"))):
-        from stemflow.cache import default_cache_dir
+        from stemflow.hub.cache import default_cache_dir
 
         model_settings.setdefault("cache_dir", str(default_cache_dir(os.environ)))
     resolved = resolve_model_task(model, checkpoint, model_settings)
@@ -206,7 +210,7 @@ def karaoke_dataset(
 
 def _model_facts(model: str) -> dict[str, str]:
     """Licence, architecture and reported SDR of a registry model for the card (``{}`` for a config path)."""
-    from stemflow.registry import get_model_entry
+    from stemflow.hub.registry import get_model_entry
 
     try:
         entry = get_model_entry(model)

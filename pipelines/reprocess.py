@@ -28,7 +28,7 @@ def select_by_quality(output_url: str, previous_model_id: str, quality_column: s
                       storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Track ids of ``previous_model_id`` with some ``ok`` row where ``quality_column > above``."""
     from stemflow.errors import ConfigError
-    from stemflow.records import read_records
+    from stemflow.store.records import read_records
 
     table = read_records(output_url, model_id=previous_model_id, storage_options=storage_options)
     if quality_column not in table.column_names:

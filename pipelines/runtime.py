@@ -16,23 +16,19 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from stemflow.catalogue import list_audio, plan
-from stemflow.commit import committed_tracks, read_marker
+from stemflow.catalogue.listing import list_audio
+from stemflow.catalogue.planning import plan
 from stemflow.errors import StemflowError
-from stemflow.model_id import output_settings
-from stemflow.ray_stage import (
-    STATUS_ERROR,
-    STATUS_OK,
-    STATUS_SKIPPED,
-    ModelSpec,
-    ShardJob,
-    StageSettings,
-    load_spec,
-    rows_from_marker,
-    run_shard,
-)
-from stemflow.records import RunManifest, read_records, write_part, write_run_manifest
-from stemflow.storage import filesystem, join_url, read_bytes, write_atomic
+from stemflow.hub.model_id import output_settings
+from stemflow.hub.spec import ModelSpec, load_spec
+from stemflow.stage.ray_adapter import run_shard
+from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, StageSettings
+from stemflow.stage.worker import rows_from_marker
+from stemflow.store.commit import committed_tracks, read_marker
+from stemflow.store.objects import read_bytes, write_atomic
+from stemflow.store.paths import filesystem, join_url
+from stemflow.store.records import read_records, write_part
+from stemflow.store.runs import RunManifest, write_run_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +91,7 @@ def plan_shards(
 ) -> list[dict[str, Any]]:
     """Write this run's shards (catalogue minus committed) as JSON; ``{index, url, tracks}`` each.
 
-    The listing streams (:func:`stemflow.catalogue.list_audio`); the output
+    The listing streams (:func:`stemflow.catalogue.listing.list_audio`); the output
     location is excluded when it lies inside the catalogue.
     """
     listing = list_audio(catalogue_url, storage_options=storage_options, exclude=[output_url])

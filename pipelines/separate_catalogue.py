@@ -29,10 +29,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipelines import runtime
-from stemflow.cache import default_cache_dir
-from stemflow.commit import utc_now_iso
-from stemflow.ray_stage import StageSettings
-from stemflow.records import RunManifest, run_manifest_url
+from stemflow.hub.cache import default_cache_dir
+from stemflow.stage.settings import StageSettings
+from stemflow.store.commit import utc_now_iso
+from stemflow.store.runs import RunManifest, run_manifest_url
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (tracks done, tracks planned) after every shard."""

@@ -47,7 +47,7 @@ class Precision(str, Enum):
 
 def cache_dir() -> Path:
     """The weights cache: ``$STEMFLOW_CACHE`` or ``~/.cache/stemflow``."""
-    from stemflow.cache import default_cache_dir
+    from stemflow.hub.cache import default_cache_dir
 
     return default_cache_dir(os.environ)
 
@@ -67,12 +67,12 @@ def track_name(path: Path) -> str:
 
 def iter_inputs(inputs: Sequence[Path]) -> Iterator[Path]:
     """Input files: files as given, folders searched recursively for audio, sorted."""
-    from stemflow.audio import SUPPORTED_EXTENSIONS
+    from stemflow.audio.formats import audio_suffix
 
     for item in inputs:
         if item.is_dir():
             for path in sorted(p for p in item.rglob("*") if p.is_file()):
-                if path.suffix.lower() in SUPPORTED_EXTENSIONS:
+                if audio_suffix(path.name) is not None:
                     yield path
         else:
             yield item
@@ -98,7 +98,7 @@ class _Outcome:
 
 
 def _load(model: Optional[str], config: Optional[Path], checkpoint: Optional[Path], offline: bool):
-    from stemflow.loading import default_model_name, load_custom, load_registered
+    from stemflow.hub.loading import default_model_name, load_custom, load_registered
 
     if config is not None or checkpoint is not None:
         if config is None or checkpoint is None:
@@ -136,7 +136,7 @@ def separate(
     offline: Annotated[bool, typer.Option(help="never download weights")] = False,
 ) -> None:
     """Separate audio files into stems with one model (loaded once)."""
-    from stemflow.separate import Separator
+    from stemflow.engine.separator import Separator
 
     paths = list(iter_inputs(inputs))
     if not paths:
@@ -173,13 +173,13 @@ def separate(
 
 
 def _separate_one(separator, path: Path, target: Path, format: str, bit_depth: int, stream: bool, progress) -> str:
-    from stemflow.audio import save_audio
-    from stemflow.track import separate_track
+    from stemflow.audio.encode import save_audio
+    from stemflow.engine.track import separate_track
 
     extension = format
     target.mkdir(parents=True, exist_ok=True)
     if stream:
-        from stemflow.streaming import separate_file
+        from stemflow.engine.streaming import separate_file
 
         if format == "mp3":
             raise StemflowError("--stream writes flac or wav, not mp3")
@@ -203,7 +203,7 @@ def _separate_one(separator, path: Path, target: Path, format: str, bit_depth: i
 @models_app.command("list")
 def models_list() -> None:
     """The registry: architecture, stems, reported SDR, license, and whether the weights are here."""
-    from stemflow.cache import list_model_rows
+    from stemflow.hub.model_list import list_model_rows
 
     table = Table(title=f"stemflow models (cache: {cache_dir()})")
     table.add_column("name", no_wrap=True)
@@ -235,7 +235,7 @@ def run(
 ) -> None:
     """Run the nightly job once: separate every track not yet committed for the model."""
     from pipelines.separate_catalogue import run_catalogue
-    from stemflow.loading import default_model_name
+    from stemflow.hub.loading import default_model_name
 
     chosen = model or default_model_name(cache_dir())
     console.print(f"model [bold]{chosen}[/bold]; catalogue {catalogue_url} -> {output_url}")
@@ -294,7 +294,7 @@ def evaluate(
     max_seconds: Annotated[Optional[float], typer.Option(help="score only the first seconds of each track")] = None,
 ) -> None:
     """Score models against reference stems: per-track metrics and a leaderboard (with the mixture baseline)."""
-    from stemflow.evaluation import LEADERBOARD_HEADERS
+    from stemflow.evaluation.leaderboard import LEADERBOARD_HEADERS
 
     try:
         from pipelines.evaluate import run_evaluation
@@ -308,7 +308,7 @@ def evaluate(
         models.append(str(config))
         checkpoints[str(config)] = str(checkpoint)
     if not models:
-        from stemflow.loading import default_model_name
+        from stemflow.hub.loading import default_model_name
 
         models = [default_model_name(cache_dir())]
     result = run_evaluation(dataset, output, models, checkpoints=checkpoints, engine=engine,
@@ -334,7 +334,7 @@ def report(
     tracks: Annotated[int, typer.Option(help="tracks with spectrograms and players (flagged first)")] = 3,
 ) -> None:
     """Write a self-contained HTML report (flags, distributions, comparisons, spectrograms)."""
-    from stemflow.report import build_report
+    from stemflow.evaluation.report import build_report
 
     result = build_report(output, name=name, spectrogram_tracks=tracks)
     console.print(f"{len(result.flags)} flagged stems, {result.record_rows} record rows, "

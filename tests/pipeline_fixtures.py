@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from stemflow.audio import load_audio
-from stemflow.storage import filesystem
+from stemflow.audio.decode import load_audio
+from stemflow.store.paths import filesystem
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stemflow import audio, ffmpeg
+from stemflow.audio import decode, ffmpeg, formats, resample
 from stemflow.errors import AudioDecodeError
 
 RATE = 44100
@@ -55,14 +55,14 @@ LOSSLESS_CASES = [
 def test_lossless_round_trip(tmp_path: Path, extension: str, subtype: str, tolerance: float) -> None:
     original = sine(440.0, RATE, 4000)
     path = write(tmp_path / f"tone.{extension}", original, RATE, subtype)
-    decoded = audio.load_audio(path)
+    decoded = decode.load_audio(path)
     assert decoded.samples.dtype == np.float32
     assert decoded.samples.shape == (2, 4000)
     assert decoded.sample_rate == decoded.source_sample_rate == RATE
     assert decoded.source_channels == 2
     assert decoded.notes == ()
     np.testing.assert_allclose(decoded.samples, original, rtol=0, atol=tolerance + 1e-9)
-    info = audio.probe(path)
+    info = decode.probe(path)
     assert (info.sample_rate, info.channels, info.frames, info.subtype) == (RATE, 2, 4000, subtype)
 
 
@@ -70,7 +70,7 @@ def test_lossless_round_trip(tmp_path: Path, extension: str, subtype: str, toler
 def test_lossy_decode_keeps_the_tone(tmp_path: Path, subtype: str, extension: str) -> None:
     original = sine(1000.0, RATE, RATE)
     path = write(tmp_path / f"tone.{extension}", original, RATE, subtype)
-    decoded = audio.load_audio(path)
+    decoded = decode.load_audio(path)
     assert decoded.samples.shape[0] == 2
     assert abs(decoded.samples.shape[1] - RATE) <= 2048  # codec padding at most
     frames = min(RATE, decoded.samples.shape[1])
@@ -83,16 +83,16 @@ def test_accepts_bytes_and_file_objects(tmp_path: Path, kind: str) -> None:
     original = sine(330.0, RATE, 2000)
     path = write(tmp_path / "tone.flac", original, RATE, "PCM_24")
     source: object = {"bytes": path.read_bytes(), "bytesio": io.BytesIO(path.read_bytes()), "path_str": str(path)}[kind]
-    decoded = audio.load_audio(source)  # type: ignore[arg-type]
+    decoded = decode.load_audio(source)  # type: ignore[arg-type]
     np.testing.assert_allclose(decoded.samples, original, atol=2.0**-23)
 
 
 def test_wrong_extension_is_decoded_by_content(tmp_path: Path) -> None:
     original = sine(550.0, RATE, 3000)
     flac_named_wav = write(tmp_path / "really_flac.wav", original, RATE, "PCM_24", format="FLAC")
-    np.testing.assert_allclose(audio.load_audio(flac_named_wav).samples, original, atol=2.0**-23)
+    np.testing.assert_allclose(decode.load_audio(flac_named_wav).samples, original, atol=2.0**-23)
     wav_named_mp3 = write(tmp_path / "really_wav.mp3", original, RATE, "PCM_16", format="WAV")
-    np.testing.assert_allclose(audio.load_audio(wav_named_mp3).samples, original, atol=2.0**-15)
+    np.testing.assert_allclose(decode.load_audio(wav_named_mp3).samples, original, atol=2.0**-15)
 
 
 # --------------------------------------------------------------------------- channel policy
@@ -100,7 +100,7 @@ def test_wrong_extension_is_decoded_by_content(tmp_path: Path) -> None:
 
 def test_mono_is_duplicated(tmp_path: Path) -> None:
     mono = sine(440.0, RATE, 1000, channels=1)
-    decoded = audio.load_audio(write(tmp_path / "mono.wav", mono, RATE, "FLOAT"))
+    decoded = decode.load_audio(write(tmp_path / "mono.wav", mono, RATE, "FLOAT"))
     assert decoded.samples.shape == (2, 1000)
     assert decoded.source_channels == 1
     np.testing.assert_array_equal(decoded.samples[0], mono[0])
@@ -112,7 +112,7 @@ def test_six_channels_keep_the_first_two(tmp_path: Path, caplog: pytest.LogCaptu
     surround = np.stack([np.full(500, 0.1 * (c + 1), dtype=np.float32) for c in range(6)])
     path = write(tmp_path / "surround.wav", surround, RATE, "FLOAT")
     with caplog.at_level(logging.WARNING, logger="stemflow.audio"):
-        decoded = audio.load_audio(path)
+        decoded = decode.load_audio(path)
     np.testing.assert_array_equal(decoded.samples, surround[:2])
     assert decoded.source_channels == 6
     assert decoded.notes == ("kept the first two of 6 channels",)
@@ -121,17 +121,17 @@ def test_six_channels_keep_the_first_two(tmp_path: Path, caplog: pytest.LogCaptu
 
 def test_mono_output_averages_channels(tmp_path: Path) -> None:
     stereo = np.stack([np.full(100, 0.2, np.float32), np.full(100, 0.6, np.float32)])
-    decoded = audio.load_audio(write(tmp_path / "s.wav", stereo, RATE, "FLOAT"), channels=1)
+    decoded = decode.load_audio(write(tmp_path / "s.wav", stereo, RATE, "FLOAT"), channels=1)
     assert decoded.samples.shape == (1, 100)
     np.testing.assert_allclose(decoded.samples, 0.4, atol=1e-7)
 
 
 def test_to_stereo_does_not_mutate_its_input() -> None:
     mono = np.ones((1, 10), np.float32)
-    stereo, note = audio.to_stereo(mono)
+    stereo, note = resample.to_stereo(mono)
     stereo[0, 0] = 5.0
     assert mono[0, 0] == 1.0 and note == "mono duplicated to stereo"
-    same, none = audio.to_stereo(np.zeros((2, 4), np.float32))
+    same, none = resample.to_stereo(np.zeros((2, 4), np.float32))
     assert same.shape == (2, 4) and none is None
 
 
@@ -142,7 +142,7 @@ def test_to_stereo_does_not_mutate_its_input() -> None:
 def test_resampled_sine_keeps_frequency_amplitude_and_phase(from_rate: int) -> None:
     frames = from_rate // 2 + 123
     original = sine(1000.0, from_rate, frames, amplitude=0.5)
-    converted = audio.resample(original, from_rate, RATE)
+    converted = resample.resample(original, from_rate, RATE)
     expected_length = int(np.floor(frames * RATE / from_rate + 0.5))
     assert converted.shape == (2, expected_length)
     assert converted.dtype == np.float32
@@ -157,8 +157,8 @@ def test_downsampling_removes_content_above_the_new_nyquist() -> None:
     rate = 192000
     tone = sine(1000.0, rate, rate // 4, amplitude=0.5)
     ultrasonic = sine(30000.0, rate, rate // 4, amplitude=0.5)
-    converted = audio.resample(tone + ultrasonic, rate, RATE)
-    reference = audio.resample(tone, rate, RATE)
+    converted = resample.resample(tone + ultrasonic, rate, RATE)
+    reference = resample.resample(tone, rate, RATE)
     assert snr_db(reference[:, 1000:-1000], converted[:, 1000:-1000]) > 80.0
 
 
@@ -166,18 +166,18 @@ def test_downsampling_removes_content_above_the_new_nyquist() -> None:
 @pytest.mark.parametrize(("from_rate", "to_rate"), [(48000, 44100), (8000, 44100), (192000, 44100), (44100, 48000)])
 def test_resampled_length_is_rounded_half_up(frames: int, from_rate: int, to_rate: int) -> None:
     expected = int(np.floor(frames * to_rate / from_rate + 0.5))
-    assert audio.resampled_length(frames, from_rate, to_rate) == expected
+    assert resample.resampled_length(frames, from_rate, to_rate) == expected
     if frames <= 1000:
-        assert audio.resample(np.zeros(frames, np.float32), from_rate, to_rate).shape == (expected,)
+        assert resample.resample(np.zeros(frames, np.float32), from_rate, to_rate).shape == (expected,)
 
 
 def test_load_audio_resamples_and_says_so(tmp_path: Path) -> None:
     path = write(tmp_path / "hi.wav", sine(1000.0, 48000, 48000, channels=1), 48000, "PCM_24")
-    decoded = audio.load_audio(path, sample_rate=RATE)
+    decoded = decode.load_audio(path, sample_rate=RATE)
     assert decoded.samples.shape == (2, RATE)
     assert (decoded.sample_rate, decoded.source_sample_rate) == (RATE, 48000)
     assert decoded.notes == ("mono duplicated to stereo", "resampled 48000 -> 44100 Hz (soxr VHQ)")
-    native = audio.load_audio(path, sample_rate=None)
+    native = decode.load_audio(path, sample_rate=None)
     assert native.sample_rate == 48000 and native.samples.shape == (2, 48000)
 
 
@@ -186,7 +186,7 @@ def test_load_audio_resamples_and_says_so(tmp_path: Path) -> None:
 
 def _assert_decode_error(source: object, needle: str, name: str | None = None) -> None:
     with pytest.raises(AudioDecodeError) as excinfo:
-        audio.load_audio(source, name=name)  # type: ignore[arg-type]
+        decode.load_audio(source, name=name)  # type: ignore[arg-type]
     assert needle in str(excinfo.value), str(excinfo.value)
 
 
@@ -235,15 +235,15 @@ def test_non_finite_samples(tmp_path: Path, bad_value: float) -> None:
 def test_invalid_arguments_are_value_errors(tmp_path: Path) -> None:
     path = write(tmp_path / "ok.wav", sine(440.0, RATE, 100), RATE, "PCM_16")
     with pytest.raises(ValueError, match="channels"):
-        audio.load_audio(path, channels=3)  # type: ignore[arg-type]
+        decode.load_audio(path, channels=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sample_rate"):
-        audio.load_audio(path, sample_rate=0)
+        decode.load_audio(path, sample_rate=0)
 
 
 def test_supported_extensions() -> None:
     for extension in (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".m4a", ".mp4", ".aac"):
-        assert extension in audio.SUPPORTED_EXTENSIONS
-    assert all(e == e.lower() and e.startswith(".") for e in audio.SUPPORTED_EXTENSIONS)
+        assert extension in formats.SUPPORTED_EXTENSIONS
+    assert all(e == e.lower() and e.startswith(".") for e in formats.SUPPORTED_EXTENSIONS)
 
 
 def test_truncated_data_decodes_the_frames_present(tmp_path: Path) -> None:
@@ -251,7 +251,7 @@ def test_truncated_data_decodes_the_frames_present(tmp_path: Path) -> None:
     full = write(tmp_path / "full.wav", original, RATE, "PCM_16").read_bytes()
     cut = tmp_path / "cut.wav"
     cut.write_bytes(full[: len(full) - 400 * 4])  # drop the last 400 stereo 16-bit frames
-    decoded = audio.load_audio(cut)
+    decoded = decode.load_audio(cut)
     assert decoded.samples.shape == (2, 600)
     np.testing.assert_allclose(decoded.samples, original[:, :600], atol=2.0**-15)
 
@@ -259,13 +259,13 @@ def test_truncated_data_decodes_the_frames_present(tmp_path: Path) -> None:
 def test_sample_rate_must_be_an_integer(tmp_path: Path) -> None:
     path = write(tmp_path / "ok.wav", sine(440.0, RATE, 100), RATE, "PCM_16")
     with pytest.raises(TypeError):
-        audio.load_audio(path, sample_rate=44100.0)  # type: ignore[arg-type]
-    assert audio.load_audio(path, sample_rate=np.int64(22050)).samples.shape == (2, 50)
+        decode.load_audio(path, sample_rate=44100.0)  # type: ignore[arg-type]
+    assert decode.load_audio(path, sample_rate=np.int64(22050)).samples.shape == (2, 50)
 
 
 def test_garbage_named_mp3_never_reaches_libmpg123(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "fake.mp3"
     path.write_bytes(b"\x00" * 4096)
     with pytest.raises(AudioDecodeError, match=r"fake\.mp3"):
-        audio.load_audio(path)
+        decode.load_audio(path)
     assert "MPEG-Header" not in capfd.readouterr().err

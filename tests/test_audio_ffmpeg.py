@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stemflow import audio, ffmpeg
+from stemflow.audio import decode, ffmpeg, resample
 from stemflow.errors import AudioDecodeError
 
 pytestmark = pytest.mark.skipif(not ffmpeg.ffmpeg_available(), reason="ffmpeg/ffprobe not installed")
@@ -42,7 +42,7 @@ def m4a_path(tmp_path: Path) -> Path:
 
 
 def test_aac_m4a_decodes_and_resamples(m4a_path: Path) -> None:
-    native = audio.load_audio(m4a_path, sample_rate=None)
+    native = decode.load_audio(m4a_path, sample_rate=None)
     assert native.source_sample_rate == native.sample_rate == 48000
     assert native.samples.shape[0] == 2
     assert abs(native.samples.shape[1] - 48000) <= 1024  # AAC frame granularity
@@ -51,25 +51,25 @@ def test_aac_m4a_decodes_and_resamples(m4a_path: Path) -> None:
     assert abs(dominant_frequency(middle, 48000) - 1000.0) < 3.0
     np.testing.assert_allclose(np.sqrt(np.mean(middle**2)), 0.5 / np.sqrt(2), rtol=0.02)
 
-    converted = audio.load_audio(m4a_path)  # default: 44100 Hz
+    converted = decode.load_audio(m4a_path)  # default: 44100 Hz
     assert converted.sample_rate == RATE
-    assert converted.samples.shape[1] == audio.resampled_length(native.samples.shape[1], 48000, RATE)
-    info = audio.probe(m4a_path)
+    assert converted.samples.shape[1] == resample.resampled_length(native.samples.shape[1], 48000, RATE)
+    info = decode.probe(m4a_path)
     assert (info.sample_rate, info.channels, info.format, info.streams) == (48000, 2, "AAC", 1)
     assert info.duration_s is not None and abs(info.duration_s - 1.0) < 0.05
 
 
 def test_m4a_from_bytes_and_under_a_wrong_extension(m4a_path: Path, tmp_path: Path) -> None:
-    reference = audio.load_audio(m4a_path).samples
-    from_bytes = audio.load_audio(m4a_path.read_bytes(), name="s3://bucket/a/tone.m4a")
+    reference = decode.load_audio(m4a_path).samples
+    from_bytes = decode.load_audio(m4a_path.read_bytes(), name="s3://bucket/a/tone.m4a")
     np.testing.assert_array_equal(from_bytes.samples, reference)
     disguised = tmp_path / "tone.wav"
     disguised.write_bytes(m4a_path.read_bytes())
-    decoded = audio.load_audio(disguised)
+    decoded = decode.load_audio(disguised)
     np.testing.assert_array_equal(decoded.samples, reference)
     assert decoded.notes[0] == "decoded with ffmpeg (libsndfile could not read it)"
     # bytes without a telling name go libsndfile -> ffmpeg as well
-    np.testing.assert_array_equal(audio.load_audio(m4a_path.read_bytes()).samples, reference)
+    np.testing.assert_array_equal(decode.load_audio(m4a_path.read_bytes()).samples, reference)
 
 
 @pytest.fixture
@@ -89,28 +89,28 @@ def synthetic_stem_file(tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
 
 def test_synthetic_stem_mp4(synthetic_stem_file: tuple[Path, list[np.ndarray]]) -> None:
     path, expected = synthetic_stem_file
-    info = audio.probe(path)
+    info = decode.probe(path)
     assert (info.streams, info.sample_rate, info.channels, info.format) == (3, RATE, 2, "ALAC")
     for index, signal in enumerate(expected):
-        decoded = audio.load_audio(path, stream=index)
+        decoded = decode.load_audio(path, stream=index)
         np.testing.assert_allclose(decoded.samples, signal, atol=1e-7)
-    stems = audio.load_stems(path, names=("mixture", "a", "b"))
+    stems = decode.load_stems(path, names=("mixture", "a", "b"))
     assert list(stems) == ["mixture", "a", "b"]
     for stem, signal in zip(stems.values(), expected, strict=True):
         np.testing.assert_allclose(stem, signal, atol=1e-7)
     with pytest.raises(AudioDecodeError, match=r"synthetic\.stem\.mp4: has 3 audio stream\(s\); stream 3 does not exist"):
-        audio.load_audio(path, stream=3)
+        decode.load_audio(path, stream=3)
     with pytest.raises(AudioDecodeError, match="has 3 audio streams but 5 stem names"):
-        audio.load_stems(path)
+        decode.load_stems(path)
 
 
 def test_musdb_excerpt_from_stempeg() -> None:
     stempeg = pytest.importorskip("stempeg")
     path = Path(stempeg.example_stem_path())
-    info = audio.probe(path)
+    info = decode.probe(path)
     assert (info.streams, info.sample_rate, info.channels) == (5, 44100, 2)
-    stems = audio.load_stems(path)
-    assert list(stems) == list(audio.MUSDB_STEM_NAMES)
+    stems = decode.load_stems(path)
+    assert list(stems) == list(decode.MUSDB_STEM_NAMES)
     lengths = {s.shape for s in stems.values()}
     assert len(lengths) == 1 and lengths.pop() == (2, info.frames)
     mixture = stems["mixture"]
@@ -131,9 +131,9 @@ def test_missing_ffmpeg_is_a_clear_error(m4a_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(ffmpeg, "FFMPEG_BINARY", "stemflow-no-such-ffmpeg")
     assert not ffmpeg.ffmpeg_available()
     with pytest.raises(AudioDecodeError, match=r"tone\.m4a: probing: the `stemflow-no-such-ffprobe` binary was not found"):
-        audio.load_audio(m4a_path)
+        decode.load_audio(m4a_path)
     with pytest.raises(AudioDecodeError, match="install ffmpeg"):
-        audio.load_audio(m4a_path)
+        decode.load_audio(m4a_path)
 
 
 def test_unreadable_by_libsndfile_without_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,13 +141,13 @@ def test_unreadable_by_libsndfile_without_ffmpeg(tmp_path: Path, monkeypatch: py
     path = tmp_path / "junk.wav"
     path.write_bytes(b"not audio at all" * 32)
     with pytest.raises(AudioDecodeError, match=r"junk\.wav: not decodable by libsndfile .* ffmpeg is not installed"):
-        audio.load_audio(path)
+        decode.load_audio(path)
 
 
 def test_ffmpeg_encoder_round_trip() -> None:
     tone = sine(1000.0, RATE, RATE)
     data = ffmpeg.encode_with_ffmpeg(tone, RATE, output_args=["-c:a", "flac", "-sample_fmt", "s32", "-f", "flac"])
-    decoded = audio.load_audio(data)
+    decoded = decode.load_audio(data)
     assert decoded.notes == ()  # a complete FLAC header: libsndfile reads it
     np.testing.assert_allclose(decoded.samples, tone, atol=2.0**-23)
 
@@ -161,10 +161,10 @@ def test_streamed_flac_without_length_falls_back_to_ffmpeg(tmp_path: Path) -> No
         check=True, capture_output=True,
     ).stdout  # fmt: skip
     assert sf.info(io.BytesIO(piped)).frames > 2**62  # libsndfile: length unknown
-    decoded = audio.load_audio(piped, name="streamed.flac")
+    decoded = decode.load_audio(piped, name="streamed.flac")
     assert decoded.notes == ("decoded with ffmpeg (libsndfile could not read it)",)
     np.testing.assert_allclose(decoded.samples, tone, atol=2.0**-23)
-    info = audio.probe(piped, name="streamed.flac")
+    info = decode.probe(piped, name="streamed.flac")
     assert (info.format, info.frames, info.duration_s, info.sample_rate) == ("FLAC", None, None, RATE)
 
 
@@ -174,7 +174,7 @@ def test_mp3_made_by_lame_decodes_sample_aligned(tmp_path: Path) -> None:
     sf.write(wav, tone.T, RATE, subtype="PCM_16")
     mp3 = tmp_path / "tone.mp3"
     run_ffmpeg("-i", str(wav), "-c:a", "libmp3lame", "-b:a", "192k", str(mp3))
-    decoded = audio.load_audio(mp3)
+    decoded = decode.load_audio(mp3)
     assert decoded.samples.shape == (2, RATE)  # encoder delay and padding removed (LAME header)
     assert decoded.notes == ()
     middle = slice(2000, RATE - 2000)
@@ -187,6 +187,6 @@ def test_probe_errors_name_the_file(tmp_path: Path) -> None:
     junk = tmp_path / "junk.m4a"
     junk.write_bytes(b"\x00\x01garbage" * 50)
     with pytest.raises(AudioDecodeError, match=r"junk\.m4a: not decodable"):
-        audio.probe(junk)
+        decode.probe(junk)
     with pytest.raises(AudioDecodeError, match="s3://b/empty.flac: the input is empty"):
-        audio.probe(b"", name="s3://b/empty.flac")
+        decode.probe(b"", name="s3://b/empty.flac")

@@ -33,10 +33,11 @@ import soundfile as sf  # noqa: E402
 from pipeline_fixtures import MODEL_CHECKPOINT, MODEL_CONFIG, REPO_ROOT, decode  # noqa: E402
 from s3_fixtures import moto_server, s3_bucket, s3_options  # noqa: E402,F401
 
-from stemflow.audio import load_audio  # noqa: E402
-from stemflow.commit import committed_tracks, verify_track  # noqa: E402
-from stemflow.records import read_records  # noqa: E402
-from stemflow.storage import filesystem, read_bytes  # noqa: E402
+from stemflow.audio.decode import load_audio
+from stemflow.store.commit import committed_tracks, verify_track  # noqa: E402
+from stemflow.store.objects import read_bytes
+from stemflow.store.paths import filesystem
+from stemflow.store.records import read_records
 
 SAMPLE_RATE = 44100
 TAG_BYTES = 5 << 20
@@ -246,7 +247,9 @@ def test_one_flow_run_over_the_corpus_gives_an_error_row_or_correct_stems_per_fi
 _TEN_HOURS_SCRIPT = """
 import json, resource, sys
 sys.path.insert(0, {root!r})
-from stemflow.ray_stage import ModelSpec, ShardJob, TrackWorker
+from stemflow.hub.spec import ModelSpec
+from stemflow.stage.settings import ShardJob
+from stemflow.stage.worker import TrackWorker
 job = ShardJob(output_url={out!r}, model_id="m", run_id="r", run_date="2026-11-24")
 spec = ModelSpec(config_path={config!r}, checkpoint_path={ckpt!r})
 worker = TrackWorker(spec, job=job, torch_threads=1, **{limits!r})
@@ -293,7 +296,7 @@ def test_a_source_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Pat
 @pytest.mark.ray
 def test_the_limits_are_stage_settings_and_are_validated() -> None:
     from stemflow.errors import ConfigError
-    from stemflow.ray_stage import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES, StageSettings
+    from stemflow.stage.settings import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES, StageSettings
 
     assert (StageSettings().max_duration_s, StageSettings().max_source_bytes) == (
         DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES) == (7200.0, 2 << 30)

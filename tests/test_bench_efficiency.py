@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stemflow.config import load_config
 from stemflow.models import build_model
+from stemflow.models.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "roformer" / "bs_roformer_4stem"

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from stemflow.config import load_config
 from stemflow.models import build_model, load_model
+from stemflow.models.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "roformer" / "bs_roformer_4stem"

@@ -9,8 +9,8 @@ from types import ModuleType
 
 import numpy as np
 
+from stemflow.engine.separator import Separator
 from stemflow.models import load_model
-from stemflow.separate import Separator
 
 ROOT = Path(__file__).resolve().parents[1]
 

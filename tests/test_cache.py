@@ -19,20 +19,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stemflow import cache
-from stemflow.cache import (
+from stemflow.errors import ChecksumError, ModelNotAvailableError, StemflowError
+from stemflow.hub import cache as cache_cache
+from stemflow.hub.cache import (
     cached_sha256,
     default_cache_dir,
     fetch_weights,
     is_cached,
-    list_model_rows,
     load_pins,
     sha256_file,
     weights_path,
     weights_sha256,
 )
-from stemflow.errors import ChecksumError, ModelNotAvailableError, StemflowError
-from stemflow.registry import ModelEntry, ReportedSdr, Registry
+from stemflow.hub.model_list import list_model_rows
+from stemflow.hub.registry import ModelEntry, Registry, ReportedSdr
 
 PAYLOAD_BYTES = 3 * (1 << 20) + 12345  # several 1 MiB reads plus a partial one
 
@@ -275,8 +275,8 @@ def test_killed_download_leaves_no_final_file(server: FileServer, tmp_path: Path
     final = weights_path(entry, tmp_path)
     code = (
         "import sys; from pathlib import Path\n"
-        "from stemflow.cache import fetch_weights\n"
-        "from stemflow.registry import ModelEntry\n"
+        "from stemflow.hub.cache import fetch_weights\n"
+        "from stemflow.hub.registry import ModelEntry\n"
         f"entry = ModelEntry(name='test-model', architecture='bs_roformer', stems=('vocals',), config='x.yaml',"
         f" config_path=Path('x.yaml'), source='url', license='unknown', reported_sdr=None,"
         f" urls=({server.url('/slow.ckpt')!r},), filename='weights.ckpt', sha256={sha(data)!r})\n"
@@ -350,8 +350,8 @@ def test_sidecar_avoids_rehashing_until_the_file_changes(
     entry = make_entry([server.url("/w.ckpt")], sha256=sha(data))
     path = fetch_weights(entry, tmp_path)
     hashed: list[Path] = []
-    real = cache.sha256_file
-    monkeypatch.setattr(cache, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    real = cache_cache.sha256_file
+    monkeypatch.setattr(cache_cache, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
     fetch_weights(entry, tmp_path)
     assert hashed == []  # sidecar matched size + mtime
     # same size, new content and mtime: re-verified, found corrupted, user told to delete it

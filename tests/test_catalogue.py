@@ -13,8 +13,12 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from s3_fixtures import backend, moto_server, s3_bucket, s3_options  # noqa: F401
 
-from stemflow import catalogue, commit, manifest, storage
+from stemflow.catalogue import listing as catalogue_listing
+from stemflow.catalogue import manifests as manifest
+from stemflow.catalogue import planning as catalogue_planning
+from stemflow.catalogue import tracks as catalogue_tracks
 from stemflow.errors import StorageError
+from stemflow.store import commit, objects, paths
 
 TREE = {
     "a/one.wav": b"one",
@@ -37,11 +41,11 @@ AUDIO = sorted(k for k in TREE if not k.startswith(".") and not k.endswith((".tx
 
 def _populate(base: str, options: Any, tree: dict[str, bytes] = TREE) -> None:
     for key, data in tree.items():
-        storage.write_atomic(f"{base}/{key}", data, options)
+        objects.write_atomic(f"{base}/{key}", data, options)
 
 
 def _rel(base: str, options: Any, url: str) -> str:
-    root = storage.normalise_url(base, options).rstrip("/") + "/"
+    root = paths.normalise_url(base, options).rstrip("/") + "/"
     assert url.startswith(root), (url, root)
     return url[len(root) :]
 
@@ -49,34 +53,34 @@ def _rel(base: str, options: Any, url: str) -> str:
 def test_list_audio_nested_mixed_unicode(backend: tuple[str, Any]) -> None:
     base, options = backend
     _populate(base, options)
-    tracks = list(catalogue.list_audio(base, storage_options=options))
+    tracks = list(catalogue_listing.list_audio(base, storage_options=options))
     assert sorted(_rel(base, options, t.url) for t in tracks) == AUDIO
     assert len({t.track_id for t in tracks}) == len(AUDIO)
     by_name = {_rel(base, options, t.url): t for t in tracks}
     assert by_name["a/b/two.FLAC"].size == 7
     for track in tracks:
-        assert storage.check_component(track.track_id) and len(track.track_id) == catalogue.TRACK_ID_HEX
-        assert storage.read_bytes(track.url, options) == TREE[_rel(base, options, track.url)]
+        assert paths.check_component(track.track_id) and len(track.track_id) == catalogue_tracks.TRACK_ID_HEX
+        assert objects.read_bytes(track.url, options) == TREE[_rel(base, options, track.url)]
     if base.startswith("s3://"):
         assert all(t.etag and t.content_sha256 is None for t in tracks)
     else:
         one = by_name["a/one.wav"]
-        assert one.content_sha256 == storage.sha256_hex(b"one")
-        assert one.track_id == catalogue.compute_track_id(one.url, 3, "sha256:" + storage.sha256_hex(b"one"))
+        assert one.content_sha256 == objects.sha256_hex(b"one")
+        assert one.track_id == catalogue_tracks.compute_track_id(one.url, 3, "sha256:" + objects.sha256_hex(b"one"))
 
 
 def test_missing_catalogue_is_an_error(backend: tuple[str, Any]) -> None:
     base, options = backend
-    storage.write_atomic(f"{base}/present/a.wav", b"a", options)
+    objects.write_atomic(f"{base}/present/a.wav", b"a", options)
     with pytest.raises(StorageError, match="does not exist"):
-        list(catalogue.list_audio(f"{base}/absent", storage_options=options))
+        list(catalogue_listing.list_audio(f"{base}/absent", storage_options=options))
 
 
 def test_stem_mp4_counts_once_and_extensions() -> None:
-    assert catalogue.audio_extension("x/three.stem.mp4") == "stem.mp4"
-    assert catalogue.audio_extension("X.WAV") == "wav"
-    assert catalogue.audio_extension("cover.jpg") is None
-    assert catalogue.audio_extension("noext") is None
+    assert catalogue_listing.audio_extension("x/three.stem.mp4") == "stem.mp4"
+    assert catalogue_listing.audio_extension("X.WAV") == "wav"
+    assert catalogue_listing.audio_extension("cover.jpg") is None
+    assert catalogue_listing.audio_extension("noext") is None
 
 
 def test_listing_streams_folder_by_folder() -> None:
@@ -92,7 +96,7 @@ def test_listing_streams_folder_by_folder() -> None:
     for i in range(40):
         fs.pipe(f"{root}/d{i:02d}/t.wav", b"x" * i)
     try:
-        listing = catalogue.list_audio(f"memory://{root}", storage_options=fs, fingerprint="mtime", workers=1)
+        listing = catalogue_listing.list_audio(f"memory://{root}", storage_options=fs, fingerprint="mtime", workers=1)
         assert inspect.isgenerator(listing)
         first = next(listing)
         assert first.url == f"memory://{root}/d00/t.wav"
@@ -101,7 +105,7 @@ def test_listing_streams_folder_by_folder() -> None:
         assert len(sequential) == 40
         assert CountingMemoryFS.calls == 41
         CountingMemoryFS.calls = 0
-        parallel = catalogue.list_audio(f"memory://{root}", storage_options=fs, fingerprint="mtime", workers=4)
+        parallel = catalogue_listing.list_audio(f"memory://{root}", storage_options=fs, fingerprint="mtime", workers=4)
         assert next(parallel) == first
         assert CountingMemoryFS.calls <= 1 + 2 * 4 + 1  # bounded look-ahead
         assert [first, *parallel] == sequential  # same order whatever the concurrency
@@ -111,33 +115,33 @@ def test_listing_streams_folder_by_folder() -> None:
 
 def test_exclude_prunes_output_inside_catalogue(tmp_path: Any) -> None:
     _populate(str(tmp_path), None, {"a.wav": b"a", "out/stems/m/t/vocals.flac": b"v"})
-    urls = [t.url for t in catalogue.list_audio(str(tmp_path), exclude=[str(tmp_path / "out")])]
+    urls = [t.url for t in catalogue_listing.list_audio(str(tmp_path), exclude=[str(tmp_path / "out")])]
     assert urls == [f"file://{tmp_path}/a.wav"]
 
 
 def test_track_id_stable_copy_and_change(backend: tuple[str, Any]) -> None:
     base, options = backend
     _populate(base, options, {"s/a.wav": b"content-A"})
-    first = catalogue.track_ref(f"{base}/s/a.wav", storage_options=options)
-    again = next(iter(catalogue.list_audio(f"{base}/s", storage_options=options)))
+    first = catalogue_tracks.track_ref(f"{base}/s/a.wav", storage_options=options)
+    again = next(iter(catalogue_listing.list_audio(f"{base}/s", storage_options=options)))
     assert again.track_id == first.track_id
-    storage.write_atomic(f"{base}/copy/a.wav", b"content-A", options)
-    copy = catalogue.track_ref(f"{base}/copy/a.wav", storage_options=options)
+    objects.write_atomic(f"{base}/copy/a.wav", b"content-A", options)
+    copy = catalogue_tracks.track_ref(f"{base}/copy/a.wav", storage_options=options)
     assert copy.track_id != first.track_id
-    storage.write_atomic(f"{base}/s/a.wav", b"content-B", options)  # same size, new bytes
-    changed = catalogue.track_ref(f"{base}/s/a.wav", storage_options=options)
+    objects.write_atomic(f"{base}/s/a.wav", b"content-B", options)  # same size, new bytes
+    changed = catalogue_tracks.track_ref(f"{base}/s/a.wav", storage_options=options)
     assert changed.size == first.size and changed.track_id != first.track_id
 
 
 def test_content_fingerprint_survives_touch_mtime_does_not(tmp_path: Any) -> None:
     path = tmp_path / "t.wav"
     path.write_bytes(b"abc")
-    by_content = catalogue.track_ref(str(path)).track_id
-    by_mtime = catalogue.track_ref(str(path), fingerprint="mtime").track_id
+    by_content = catalogue_tracks.track_ref(str(path)).track_id
+    by_mtime = catalogue_tracks.track_ref(str(path), fingerprint="mtime").track_id
     later = time.time() + 10
     os.utime(path, (later, later))
-    assert catalogue.track_ref(str(path)).track_id == by_content
-    assert catalogue.track_ref(str(path), fingerprint="mtime").track_id != by_mtime
+    assert catalogue_tracks.track_ref(str(path)).track_id == by_content
+    assert catalogue_tracks.track_ref(str(path), fingerprint="mtime").track_id != by_mtime
 
 
 def test_csv_manifest_relative_urls_and_extra_columns(backend: tuple[str, Any]) -> None:
@@ -148,13 +152,13 @@ def test_csv_manifest_relative_urls_and_extra_columns(backend: tuple[str, Any]) 
         "audio/a.wav,,g1,Ärtist One\n"
         f"{base}/audio/b c.flac,custom-id-2,g2,\"Two, The\"\n"
     )
-    storage.write_atomic(f"{base}/manifest.csv", csv_text.encode(), options)
+    objects.write_atomic(f"{base}/manifest.csv", csv_text.encode(), options)
     rows = list(manifest.read_manifest(f"{base}/manifest.csv", storage_options=options, batch_rows=1))
-    direct = catalogue.track_ref(f"{base}/audio/a.wav", storage_options=options)
+    direct = catalogue_tracks.track_ref(f"{base}/audio/a.wav", storage_options=options)
     assert rows[0].url == direct.url and rows[0].track_id == direct.track_id
     assert rows[0].extra == {"group": "g1", "artist": "Ärtist One"}
     assert rows[1].track_id == "custom-id-2"
-    assert rows[1].url == storage.normalise_url(f"{base}/audio/b c.flac", options)
+    assert rows[1].url == paths.normalise_url(f"{base}/audio/b c.flac", options)
     assert rows[1].extra == {"group": "g2", "artist": "Two, The"}
 
 
@@ -172,13 +176,13 @@ def test_parquet_manifest_streams_in_batches(backend: tuple[str, Any]) -> None:
     })
     buffer = io.BytesIO()
     pq.write_table(table, buffer, row_group_size=10)
-    storage.write_atomic(f"{base}/m.parquet", buffer.getvalue(), options)
+    objects.write_atomic(f"{base}/m.parquet", buffer.getvalue(), options)
     rows = manifest.read_manifest(f"{base}/m.parquet", storage_options=options, batch_rows=4)
     assert inspect.isgenerator(rows)
     tracks = list(rows)
     assert [t.url for t in tracks] == table.column("url").to_pylist()
     assert tracks[7].extra == {"group": 1, "bpm": 127.5}
-    assert tracks[7].track_id == catalogue.compute_track_id("s3://bucket/t007.wav", 107, "etag:etag7")
+    assert tracks[7].track_id == catalogue_tracks.compute_track_id("s3://bucket/t007.wav", 107, "etag:etag7")
 
 
 def test_manifest_errors(tmp_path: Any) -> None:
@@ -197,44 +201,44 @@ def test_plan_excludes_committed_and_shards(backend: tuple[str, Any], lookup: st
     base, options = backend
     tree = {f"cat/t{i}.wav": f"track-{i}".encode() for i in range(9)}
     _populate(base, options, tree)
-    tracks = list(catalogue.list_audio(f"{base}/cat", storage_options=options))
+    tracks = list(catalogue_listing.list_audio(f"{base}/cat", storage_options=options))
     out = f"{base}/out"
     model = "model-a"
     for done in (tracks[1], tracks[4]):
         stem = commit.write_stem(out, model, done.track_id, "vocals", "flac", b"v", storage_options=options)
         assert commit.commit_track(out, model, done.track_id, [stem], source_url=done.url, run_id="r0",
                                    storage_options=options)
-    shards = list(catalogue.plan(iter(tracks), out, model, shard_size=3, storage_options=options,
+    shards = list(catalogue_planning.plan(iter(tracks), out, model, shard_size=3, storage_options=options,
                                  lookup=lookup, probe_batch=4))
     assert [s.index for s in shards] == [0, 1, 2]
     assert [len(s.tracks) for s in shards] == [3, 3, 1]
     planned = [t for s in shards for t in s.tracks]
     assert planned == [t for i, t in enumerate(tracks) if i not in (1, 4)]
-    other_model = list(catalogue.plan(tracks, out, "model-b", shard_size=100, storage_options=options, lookup=lookup))
+    other_model = list(catalogue_planning.plan(tracks, out, "model-b", shard_size=100, storage_options=options, lookup=lookup))
     assert len(other_model) == 1 and len(other_model[0].tracks) == 9
 
 
 def test_shard_validation_and_duplicates_in_batch() -> None:
     with pytest.raises(StorageError):
-        list(catalogue.shard([], 0))
-    track = catalogue.TrackRef(url="s3://b/x.wav", track_id="abc", size=1)
-    planned = list(catalogue.plan([track, track], "memory://plan-dupes", "m", shard_size=10))
-    assert planned == [catalogue.Shard(0, (track,))]
+        list(catalogue_planning.shard([], 0))
+    track = catalogue_tracks.TrackRef(url="s3://b/x.wav", track_id="abc", size=1)
+    planned = list(catalogue_planning.plan([track, track], "memory://plan-dupes", "m", shard_size=10))
+    assert planned == [catalogue_planning.Shard(0, (track,))]
 
 
 def test_plan_accepts_a_catalogue_url_and_skips_output_inside(tmp_path: Any) -> None:
     _populate(str(tmp_path), None, {"a.wav": b"a", "b.flac": b"bb"})
     out = str(tmp_path / "out")
-    first = list(catalogue.plan(str(tmp_path), out, "m", shard_size=10))
+    first = list(catalogue_planning.plan(str(tmp_path), out, "m", shard_size=10))
     assert [t.url.rsplit("/", 1)[-1] for t in first[0].tracks] == ["a.wav", "b.flac"]
     done = first[0].tracks[0]
     stem = commit.write_stem(out, "m", done.track_id, "vocals", "wav", b"v")
     assert commit.commit_track(out, "m", done.track_id, [stem], source_url=done.url, run_id="r")
-    again = list(catalogue.plan(str(tmp_path), out, "m", shard_size=10))
+    again = list(catalogue_planning.plan(str(tmp_path), out, "m", shard_size=10))
     assert [t.url.rsplit("/", 1)[-1] for t in again[0].tracks] == ["b.flac"]  # out/…/vocals.wav not listed
     manifest = tmp_path / "list.csv"
     manifest.write_text("url\nb.flac\n")
-    from_manifest = list(catalogue.plan(str(manifest), out, "m", shard_size=10))
+    from_manifest = list(catalogue_planning.plan(str(manifest), out, "m", shard_size=10))
     assert from_manifest[0].tracks == again[0].tracks
 
 
@@ -243,9 +247,9 @@ def test_plan_streams_an_endless_catalogue(tmp_path: Any) -> None:
 
     def endless() -> Any:
         for i in itertools.count():
-            yield catalogue.TrackRef(url=f"s3://b/{i}.wav", track_id=f"t{i}", size=i)
+            yield catalogue_tracks.TrackRef(url=f"s3://b/{i}.wav", track_id=f"t{i}", size=i)
 
-    shards = catalogue.plan(endless(), str(tmp_path / "out"), "m", shard_size=5, probe_batch=8)
+    shards = catalogue_planning.plan(endless(), str(tmp_path / "out"), "m", shard_size=5, probe_batch=8)
     first, second = next(shards), next(shards)
     assert [t.track_id for t in first.tracks] == ["t0", "t1", "t2", "t3", "t4"]
     assert (second.index, second.tracks[0].track_id) == (1, "t5")
@@ -258,7 +262,7 @@ def test_symlink_loops_are_not_followed(tmp_path: Any) -> None:
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "y.wav").write_bytes(b"y")
     (tmp_path / "a" / "linked").symlink_to(tmp_path / "elsewhere")
-    names = [t.url.rsplit("/", 2)[-2:] for t in catalogue.list_audio(str(tmp_path / "a"))]
+    names = [t.url.rsplit("/", 2)[-2:] for t in catalogue_listing.list_audio(str(tmp_path / "a"))]
     assert names == [["b", "x.wav"], ["linked", "y.wav"]]
 
 
@@ -268,18 +272,18 @@ def test_symlinked_files_are_listed_with_target_size(tmp_path: Any) -> None:
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "alias.flac").symlink_to(tmp_path / "real" / "song.flac")
     (tmp_path / "cat" / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
-    tracks = list(catalogue.list_audio(str(tmp_path / "cat")))
+    tracks = list(catalogue_listing.list_audio(str(tmp_path / "cat")))
     assert [(t.url.rsplit("/", 1)[-1], t.size) for t in tracks] == [("alias.flac", 10)]
-    assert tracks[0].content_sha256 == storage.sha256_hex(b"0123456789")
+    assert tracks[0].content_sha256 == objects.sha256_hex(b"0123456789")
 
 
 def test_track_ref_dict_round_trip() -> None:
     import json
 
-    track = catalogue.TrackRef(url="s3://b/a b.wav", track_id="0123abcd", size=5, etag="e", mtime_ns=7,
+    track = catalogue_tracks.TrackRef(url="s3://b/a b.wav", track_id="0123abcd", size=5, etag="e", mtime_ns=7,
                                extra={"artist": "Ä", "group": 3})
-    assert catalogue.TrackRef.from_dict(json.loads(json.dumps(track.to_dict()))) == track
+    assert catalogue_tracks.TrackRef.from_dict(json.loads(json.dumps(track.to_dict()))) == track
     with pytest.raises(StorageError, match="without 'track_id'"):
-        catalogue.TrackRef.from_dict({"url": "s3://b/x.wav"})
+        catalogue_tracks.TrackRef.from_dict({"url": "s3://b/x.wav"})
     with pytest.raises(StorageError, match="unsafe"):
-        catalogue.TrackRef.from_dict({"url": "s3://b/x.wav", "track_id": "../x"})
+        catalogue_tracks.TrackRef.from_dict({"url": "s3://b/x.wav", "track_id": "../x"})

@@ -1,4 +1,4 @@
-"""Tests of the pure chunk geometry (stemflow.chunking)."""
+"""Tests of the pure chunk geometry (stemflow.engine.chunking)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from stemflow.chunking import (
+from stemflow.engine.chunking import (
     chunk_border,
     chunk_source_indices,
     chunk_step,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stemflow.config import config_from_dict, load_config, parse_yaml
 from stemflow.errors import ConfigError
+from stemflow.models.config import config_from_dict, load_config, parse_yaml
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "roformer"
 

@@ -1,4 +1,4 @@
-"""Dataset building from committed stems (synthetic stems committed with stemflow.commit; no model)."""
+"""Dataset building from committed stems (synthetic stems committed with stemflow.store.commit; no model)."""
 
 from __future__ import annotations
 
@@ -14,24 +14,22 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from stemflow.audio import encode_audio
-from stemflow.commit import commit_track, write_stem
-from stemflow.dataset import (
+from stemflow.audio.encode import encode_audio
+from stemflow.errors import ConfigError, StemflowError
+from stemflow.karaoke.card import text_histogram
+from stemflow.karaoke.dataset import (
     COMPLETE_NAME,
-    DatasetSettings,
     DatasetTrack,
     assign_split,
     backing_of,
     build_dataset,
     group_key,
-    load_settings,
     model_short,
-    settings_from_dict,
     version_name,
 )
-from stemflow.dataset_card import text_histogram
-from stemflow.errors import ConfigError, StemflowError
-from stemflow.karaoke import integrated_loudness, true_peak_dbtp
+from stemflow.karaoke.scores import integrated_loudness, true_peak_dbtp
+from stemflow.karaoke.settings import DatasetSettings, load_settings, settings_from_dict
+from stemflow.store.commit import commit_track, write_stem
 
 RATE = 44100
 MODEL_ID = "toy-4stem-0123456789ab-s0badcafe"
@@ -42,11 +40,11 @@ def _noise(seconds: float, amplitude: float, seed: int) -> np.ndarray:
     return (amplitude * np.random.default_rng(seed).standard_normal((2, int(seconds * RATE)))).astype(np.float32)
 
 
-def commit_toy_track(out_url: str, track_id: str, stems: dict[str, np.ndarray], model_id: str = MODEL_ID) -> None:
+def commit_toy_track(output_url: str, track_id: str, stems: dict[str, np.ndarray], model_id: str = MODEL_ID) -> None:
     """Store stems as 24-bit FLAC and commit them, as a separation run does."""
-    objects = [write_stem(out_url, model_id, track_id, name, "flac", encode_audio(audio, RATE))
+    objects = [write_stem(output_url, model_id, track_id, name, "flac", encode_audio(audio, RATE))
                for name, audio in stems.items()]
-    commit_track(out_url, model_id, track_id, objects, source_url=f"file:///music/{track_id}.wav", run_id="r1")
+    commit_track(output_url, model_id, track_id, objects, source_url=f"file:///music/{track_id}.wav", run_id="r1")
 
 
 def four_stems(vocal_gain: float, seed: int, seconds: float = 2.0) -> dict[str, np.ndarray]:
@@ -129,7 +127,7 @@ def test_build_dataset_from_committed_stems(tmp_path: Path) -> None:
     tracks = [DatasetTrack("normal1", group_value="Ann"), DatasetTrack("normal2", group_value="ann "),
               DatasetTrack("loud", group_value="Bob"), DatasetTrack("inst"), DatasetTrack("missing")]
     settings = DatasetSettings(stems4=True, webdataset=True, residue=False)
-    result = build_dataset(tracks, out_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings,
+    result = build_dataset(tracks, output_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings,
                            models={"separation": "toy"}, day=DAY)
     assert result.created and result.tracks == 5 and result.accepted == 2
     root = tmp_path / "dataset" / result.version
@@ -177,12 +175,12 @@ def test_build_dataset_from_committed_stems(tmp_path: Path) -> None:
     assert member is not None and member["accepted"] is True
     # a re-run with the same model, settings and tracks finds the version and writes nothing
     before = sorted(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file())
-    again = build_dataset(tracks, out_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings,
+    again = build_dataset(tracks, output_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings,
                           day=date(2026, 12, 1))
     assert not again.created and again.version == result.version and again.accepted == 2
     assert sorted(p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()) == before
     # other settings: a new version next to it
-    other = build_dataset(tracks[:3], out_url=out, model_id=MODEL_ID, dataset_url=dataset,
+    other = build_dataset(tracks[:3], output_url=out, model_id=MODEL_ID, dataset_url=dataset,
                           settings=DatasetSettings(format="wav", loudness_lufs=None, residue=False), day=DAY)
     assert other.created and other.version != result.version
     wav_rows = pq.read_table(tmp_path / "dataset" / other.version / "manifest.parquet").to_pylist()
@@ -202,7 +200,7 @@ def test_residue_uses_the_vocal_separator(tmp_path: Path) -> None:
         seen.append((audio.shape, sample_rate))
         return audio * np.float32(0.5)  # finds half the backing's amplitude as "vocals"
 
-    result = build_dataset([DatasetTrack("t")], out_url=out, model_id=MODEL_ID, dataset_url=str(tmp_path / "d"),
+    result = build_dataset([DatasetTrack("t")], output_url=out, model_id=MODEL_ID, dataset_url=str(tmp_path / "d"),
                            settings=DatasetSettings(), vocal_separator=leaky_vocal_model, day=DAY)
     row = pq.read_table(tmp_path / "d" / result.version / "manifest.parquet").to_pylist()[0]
     backing = stems["drums"] + stems["bass"] + stems["other"]
@@ -218,14 +216,14 @@ def test_incomplete_version_is_completed_and_a_complete_one_never_rewritten(tmp_
     commit_toy_track(out, "a", four_stems(1.0, 60))
     tracks = [DatasetTrack("a", group_value="Ann")]
     settings = DatasetSettings(residue=False)
-    first = build_dataset(tracks, out_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings, day=DAY)
+    first = build_dataset(tracks, output_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings, day=DAY)
     root = tmp_path / "dataset" / first.version
     backing = next(root.rglob("backing.flac"))  # in whichever split the group hashes to
     audio_bytes = backing.read_bytes()
     # a crash before the marker: the manifest and the marker are missing
     (root / COMPLETE_NAME).unlink()
     (root / "manifest.parquet").unlink()
-    again = build_dataset(tracks, out_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings, day=DAY)
+    again = build_dataset(tracks, output_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings, day=DAY)
     assert again.created and again.version == first.version and again.accepted == 1
     assert backing.read_bytes() == audio_bytes and (root / "manifest.parquet").is_file()
     assert (root / COMPLETE_NAME).is_file()
@@ -234,11 +232,11 @@ def test_incomplete_version_is_completed_and_a_complete_one_never_rewritten(tmp_
 def test_dataset_on_an_object_store(tmp_path: Path) -> None:
     import fsspec
 
-    from stemflow.dataset_manifest import read_manifest_table
+    from stemflow.karaoke.index import read_manifest_table
 
     out, dataset = "memory://karaoke-test/out", "memory://karaoke-test/dataset"
     commit_toy_track(out, "m", four_stems(1.0, 70))
-    result = build_dataset([DatasetTrack("m")], out_url=out, model_id=MODEL_ID, dataset_url=dataset,
+    result = build_dataset([DatasetTrack("m")], output_url=out, model_id=MODEL_ID, dataset_url=dataset,
                            settings=DatasetSettings(residue=False, webdataset=True), day=DAY)
     rows = read_manifest_table(result.version_url).to_pylist()
     assert [r["track_id"] for r in rows] == ["m"] and rows[0]["accepted"]
@@ -246,7 +244,7 @@ def test_dataset_on_an_object_store(tmp_path: Path) -> None:
     data = fs.cat_file(f"/karaoke-test/dataset/{result.version}/{rows[0]['vocals_path']}")
     vocals, rate = sf.read(io.BytesIO(data), always_2d=True)
     assert rate == RATE and vocals.shape == (2 * RATE, 2)
-    again = build_dataset([DatasetTrack("m")], out_url=out, model_id=MODEL_ID, dataset_url=dataset,
+    again = build_dataset([DatasetTrack("m")], output_url=out, model_id=MODEL_ID, dataset_url=dataset,
                           settings=DatasetSettings(residue=False, webdataset=True), day=DAY)
     assert not again.created and again.version == result.version
     fs.rm("/karaoke-test", recursive=True)

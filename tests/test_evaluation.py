@@ -17,23 +17,16 @@ import pytest
 import soundfile as sf
 
 from stemflow.errors import StorageError
-from stemflow.evaluation import (
-    LEADERBOARD_SCHEMA,
-    METRICS_SCHEMA,
+from stemflow.evaluation.leaderboard import LEADERBOARD_SCHEMA, leaderboard, leaderboard_markdown
+from stemflow.evaluation.references import (
     MIXTURE_BASELINE,
     References,
-    baseline_rows,
     discover_dataset,
-    error_metrics_row,
-    leaderboard,
-    leaderboard_markdown,
     load_references,
-    metrics_table,
-    read_evaluations,
     reference_for,
-    score_track,
-    write_evaluation,
 )
+from stemflow.evaluation.results import read_evaluations, write_evaluation
+from stemflow.evaluation.scoring import METRICS_SCHEMA, baseline_rows, error_metrics_row, metrics_table, score_track
 
 SAMPLE_RATE = 16000
 SECONDS = 4

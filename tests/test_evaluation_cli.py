@@ -36,7 +36,7 @@ def _stemflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_cli_evaluate_spleeter_on_the_musdb_excerpt_then_report(tmp_path: Path) -> None:
     stempeg = pytest.importorskip("stempeg")
     try:
-        from stemflow.models.spleeter_convert import find_spleeter_checkpoint
+        from stemflow.models.spleeter.convert import find_spleeter_checkpoint
 
         find_spleeter_checkpoint("2stems")
     except Exception as e:  # noqa: BLE001 - any reason the offline model is missing

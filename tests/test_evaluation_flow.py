@@ -22,7 +22,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from stemflow.metrics import csdr, sdr  # noqa: E402
+from stemflow.measures.metrics import csdr, sdr  # noqa: E402
 
 pytestmark = pytest.mark.prefect
 
@@ -70,8 +70,8 @@ def _expected(dataset: Path) -> dict[tuple[str, str], tuple[float, float]]:
     """(track, stem) -> (uSDR, cSDR) of the fixture model, computed here without the flow."""
     import soundfile
 
-    from stemflow.loading import load_custom
-    from stemflow.separate import Separator
+    from stemflow.engine.separator import Separator
+    from stemflow.hub.loading import load_custom
 
     separator = Separator(load_custom(CONFIG, CHECKPOINT).model)
     out = {}
@@ -118,9 +118,8 @@ def test_local_engine_metrics_leaderboard_and_baseline(prefect_api: str, dataset
 @pytest.mark.slow
 def test_ray_engine_commits_stems_and_matches_local(prefect_api: str, dataset: Path, tmp_path: Path) -> None:
     from pipelines.evaluate import evaluate
-
-    from stemflow.commit import committed_tracks
-    from stemflow.records import read_records
+    from stemflow.store.commit import committed_tracks
+    from stemflow.store.records import read_records
 
     out = tmp_path / "out"
     result = evaluate(str(dataset), str(out), [CONFIG], checkpoints={CONFIG: CHECKPOINT}, engine="ray",

@@ -4,7 +4,7 @@ s3fs talks HTTP to :class:`fault_proxy.FaultProxy`, which forwards to the moto
 server of ``s3_fixtures`` and injects throttling (503 SlowDown), connection
 resets (before the request, after it was applied, mid-body) and stalls past the
 client's read timeout. Each layer of retry is tested where it acts: botocore's
-(``config_kwargs["retries"]``), and stemflow's own (:mod:`stemflow.retry`) with
+(``config_kwargs["retries"]``), and stemflow's own (:mod:`stemflow.store.retry`) with
 s3fs's and botocore's switched off so that only ours can save the call. Then the
 exactly-once invariants under faults: a track whose writes keep failing becomes
 an error outcome with no marker; every marker's stems exist with its sha256.
@@ -24,7 +24,8 @@ from fault_proxy import Fault, FaultProxy
 from pipeline_fixtures import MODEL_CHECKPOINT, MODEL_CONFIG, tone_track
 from s3_fixtures import moto_server, s3_bucket, s3_options, s3_storage_options  # noqa: F401
 
-from stemflow.commit import (
+from stemflow.errors import StorageError
+from stemflow.store.commit import (
     MARKER_NAME,
     StemObject,
     commit_track,
@@ -33,9 +34,8 @@ from stemflow.commit import (
     verify_track,
     write_stem,
 )
-from stemflow.errors import StorageError
-from stemflow.retry import RetryPolicy, call_with_retry, is_transient
-from stemflow.storage import read_bytes, sha256_hex, write_atomic, write_create_only
+from stemflow.store.objects import read_bytes, sha256_hex, write_atomic, write_create_only
+from stemflow.store.retry import RetryPolicy, call_with_retry, is_transient
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.05, max_delay_s=0.2)
 
@@ -136,10 +136,10 @@ def test_stemflow_retries_writes_when_the_client_gives_up(
 ) -> None:
     fs = _bare_fs(proxy)
     proxy.add(Fault(kind, method="PUT", path_pattern=r"/obj\.bin", times=3))
-    with caplog.at_level("WARNING", logger="stemflow.retry"):
+    with caplog.at_level("WARNING", logger="stemflow.store.retry"):
         write_atomic(f"{s3_bucket}/obj.bin", b"x" * 1000, fs, retry=FAST)
     assert len(proxy.injected(kind)) == 3
-    retries = [r for r in caplog.records if r.name == "stemflow.retry"]
+    retries = [r for r in caplog.records if r.name == "stemflow.store.retry"]
     assert 1 <= len(retries) <= 3 and all("write s3://" in r.getMessage() for r in retries)
     assert read_bytes(f"{s3_bucket}/obj.bin", fs) == b"x" * 1000
     # a fault that outlasts every layer is a clear StorageError naming the object
@@ -211,7 +211,9 @@ def test_persistent_faults_become_error_outcomes_with_no_partial_commit(
     proxy: FaultProxy, s3_bucket: str, tmp_path: Path  # noqa: F811
 ) -> None:
     pytest.importorskip("ray")
-    from stemflow.ray_stage import ModelSpec, ShardJob, StageSettings, TrackWorker
+    from stemflow.hub.spec import ModelSpec
+    from stemflow.stage.settings import ShardJob, StageSettings
+    from stemflow.stage.worker import TrackWorker
 
     options = _bare_fs(proxy)  # botocore and s3fs retries off: the stage's own policy decides
     cat, out = f"{s3_bucket}/cat", f"{s3_bucket}/out"

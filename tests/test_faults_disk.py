@@ -12,8 +12,8 @@ from __future__ import annotations
 import errno
 import subprocess
 import uuid
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ import soundfile as sf
 from fsspec.implementations.memory import MemoryFileSystem
 from pipeline_fixtures import MODEL_CHECKPOINT, MODEL_CONFIG, tone_track
 
-from stemflow.commit import MARKER_NAME, committed_tracks
 from stemflow.errors import StorageError
-from stemflow.storage import write_atomic, write_create_only
+from stemflow.store.commit import MARKER_NAME, committed_tracks
+from stemflow.store.objects import write_atomic, write_create_only
 
 pytestmark = pytest.mark.ray  # the TrackWorker lives in the Ray stage module (no cluster is started)
 
@@ -63,7 +63,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _worker(out: str, storage_options: Any = None) -> Any:
-    from stemflow.ray_stage import ModelSpec, ShardJob, TrackWorker
+    from stemflow.hub.spec import ModelSpec
+    from stemflow.stage.settings import ShardJob
+    from stemflow.stage.worker import TrackWorker
 
     job = ShardJob(output_url=out, model_id="m-disk", run_id="r1", run_date="2026-11-24",
                    storage_options=storage_options if storage_options is not None else {})

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 from pipeline_fixtures import MODEL_CHECKPOINT, MODEL_CONFIG, tone_track
 
-from stemflow.commit import committed_tracks, read_marker, verify_track
+from stemflow.store.commit import committed_tracks, read_marker, verify_track
 
 pytestmark = pytest.mark.ray
 
@@ -63,7 +63,9 @@ def kill_once_filesystem(kill_suffix: str, flag_path: str) -> Any:
 def test_a_worker_killed_between_stems_is_retried_and_the_track_committed_once(tmp_path: Path) -> None:
     import ray
 
-    from stemflow.ray_stage import ModelSpec, ShardJob, StageSettings, connect_ray, run_shard
+    from stemflow.hub.spec import ModelSpec
+    from stemflow.stage.ray_adapter import connect_ray, run_shard
+    from stemflow.stage.settings import ShardJob, StageSettings
 
     connect_ray(StageSettings(local_num_cpus=2))
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # kill_once_filesystem travels by value

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stemflow.errors import ConfigError
-from stemflow.karaoke import (
+from stemflow.karaoke.scores import (
     REASONS,
     SCORE_COLUMNS,
     KaraokeThresholds,

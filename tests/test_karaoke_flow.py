@@ -46,7 +46,7 @@ def _peak(x: np.ndarray, peak: float = 0.9) -> np.ndarray:
 
 def write_karaoke_catalogue(folder: Path) -> Path:
     """Five 4 s WAV tracks and ``catalogue.csv`` (url, artist); the expected verdicts in the names."""
-    from stemflow.audio import load_stems
+    from stemflow.audio.decode import load_stems
 
     stems = {k: v[:, : int(SECONDS * RATE)] for k, v in load_stems(stempeg.example_stem_path()).items()}
     backing = stems["drums"] + stems["bass"] + stems["other"]

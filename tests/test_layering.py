@@ -8,7 +8,7 @@ import sys
 
 import stemflow
 
-ORCHESTRATION_MODULES = {"stemflow.ray_stage", "stemflow.cli", "stemflow.__main__"}
+ORCHESTRATION_MODULES = {"stemflow.stage.ray_adapter", "stemflow.cli", "stemflow.__main__"}
 
 
 def test_library_modules_import_neither_ray_nor_prefect() -> None:
@@ -17,7 +17,7 @@ def test_library_modules_import_neither_ray_nor_prefect() -> None:
         for m in pkgutil.walk_packages(stemflow.__path__, prefix="stemflow.")
         if m.name not in ORCHESTRATION_MODULES
     )
-    assert "stemflow.config" in names
+    assert "stemflow.models.config" in names
     code = (
         "import importlib, sys\n"
         f"for name in {names!r}:\n"

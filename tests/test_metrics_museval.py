@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from stemflow.audio import load_stems
-from stemflow.metrics import csdr, framewise_sdr, framewise_sdr_joint
+from stemflow.audio.decode import load_stems
+from stemflow.measures.metrics import csdr, framewise_sdr, framewise_sdr_joint
 
 museval = pytest.importorskip("museval")
 stempeg = pytest.importorskip("stempeg")

@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-from stemflow.config import config_from_dict, load_config
 from stemflow.errors import ConfigError
 from stemflow.models import (
     ARCHITECTURES,
@@ -26,6 +25,7 @@ from stemflow.models import (
     get_architecture,
     register_architecture,
 )
+from stemflow.models.config import config_from_dict, load_config
 from stemflow.models.mel_bands import mel_band_membership
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "roformer"

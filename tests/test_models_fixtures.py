@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from stemflow.config import ModelConfig
 from stemflow.models import load_model
+from stemflow.models.config import ModelConfig
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "roformer"
 FIXTURE_SETS = sorted(p for p in FIXTURES.glob("*") if (p / "config.yaml").is_file())

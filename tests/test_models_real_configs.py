@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stemflow.config import load_config
 from stemflow.models import build_model
+from stemflow.models.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 

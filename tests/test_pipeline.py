@@ -37,9 +37,11 @@ from pipeline_fixtures import (  # noqa: E402
 )
 from s3_fixtures import moto_server, s3_bucket, s3_options  # noqa: E402,F401
 
-from stemflow.commit import committed_tracks, read_marker, verify_track  # noqa: E402
-from stemflow.records import read_records, read_run_manifest  # noqa: E402
-from stemflow.storage import filesystem, read_bytes  # noqa: E402
+from stemflow.store.commit import committed_tracks, read_marker, verify_track  # noqa: E402
+from stemflow.store.objects import read_bytes
+from stemflow.store.paths import filesystem
+from stemflow.store.records import read_records
+from stemflow.store.runs import read_run_manifest
 
 pytestmark = [pytest.mark.prefect, pytest.mark.ray]
 
@@ -192,7 +194,8 @@ separate_catalogue({cat!r}, {out!r}, model={config!r}, checkpoint={ckpt!r}, shar
 def test_killed_run_is_completed_exactly_once_by_the_next(tmp_path: Path, prefect_api: str) -> None:
     import ray
 
-    from stemflow.ray_stage import StageSettings, connect_ray
+    from stemflow.stage.ray_adapter import connect_ray
+    from stemflow.stage.settings import StageSettings
 
     write_catalogue(tmp_path / "cat", good=6, bad=False, seconds=2.0)
     cat, out = str(tmp_path / "cat"), str(tmp_path / "out")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stemflow.quality import (
+from stemflow.measures.quality import (
     CLIP_LEVEL,
     DB_FLOOR,
     STEM_COLUMNS,

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from stemflow.audio import load_stems
-from stemflow.loudness import (
+from stemflow.audio.decode import load_stems
+from stemflow.measures.loudness import (
     integrated_loudness,
     interpolation_filter,
     k_weighting_sos,

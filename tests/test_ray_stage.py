@@ -19,20 +19,13 @@ from pipeline_fixtures import (
     write_catalogue,
 )
 
-from stemflow.catalogue import list_audio
-from stemflow.commit import committed_tracks, read_marker, verify_track
+from stemflow.catalogue.listing import list_audio
 from stemflow.errors import ConfigError
-from stemflow.ray_stage import (
-    STATUS_ERROR,
-    STATUS_OK,
-    STATUS_SKIPPED,
-    ModelSpec,
-    ShardJob,
-    StageSettings,
-    TrackWorker,
-    rows_from_marker,
-)
-from stemflow.storage import read_bytes
+from stemflow.hub.spec import ModelSpec
+from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, StageSettings
+from stemflow.stage.worker import TrackWorker, rows_from_marker
+from stemflow.store.commit import committed_tracks, read_marker, verify_track
+from stemflow.store.objects import read_bytes
 
 SPEC = ModelSpec(config_path=MODEL_CONFIG, checkpoint_path=MODEL_CHECKPOINT, batch_size=8)
 MODEL_ID = "fixture-mel-000000000000-s00000000"
@@ -158,7 +151,7 @@ def test_racing_workers_commit_each_track_once(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 def test_run_shard_on_local_ray(tmp_path: Path) -> None:
-    from stemflow.ray_stage import run_shard
+    from stemflow.stage.ray_adapter import run_shard
 
     write_catalogue(tmp_path / "cat", good=3, bad=True)
     out = tmp_path / "out"
@@ -182,8 +175,8 @@ def test_run_shard_on_local_ray(tmp_path: Path) -> None:
 @pytest.mark.ray
 def test_packed_tracks_give_the_same_stems_as_one_at_a_time(tmp_path: Path) -> None:
     """Cross-track batching (pack_tracks) changes which chunks share a batch, never the stems."""
-    from stemflow.commit import read_marker
-    from stemflow.ray_stage import run_shard
+    from stemflow.stage.ray_adapter import run_shard
+    from stemflow.store.commit import read_marker
 
     write_catalogue(tmp_path / "cat", good=3, bad=True)
     tracks = _tracks(tmp_path / "cat")

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stemflow.config import load_config
 from stemflow.errors import ConfigError
-from stemflow.registry import (
+from stemflow.hub.registry import (
     NAME_PATTERN,
     UnknownModelError,
     default_registry_path,
@@ -21,6 +20,7 @@ from stemflow.registry import (
     load_registry,
     registry_from_dict,
 )
+from stemflow.models.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "models"

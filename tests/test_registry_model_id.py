@@ -8,7 +8,7 @@ import re
 import pytest
 
 from stemflow.errors import ConfigError
-from stemflow.model_id import (
+from stemflow.hub.model_id import (
     canonical_settings_json,
     model_id,
     output_settings,

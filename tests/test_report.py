@@ -18,12 +18,15 @@ import pytest
 import soundfile as sf
 from matplotlib import image as mpimg
 
-from stemflow.audio import encode
-from stemflow.commit import commit_track, write_stem
-from stemflow.evaluation import baseline_rows, metrics_table, score_track, write_evaluation, References
-from stemflow.quality import stem_quality, track_quality
-from stemflow.records import stem_rows, write_part
-from stemflow.report import Flag, Thresholds, build_report, flag_rows
+from stemflow.audio.encode import encode
+from stemflow.evaluation.flags import Flag, Thresholds, flag_rows
+from stemflow.evaluation.references import References
+from stemflow.evaluation.report import build_report
+from stemflow.evaluation.results import write_evaluation
+from stemflow.evaluation.scoring import baseline_rows, metrics_table, score_track
+from stemflow.measures.quality import stem_quality, track_quality
+from stemflow.store.commit import commit_track, write_stem
+from stemflow.store.records import stem_rows, write_part
 
 SAMPLE_RATE = 22050
 SECONDS = 3

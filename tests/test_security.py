@@ -33,7 +33,7 @@ import pytest  # noqa: E402
 from pipeline_fixtures import BAD_FILES, MODEL_CHECKPOINT, MODEL_CONFIG, upload_folder, write_catalogue  # noqa: E402
 from s3_fixtures import moto_server, s3_bucket, s3_options  # noqa: E402,F401
 
-from stemflow.storage import filesystem  # noqa: E402
+from stemflow.store.paths import filesystem
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray, pytest.mark.prefect]
 

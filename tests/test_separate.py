@@ -1,4 +1,4 @@
-"""Tests of the separation engine (stemflow.separate) with small stand-in models.
+"""Tests of the separation engine (stemflow.engine.separator) with small stand-in models.
 
 The oracle is a literal batch-size-1 rendition of the community ``demix``
 recipe (whole-track reflect padding, per-chunk padding, windows, division),
@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from stemflow.config import ModelConfig, config_from_dict
+from stemflow.engine.separator import Separator
 from stemflow.errors import AudioDecodeError, ConfigError, StemflowError
-from stemflow.separate import Separator
+from stemflow.models.config import ModelConfig, config_from_dict
 
 SAMPLE_RATE = 44100
 
@@ -302,7 +302,7 @@ def test_separate_many_packs_tracks_and_matches_one_by_one():
 
 
 def test_accumulator_memory_is_per_track_in_flight():
-    from stemflow.separate import OverlapAdd
+    from stemflow.engine.separator import OverlapAdd
 
     plan = Separator(GainModel(make_config(100, 4)), batch_size=2).plan(10_000)
     accumulator = OverlapAdd(plan, 1, span=100 + 2 * 25)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from stemflow.engine.separator import Separator
 from stemflow.models import load_model
-from stemflow.separate import Separator
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "roformer"
 SETS = sorted(p.name for p in FIXTURES.glob("*/") if (p / "demix_output.npy").exists())

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from stemflow.engine.separator import Separator
 from stemflow.models import load_model
-from stemflow.separate import Separator
 
 pytestmark = [
     pytest.mark.gpu,

@@ -1,4 +1,4 @@
-"""Tests of the bounded-memory file-to-file path (stemflow.streaming)."""
+"""Tests of the bounded-memory file-to-file path (stemflow.engine.streaming)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 from test_separate import SAMPLE_RATE, ConvModel, GainModel, _one_torch_thread, make_config, random_mix  # noqa: F401
 
+from stemflow.engine.separator import Separator
+from stemflow.engine.streaming import separate_file
 from stemflow.errors import AudioDecodeError, ConfigError
-from stemflow.separate import Separator
-from stemflow.streaming import separate_file
 
 
 def write_input(path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

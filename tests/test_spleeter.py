@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from stemflow.config import config_from_dict, load_config
 from stemflow.errors import CheckpointError, ConfigError, ModelNotAvailableError
-from stemflow.models import build_model, spleeter_convert
-from stemflow.models.spleeter import SpleeterUNet, SpleeterUNetSeparator, _DecoderLayer, _EncoderLayer
-from stemflow.models.tfbundle import read_bundle_index
+from stemflow.models import build_model
+from stemflow.models.config import config_from_dict, load_config
+from stemflow.models.spleeter import convert as spleeter_convert
+from stemflow.models.spleeter.model import SpleeterUNet, SpleeterUNetSeparator, _DecoderLayer, _EncoderLayer
+from stemflow.models.spleeter.tfbundle import read_bundle_index
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_PATH = REPO / "configs" / "models" / "spleeter_2stems.yaml"
@@ -146,7 +147,7 @@ def test_conversion_is_cached_keyed_by_source_hash(converted: tuple[Path, Path],
 
 
 def test_loaded_weights_are_transposed_tf_kernels(converted: tuple[Path, Path]) -> None:
-    from stemflow.models.tfbundle import read_tensor_bundle
+    from stemflow.models.spleeter.tfbundle import read_tensor_bundle
 
     cache, _ = converted
     model = spleeter_convert.load_spleeter_2stems(cache, prefix=_prefix())

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from stemflow.audio import load_stems
+from stemflow.audio.decode import load_stems
 from stemflow.errors import ModelNotAvailableError
-from stemflow.models import spleeter_convert
+from stemflow.models.spleeter import convert as spleeter_convert
 
 SAMPLE_RATE = 44100
 EVALUATED = 6 * SAMPLE_RATE  # samples before the decoder burst at the end of every stream
@@ -100,7 +100,7 @@ def test_whole_track_beats_mixture_baseline(excerpt, model, record_property) -> 
 
 @pytest.mark.slow
 def test_chunked_engine_matches_whole_track_quality(excerpt, model, record_property) -> None:
-    from stemflow.separate import Separator
+    from stemflow.engine.separator import Separator
 
     separator = Separator(model)  # chunk_size and num_overlap from the config
     start = time.perf_counter()

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from s3_fixtures import backend, moto_server, s3_bucket, s3_options  # noqa: F401
 
-from stemflow import commit, storage
 from stemflow.errors import StorageError
+from stemflow.store import commit
+from stemflow.store import objects as storage_objects
 
 MODEL = "bs-roformer-1297-0123456789ab-cafe"
 
@@ -25,7 +26,7 @@ def test_commit_then_read_marker(backend: tuple[str, Any]) -> None:
     base, options = backend
     stems = _write_all(base, options, "t0000000000000001", b"audio-")
     assert stems[0] == commit.StemObject(
-        "vocals", "vocals.flac", len(b"audio-vocals"), storage.sha256_hex(b"audio-vocals")
+        "vocals", "vocals.flac", len(b"audio-vocals"), storage_objects.sha256_hex(b"audio-vocals")
     )
     assert not commit.is_committed(base, MODEL, "t0000000000000001", storage_options=options)
     won = commit.commit_track(
@@ -40,7 +41,7 @@ def test_commit_then_read_marker(backend: tuple[str, Any]) -> None:
     )
     assert commit.is_committed(base, MODEL, "t0000000000000001", storage_options=options)
     assert commit.verify_track(base, MODEL, "t0000000000000001", storage_options=options)
-    assert storage.read_bytes(
+    assert storage_objects.read_bytes(
         commit.stem_url(base, MODEL, "t0000000000000001", "drums", "flac"), options
     ) == b"audio-drums"
     again = commit.commit_track(
@@ -67,7 +68,7 @@ def test_crashed_attempt_stems_are_adopted(backend: tuple[str, Any]) -> None:
     base, options = backend
     _write_all(base, options, "t1", b"first-attempt-")  # crash: no marker
     second = _write_all(base, options, "t1", b"second-attempt-with-other-bytes-")
-    assert second[0].sha256 == storage.sha256_hex(b"first-attempt-vocals")
+    assert second[0].sha256 == storage_objects.sha256_hex(b"first-attempt-vocals")
     assert second[0].size == len(b"first-attempt-vocals")
     assert commit.commit_track(base, MODEL, "t1", second, source_url="u", run_id="r2", storage_options=options)
     assert commit.verify_track(base, MODEL, "t1", storage_options=options)
@@ -99,7 +100,7 @@ def test_racing_runs_commit_exactly_once(backend: tuple[str, Any]) -> None:
 
 def test_commit_refuses_missing_or_resized_stems(backend: tuple[str, Any]) -> None:
     base, options = backend
-    ghost = commit.StemObject("vocals", "vocals.flac", 3, storage.sha256_hex(b"abc"))
+    ghost = commit.StemObject("vocals", "vocals.flac", 3, storage_objects.sha256_hex(b"abc"))
     with pytest.raises(StorageError, match="missing"):
         commit.commit_track(base, MODEL, "t2", [ghost], source_url="u", run_id="r", storage_options=options)
     real = commit.write_stem(base, MODEL, "t2", "vocals", "flac", b"abcd", storage_options=options)

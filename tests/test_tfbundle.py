@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stemflow.errors import CheckpointError, ChecksumError
-from stemflow.models import tfbundle
+from stemflow.models.spleeter import tfbundle
 
 
 def _spleeter_prefix() -> Path:

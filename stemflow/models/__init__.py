@@ -30,12 +30,12 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from stemflow.config import ModelConfig, load_config
 from stemflow.errors import ConfigError
 from stemflow.models.bs_roformer import BSRoformer
 from stemflow.models.checkpoint import load_checkpoint_state, load_state_strict
+from stemflow.models.config import ModelConfig, load_config
 from stemflow.models.mel_band_roformer import MelBandRoformer
-from stemflow.models.spleeter import SpleeterUNetSeparator
+from stemflow.models.spleeter.model import SpleeterUNetSeparator
 
 logger = logging.getLogger(__name__)
 

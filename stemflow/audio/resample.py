@@ -1,0 +1,61 @@
+"""TODO(regroup): docstring. Split out of stemflow.audio."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import soxr
+
+logger = logging.getLogger(__name__)
+
+
+#: soxr quality used for every rate conversion ("VHQ": very high quality).
+RESAMPLE_QUALITY = "VHQ"
+
+
+def resampled_length(frames: int, from_rate: int, to_rate: int) -> int:
+    """Number of samples :func:`resample` returns: ``floor(frames * to / from + 1/2)``."""
+    return (2 * frames * to_rate + from_rate) // (2 * from_rate)
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Convert ``[channels, samples]`` (or ``[samples]``) float audio to another rate with soxr.
+
+    Quality is :data:`RESAMPLE_QUALITY` (``"VHQ"``, linear phase). The output has
+    exactly :func:`resampled_length` samples and the input's number of dimensions;
+    the input is not modified.
+    """
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    if samples.ndim not in (1, 2):
+        raise ValueError(f"expected [samples] or [channels, samples], got shape {samples.shape}")
+    if from_rate == to_rate:
+        return samples.astype(np.float32, copy=True)
+    length = resampled_length(samples.shape[-1], from_rate, to_rate)
+    rows = np.atleast_2d(samples)
+    out = np.zeros((rows.shape[0], length), dtype=np.float32)
+    for channel, row in enumerate(rows):
+        converted = soxr.resample(np.ascontiguousarray(row, dtype=np.float32), from_rate, to_rate, RESAMPLE_QUALITY)
+        usable = min(length, converted.shape[0])
+        out[channel, :usable] = converted[:usable]
+    return out[0] if samples.ndim == 1 else out
+
+
+def to_stereo(samples: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Make ``[channels, samples]`` audio stereo: mono duplicated, >2 channels keep the first two.
+
+    Returns the ``[2, samples]`` array and a note saying what changed. Stereo
+    input comes back as is (same array, note ``None``); otherwise the result is
+    a new array. A 1-D input counts as mono.
+    """
+    rows = np.atleast_2d(samples)
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError(f"expected [channels, samples], got shape {samples.shape}")
+    channels = rows.shape[0]
+    if channels == 2:
+        return rows, None
+    if channels == 1:
+        return np.repeat(rows, 2, axis=0), "mono duplicated to stereo"
+    return rows[:2], f"kept the first two of {channels} channels"
+

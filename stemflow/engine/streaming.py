@@ -1,0 +1,245 @@
+"""File-to-file separation in memory bounded by the chunk, not the track.
+
+:func:`separate_file` reads the input with soundfile block by block, runs the
+same chunk plan as :meth:`stemflow.engine.separator.Separator.separate` (including the
+reflect padding at both ends, which needs the track length up front: the
+input must be seekable and declare its length) and writes every stem as its
+samples become final. Memory holds about ``chunk_size + batch_size * step``
+input samples, one read block and the open chunks' sums, whatever the track
+length. The output equals the in-memory path's (same code, same order of
+float operations).
+
+The input must already be at the model's sample rate (no on-the-fly
+resampling: convert first with :mod:`stemflow.audio`); mono is duplicated to
+stereo; more channels are an error. Outputs are FLAC/AIFF (16 or 24-bit PCM) or
+WAV (16/24-bit PCM, or 32-bit float with ``bit_depth=32``), chosen by the
+extension. PCM saturates at full scale (we quantise ourselves, so nothing
+wraps); float WAV is written as is. Every output is written under a temporary
+name in its folder and renamed with ``os.replace`` only after all stems
+succeeded, so no half-written file ever carries a final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from stemflow.engine.separator import Separator, check_finite
+from stemflow.errors import AudioDecodeError, AudioEncodeError, ConfigError, StemflowError
+
+logger = logging.getLogger(__name__)
+
+
+_FORMATS = {".flac": "FLAC", ".wav": "WAV", ".aiff": "AIFF", ".aif": "AIFF"}
+
+
+_UNKNOWN_FRAMES = 1 << 62  # libsndfile's "no length in the header"
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What :func:`separate_file` did: the track's length and rate, where each stem went.
+
+    ``clipped_samples``: per stem, samples saturated at full scale (PCM only).
+    ``peak_buffered_frames``: the most input frames held at once.
+    """
+
+    num_samples: int
+    sample_rate: int
+    output_paths: dict[str, Path]
+    clipped_samples: dict[str, int] = field(default_factory=dict)
+    mono_input: bool = False
+    peak_buffered_frames: int = 0
+
+
+class FileSource:
+    """A :class:`stemflow.engine.separator.TrackSource` over an open sound file, read front to back.
+
+    Keeps the samples between the last ``release`` and the furthest ``read``;
+    reads ``block_frames`` at a time (more if a read asks for more).
+    """
+
+    def __init__(self, sound_file: sf.SoundFile, *, block_frames: int, name: str) -> None:
+        if sound_file.frames <= 0 or sound_file.frames >= _UNKNOWN_FRAMES:
+            raise AudioDecodeError(f"{name}: the file declares no length (or is empty); decode it first")
+        if sound_file.channels not in (1, 2):
+            raise AudioDecodeError(
+                f"{name}: {sound_file.channels} channels; streaming takes mono or stereo (convert with stemflow.audio)"
+            )
+        self._file = sound_file
+        self._name = name
+        self._block_frames = block_frames
+        self._start = 0
+        self._buffer = torch.zeros(2, 0, dtype=torch.float32)
+        self.peak_buffered_frames = 0
+
+    @property
+    def num_samples(self) -> int:
+        return int(self._file.frames)
+
+    @property
+    def mono(self) -> bool:
+        return self._file.channels == 1
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Track samples ``[start, stop)``, float32 ``[2, stop - start]`` (a view of the buffer)."""
+        if start < self._start:
+            raise StemflowError(f"{self._name}: sample {start} was already released (at {self._start})")
+        end = self._start + self._buffer.shape[1]
+        if stop > end:
+            frames = min(max(self._block_frames, stop - end), self.num_samples - end)
+            data = self._file.read(frames, dtype="float32", always_2d=True)
+            if data.shape[0] != frames:
+                raise AudioDecodeError(f"{self._name}: file ended after {end + data.shape[0]} of {self.num_samples} frames")
+            block = torch.from_numpy(np.ascontiguousarray(data.T))
+            check_finite(block, where=f"{self._name} (frames {end}..{end + frames})")
+            if block.shape[0] == 1:
+                block = block.expand(2, -1)
+            self._buffer = torch.cat([self._buffer, block], dim=1)
+            self.peak_buffered_frames = max(self.peak_buffered_frames, self._buffer.shape[1])
+        return self._buffer[:, start - self._start : stop - self._start]
+
+    def release(self, before: int) -> None:
+        """Forget the samples before ``before``."""
+        drop = min(max(before - self._start, 0), self._buffer.shape[1])
+        if drop:
+            self._buffer = self._buffer[:, drop:].clone()
+            self._start += drop
+
+
+class _StemWriter:
+    """One output stem, written under a temporary name until :meth:`commit`."""
+
+    def __init__(self, path: Path, sample_rate: int, bit_depth: int) -> None:
+        format_name = _FORMATS.get(path.suffix.lower())
+        if format_name is None:
+            raise ConfigError(f"{path}: cannot stream to {path.suffix!r}; use one of {sorted(_FORMATS)}")
+        if bit_depth == 32 and format_name != "WAV":
+            raise ConfigError(f"{path}: 32-bit float output needs a .wav name")
+        if bit_depth not in (16, 24, 32):
+            raise ConfigError(f"bit_depth must be 16, 24 or 32 (float WAV), got {bit_depth}")
+        self.path = path
+        self.bit_depth = bit_depth
+        self.clipped = 0
+        self.temp_path = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:12]}")
+        subtype = "FLOAT" if bit_depth == 32 else f"PCM_{bit_depth}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = sf.SoundFile(
+                self.temp_path, "w", samplerate=sample_rate, channels=2, subtype=subtype, format=format_name
+            )
+        except (OSError, sf.LibsndfileError) as e:
+            raise AudioEncodeError(f"{path}: cannot open for writing: {e}") from e
+
+    def write(self, block: torch.Tensor) -> None:
+        """Append float32 ``[2, n]`` samples."""
+        frames = block.numpy().T
+        if self.bit_depth == 32:
+            data = frames
+        else:
+            scale = np.float32(2 ** (self.bit_depth - 1))
+            scaled = np.rint(frames * scale)
+            self.clipped += int(np.count_nonzero(scaled > scale - 1) + np.count_nonzero(scaled < -scale))
+            np.clip(scaled, -scale, scale - 1, out=scaled)
+            data = scaled.astype(np.int16) if self.bit_depth == 16 else scaled.astype(np.int32) << 8
+        try:
+            self._file.write(np.ascontiguousarray(data))
+        except (OSError, sf.LibsndfileError) as e:
+            raise AudioEncodeError(f"{self.path}: write failed: {e}") from e
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def commit(self) -> None:
+        """Close and move the finished file to its final name."""
+        self.close()
+        try:
+            os.replace(self.temp_path, self.path)
+        except OSError as e:
+            raise AudioEncodeError(f"{self.path}: cannot move the finished file in place: {e}") from e
+
+    def discard(self) -> None:
+        """Close and delete the temporary file."""
+        self.close()
+        self.temp_path.unlink(missing_ok=True)
+
+
+def separate_file(
+    separator: Separator,
+    input_path: str | os.PathLike[str],
+    output_paths: Mapping[str, str | os.PathLike[str]],
+    *,
+    block_seconds: float = 10.0,
+    bit_depth: int = 24,
+    progress: ProgressCallback | None = None,
+) -> StreamResult:
+    """Separate one audio file into per-stem files, in bounded memory.
+
+    ``output_paths``: stem name -> output file, for any of
+    ``separator.all_stems`` (the complement of a single-target model included).
+    ``block_seconds``: how much input is read at a time. ``bit_depth``: 16 or 24
+    (PCM), or 32 for float WAV. ``progress(done_samples, total_samples)`` is
+    called after each written block. Raises :class:`AudioDecodeError` (bad
+    input, NaN/inf), :class:`AudioEncodeError` or :class:`ConfigError`; on any
+    error no output file is left under a final name (an existing file there is
+    left untouched).
+    """
+    unknown = [s for s in output_paths if s not in separator.all_stems]
+    if unknown or not output_paths:
+        raise ConfigError(f"no or unknown stems {unknown}; this model gives {list(separator.all_stems)}")
+    if block_seconds <= 0:
+        raise ConfigError(f"block_seconds must be positive, got {block_seconds}")
+    name = str(input_path)
+    try:
+        sound_file = sf.SoundFile(input_path)
+    except (OSError, sf.LibsndfileError) as e:
+        raise AudioDecodeError(f"{name}: cannot open: {e}") from e
+    with sound_file:
+        if sound_file.samplerate != separator.sample_rate:
+            raise AudioDecodeError(
+                f"{name}: {sound_file.samplerate} Hz but the model runs at {separator.sample_rate} Hz; "
+                "resample it first (stemflow.audio); streaming does not resample"
+            )
+        block_frames = max(1, round(block_seconds * separator.sample_rate))
+        source = FileSource(sound_file, block_frames=block_frames, name=name)
+        writers: dict[str, _StemWriter] = {}
+        try:
+            for stem, path in output_paths.items():
+                writers[stem] = _StemWriter(Path(path), separator.sample_rate, bit_depth)
+            rows = {stem: separator.all_stems.index(stem) for stem in writers}
+            for block in separator.iter_blocks(source):
+                for stem, writer in writers.items():
+                    writer.write(block.stems[rows[stem]])
+                if progress is not None:
+                    progress(block.start + block.stems.shape[-1], source.num_samples)
+            for writer in writers.values():
+                writer.close()
+        except BaseException:
+            for writer in writers.values():
+                writer.discard()
+            raise
+    for writer in writers.values():
+        writer.commit()
+        if writer.clipped:
+            logger.warning("%s: %d samples beyond full scale saturated", writer.path, writer.clipped)
+    return StreamResult(
+        num_samples=source.num_samples,
+        sample_rate=separator.sample_rate,
+        output_paths={stem: w.path for stem, w in writers.items()},
+        clipped_samples={stem: w.clipped for stem, w in writers.items()},
+        mono_input=source.mono,
+        peak_buffered_frames=source.peak_buffered_frames,
+    )
+

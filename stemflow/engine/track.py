@@ -1,0 +1,157 @@
+"""One track, start to finish: decode, separate, measure. Shared by the CLI and the Ray actor.
+
+:func:`separate_track` is the only place that chains the audio policy, the
+separation engine and the quality measures, so a file separated from the
+command line and the same object separated by the catalogue pipeline give the
+same stems and the same numbers. Encoding is separate (:func:`encode_stems`)
+because the CLI writes files while the pipeline uploads bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from stemflow.audio.decode import AudioSource, DecodedAudio, load_audio
+from stemflow.audio.encode import ClipPolicy, EncodedAudio, encode
+from stemflow.audio.formats import AudioFormat
+from stemflow.engine.separator import Separator
+from stemflow.errors import StemflowError
+from stemflow.measures.quality import stem_quality, track_quality
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """A separated track.
+
+    ``stems``: stem name -> float32 ``[2, N]`` at ``sample_rate``; ``mixture``:
+    the decoded input ``[2, N]``; ``stem_quality``: stem name -> reference-free
+    columns (:func:`stemflow.measures.quality.stem_quality`); ``track_quality``: residual
+    and bleed columns; ``timings_s``: seconds spent in ``decode``, ``separate``
+    and ``quality``.
+    """
+
+    name: str
+    sample_rate: int
+    mixture: np.ndarray
+    stems: dict[str, np.ndarray]
+    decoded: DecodedAudio
+    stem_quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    track_quality: dict[str, float] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the track in seconds."""
+        return self.mixture.shape[-1] / self.sample_rate
+
+
+def decode_track(separator: Separator, source: AudioSource, *, name: str) -> DecodedAudio:
+    """Decode ``source`` at the model's rate, stereo (the audio policy of :mod:`stemflow.audio`)."""
+    return load_audio(source, sample_rate=separator.sample_rate, channels=2, name=name)
+
+
+def measure_track(
+    decoded: DecodedAudio,
+    stems: dict[str, np.ndarray],
+    *,
+    name: str,
+    timings_s: dict[str, float],
+    measure_quality: bool = True,
+) -> TrackResult:
+    """Wrap separated stems into a :class:`TrackResult`, with the reference-free quality measures."""
+    started = time.perf_counter()
+    per_stem: dict[str, dict[str, float]] = {}
+    per_track: dict[str, float] = {}
+    if measure_quality:
+        per_stem = {stem: stem_quality(audio, decoded.sample_rate, decoded.samples) for stem, audio in stems.items()}
+        # all stems, the complement of a single-target model included, should add up to the mixture
+        per_track = track_quality(decoded.samples, stems)
+    return TrackResult(
+        name=name,
+        sample_rate=decoded.sample_rate,
+        mixture=decoded.samples,
+        stems=stems,
+        decoded=decoded,
+        stem_quality=per_stem,
+        track_quality=per_track,
+        timings_s={**timings_s, "quality": time.perf_counter() - started},
+    )
+
+
+def separate_track(
+    separator: Separator,
+    source: AudioSource,
+    *,
+    name: str,
+    measure_quality: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrackResult:
+    """Decode ``source`` at the model's rate (stereo), separate it, and measure the stems.
+
+    Raises :class:`stemflow.errors.AudioDecodeError` for empty, undecodable or
+    NaN/inf input (the message names ``name``). ``progress(done_samples,
+    total_samples)`` follows the separation.
+    """
+    started = time.perf_counter()
+    decoded = decode_track(separator, source, name=name)
+    decoded_at = time.perf_counter()
+    stems = separator.separate(decoded.samples, decoded.sample_rate, progress=progress)
+    timings = {"decode": decoded_at - started, "separate": time.perf_counter() - decoded_at}
+    return measure_track(decoded, stems, name=name, timings_s=timings, measure_quality=measure_quality)
+
+
+def separate_decoded(
+    separator: Separator,
+    tracks: Sequence[tuple[DecodedAudio, str, float]],
+    *,
+    measure_quality: bool = True,
+) -> list[TrackResult]:
+    """Separate already decoded tracks together: chunks of all of them share the model's batches.
+
+    ``tracks``: ``(decoded, name, decode_seconds)``. Same stems as
+    :func:`separate_track` on each (chunks are independent;
+    :meth:`Separator.separate_many`), but short tracks and tails no longer run
+    part-empty batches. Each track's ``separate`` time is its share (by length)
+    of the batches. Decoding apart from separating lets a caller decode the next
+    tracks on other threads while the model runs.
+    """
+    if not tracks:
+        return []
+    started = time.perf_counter()
+    separated = separator.separate_many([decoded.samples for decoded, _, _ in tracks], decoded_rate(tracks))
+    elapsed = time.perf_counter() - started
+    total = sum(decoded.samples.shape[-1] for decoded, _, _ in tracks)
+    return [
+        measure_track(decoded, stems, name=name, measure_quality=measure_quality,
+                      timings_s={"decode": decode_s, "separate": elapsed * decoded.samples.shape[-1] / total})
+        for (decoded, name, decode_s), stems in zip(tracks, separated)
+    ]
+
+
+def decoded_rate(tracks: Sequence[tuple[DecodedAudio, str, float]]) -> int:
+    """The one sample rate of decoded tracks (they were all decoded for the same model)."""
+    rates = {decoded.sample_rate for decoded, _, _ in tracks}
+    if len(rates) != 1:
+        raise StemflowError(f"tracks decoded at different sample rates {sorted(rates)}")
+    return rates.pop()
+
+
+def encode_stems(
+    result: TrackResult,
+    *,
+    format: AudioFormat = "flac",
+    bit_depth: Literal[16, 24, 32] = 24,
+    clip: ClipPolicy = "none",
+) -> dict[str, EncodedAudio]:
+    """Encode every stem of ``result``; the clipping report is in each ``EncodedAudio.result``."""
+    return {
+        stem: encode(audio, result.sample_rate, format=format, bit_depth=bit_depth, clip=clip,
+                     name=f"{result.name}/{stem}")
+        for stem, audio in result.stems.items()
+    }
+

@@ -1,0 +1,76 @@
+"""TODO(regroup): docstring. Split out of stemflow.evaluation."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stemflow.errors import StorageError
+from stemflow.evaluation.leaderboard import leaderboard, leaderboard_markdown, reported_notes
+from stemflow.store.objects import write_atomic
+from stemflow.store.paths import StorageOptions, filesystem, join_url
+
+logger = logging.getLogger(__name__)
+
+
+def _json_safe(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def new_eval_id(now: datetime | None = None) -> str:
+    """``eval-YYYYMMDDTHHMMSSZ`` (UTC), a sortable name for one evaluation."""
+    return (now or datetime.now(timezone.utc)).strftime("eval-%Y%m%dT%H%M%SZ")
+
+
+def evaluation_url(output_url: str, eval_id: str) -> str:
+    """``<out>/evaluation/<eval_id>``."""
+    return join_url(output_url, "evaluation", eval_id)
+
+
+def write_evaluation(
+    output_url: str, eval_id: str, metrics: pa.Table, *, storage_options: StorageOptions = None,
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write ``metrics.parquet`` and the leaderboard (``.parquet``, ``.json``, ``.md``), each atomically.
+
+    ``info`` (data set, models, settings) is stored in ``leaderboard.json`` next to the rows;
+    its ``models`` entries' ``reported_sdr`` texts are quoted under the Markdown table.
+    Returns the URLs written, keyed by file name.
+    """
+    base = evaluation_url(output_url, eval_id)
+    board = leaderboard(metrics)
+    payloads: dict[str, bytes] = {}
+    for name, table in (("metrics.parquet", metrics), ("leaderboard.parquet", board)):
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        payloads[name] = buffer.getvalue()
+    body = {"eval_id": eval_id, "info": dict(info or {}),
+            "rows": [{k: _json_safe(v) for k, v in row.items()} for row in board.to_pylist()]}
+    payloads["leaderboard.json"] = json.dumps(body, indent=1, default=str).encode()
+    payloads["leaderboard.md"] = leaderboard_markdown(board, reported_notes(info)).encode()
+    urls = {}
+    for name, data in payloads.items():
+        urls[name] = f"{base}/{name}"
+        write_atomic(urls[name], data, storage_options)
+    return urls
+
+
+def read_evaluations(output_url: str, *, storage_options: StorageOptions = None) -> dict[str, pa.Table]:
+    """Every ``<out>/evaluation/<eval_id>/metrics.parquet``, keyed by ``eval_id`` (sorted)."""
+    fs, root = filesystem(join_url(output_url, "evaluation"), storage_options)
+    try:
+        if not fs.exists(root):
+            return {}
+        found = sorted(p for p in fs.find(root) if p.endswith("/metrics.parquet"))
+        return {p.rsplit("/", 2)[-2]: pq.read_table(io.BytesIO(fs.cat_file(p))) for p in found}
+    except (OSError, pa.ArrowException) as e:
+        raise StorageError(f"cannot read evaluations under {output_url!r}: {e}") from e
+

@@ -1,0 +1,55 @@
+"""TODO(regroup): docstring. Split out of stemflow.cache."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from stemflow.hub.registry import Registry, load_registry
+
+try:  # POSIX advisory locks; without them two processes may download the same file twice.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+from stemflow.hub.cache import is_cached, package_version, weights_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One row of ``stemflow models list``."""
+
+    name: str
+    architecture: str
+    stems: tuple[str, ...]
+    reported_sdr: str
+    license: str
+    cached: bool
+    location: str
+
+
+def list_model_rows(cache_dir: str | Path, registry: Registry | None = None) -> list[ModelRow]:
+    """Rows for ``stemflow models list``: name, architecture, stems, SDR, license, cached?"""
+    registry = registry or load_registry()
+    rows = []
+    for entry in registry.entries.values():
+        if entry.source == "package":
+            version = package_version(entry.package or "")
+            location = f"package {entry.package} {version}" if version else f"package {entry.package} (not installed)"
+        else:
+            location = str(weights_path(entry, cache_dir))
+        rows.append(
+            ModelRow(
+                name=entry.name,
+                architecture=entry.architecture,
+                stems=entry.stems,
+                reported_sdr=entry.reported_sdr.describe() if entry.reported_sdr else "not reported",
+                license=entry.license,
+                cached=is_cached(entry, cache_dir),
+                location=location,
+            )
+        )
+    return rows
+

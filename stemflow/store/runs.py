@@ -1,0 +1,108 @@
+"""TODO(regroup): docstring. Split out of stemflow.records."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stemflow.errors import StorageError
+from stemflow.store.objects import read_bytes, write_atomic
+from stemflow.store.paths import StorageOptions, check_component, join_url
+
+logger = logging.getLogger(__name__)
+
+
+RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed", "partial")
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """Contents of ``runs/<run_id>.json``; rewritten (atomically) as the run progresses.
+
+    Attributes:
+        run_id: the run.
+        status: one of :data:`RUN_STATUSES`.
+        started_at / finished_at: ISO 8601 UTC; ``finished_at`` is None while running.
+        inputs: what was processed (``catalogue_url``, ``out_url`` = the output URL, ``model``…; stored keys are kept as they are).
+        settings: settings that shaped the output (chunk, overlap, precision, format…).
+        versions: software versions (stemflow, torch, …).
+        counts: integers (``planned``, ``committed``, ``skipped``, ``errors``, ``shards``…).
+    """
+
+    run_id: str
+    status: str
+    started_at: str
+    finished_at: str | None = None
+    inputs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    versions: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    counts: Mapping[str, int] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        check_component(self.run_id, "run_id")
+        if self.status not in RUN_STATUSES:
+            raise StorageError(f"run status must be one of {RUN_STATUSES}, got {self.status!r}")
+        bad = {k: v for k, v in self.counts.items() if not isinstance(v, int) or isinstance(v, bool)}
+        if bad:
+            raise StorageError(f"run counts must be integers, got {bad}")
+
+    def to_json(self) -> bytes:
+        """UTF-8 JSON with sorted keys."""
+        body = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "inputs": dict(self.inputs),
+            "settings": dict(self.settings),
+            "versions": dict(self.versions),
+            "counts": dict(self.counts),
+        }
+        try:
+            return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError) as e:
+            raise StorageError(f"run manifest {self.run_id!r} is not JSON-serialisable: {e}") from e
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RunManifest:
+        """Parse :meth:`to_json` output.
+
+        Raises:
+            StorageError: malformed manifest.
+        """
+        try:
+            body = json.loads(data.decode("utf-8"))
+            return cls(**{k: body[k] for k in _MANIFEST_KEYS if k in body})
+        except (ValueError, TypeError, KeyError) as e:
+            raise StorageError(f"malformed run manifest: {e}") from e
+
+
+_MANIFEST_KEYS: Sequence[str] = (
+    "run_id", "status", "started_at", "finished_at", "inputs", "settings", "versions", "counts",
+)
+
+
+def run_manifest_url(output_url: str, run_id: str) -> str:
+    """``<out>/runs/<run_id>.json``."""
+    return join_url(output_url, "runs", f"{check_component(run_id, 'run_id')}.json")
+
+
+def write_run_manifest(output_url: str, manifest: RunManifest, *, storage_options: StorageOptions = None) -> str:
+    """Write (or replace) ``runs/<run_id>.json`` atomically; returns its URL."""
+    url = run_manifest_url(output_url, manifest.run_id)
+    write_atomic(url, manifest.to_json(), storage_options)
+    return url
+
+
+def read_run_manifest(output_url: str, run_id: str, *, storage_options: StorageOptions = None) -> RunManifest:
+    """Read ``runs/<run_id>.json``.
+
+    Raises:
+        FileNotFoundError: no manifest for ``run_id``.
+        StorageError: malformed manifest.
+    """
+    return RunManifest.from_json(read_bytes(run_manifest_url(output_url, run_id), storage_options))
+
