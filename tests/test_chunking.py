@@ -18,6 +18,7 @@ from stemflow.engine.chunking import (
     chunk_track_span,
     fade_size,
     fade_window,
+    first_track_reads,
     padded_to_track,
     plan_chunks,
 )
@@ -107,6 +108,15 @@ def test_chunk_indices_equal_padding_the_track(length, chunk_size, num_overlap):
         first, stop = chunk_track_span(plan, chunk)
         used = indices[indices >= 0]
         assert (first, stop) == (int(used.min()), int(used.max()) + 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(1, 300), chunk_size=st.integers(1, 100), num_overlap=st.integers(1, 6))
+def test_first_track_reads_is_the_lowest_sample_any_later_chunk_reads(length, chunk_size, num_overlap):
+    plan = plan_chunks(length, chunk_size, min(num_overlap, chunk_size))
+    firsts = [chunk_track_span(plan, chunk)[0] for chunk in plan.chunks]
+    expected = [min(firsts[i:]) for i in range(len(firsts))]
+    assert first_track_reads(plan) == expected
 
 
 def test_padded_to_track_reflects_without_repeating_the_edge():

@@ -21,15 +21,6 @@ from stemflow.models.config import ModelConfig, config_from_dict
 SAMPLE_RATE = 44100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from threads; one avoids oversubscribing a shared 2-core CI box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_config(
     chunk_size: int, num_overlap: int, stems: tuple[str, ...] = ("vocals",), target: str | None = None
 ) -> ModelConfig:
@@ -302,7 +293,7 @@ def test_separate_many_packs_tracks_and_matches_one_by_one():
 
 
 def test_accumulator_memory_is_per_track_in_flight():
-    from stemflow.engine.separator import OverlapAdd
+    from stemflow.engine.overlap_add import OverlapAdd
 
     plan = Separator(GainModel(make_config(100, 4)), batch_size=2).plan(10_000)
     accumulator = OverlapAdd(plan, 1, span=100 + 2 * 25)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from stemflow.engine.separator import Separator
 from stemflow.models import load_model
@@ -19,15 +18,6 @@ from stemflow.models import load_model
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "roformer"
 SETS = sorted(p.name for p in FIXTURES.glob("*/") if (p / "demix_output.npy").exists())
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from threads; one avoids oversubscribing a shared 2-core CI box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module", params=SETS)

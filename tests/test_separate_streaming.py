@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from test_separate import SAMPLE_RATE, ConvModel, GainModel, _one_torch_thread, make_config, random_mix  # noqa: F401
+from test_separate import SAMPLE_RATE, ConvModel, GainModel, make_config, random_mix
 
+from stemflow.audio.encode import encode
 from stemflow.engine.separator import Separator
 from stemflow.engine.streaming import separate_file
 from stemflow.errors import AudioDecodeError, ConfigError
@@ -73,6 +74,22 @@ def test_flac_24_bit_output_is_quantised_in_memory_result(tmp_path):
     assert result.clipped_samples["other"] == int(over.sum()) > 0
     assert result.clipped_samples["vocals"] == 0
     np.testing.assert_allclose(loud[over], np.sign(mix[over]) * (1 - (mix[over] > 0) / 2**23), atol=1e-6)
+
+
+@pytest.mark.parametrize(("extension", "bit_depth"), [("flac", 16), ("flac", 24), ("wav", 24), ("aiff", 16), ("wav", 32)])
+def test_streamed_files_are_the_bytes_of_the_in_memory_encoder(tmp_path, extension, bit_depth):
+    config = make_config(256, 4, stems=("vocals", "other"))
+    sep = Separator(GainModel(config, gains=(0.5, 3.0)))  # 3x gain: saturation included
+    mix = random_mix(6000)
+    write_input(tmp_path / "in.wav", mix)
+    outputs = {"vocals": tmp_path / f"v.{extension}", "other": tmp_path / f"o.{extension}"}
+    result = separate_file(sep, tmp_path / "in.wav", outputs, block_seconds=0.01, bit_depth=bit_depth)
+    expected = sep.separate(mix, SAMPLE_RATE)
+    for stem, path in outputs.items():
+        in_memory = encode(expected[stem], SAMPLE_RATE, format=extension, bit_depth=bit_depth)
+        assert path.read_bytes() == in_memory.data
+        assert result.clipped_samples[stem] == in_memory.result.clipped_samples
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.wav", f"v.{extension}", f"o.{extension}"])
 
 
 def test_memory_is_bounded_by_chunks_not_track(tmp_path):

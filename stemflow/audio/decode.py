@@ -1,11 +1,12 @@
-"""Audio I/O: decode any catalogue file to model-ready float32, encode stems.
+"""Decoding: any catalogue file to model-ready float32 ``[channels, samples]``.
 
-Decoding: WAV, FLAC, OGG (Vorbis/Opus), MP3 and AIFF are read with soundfile
+WAV, FLAC, OGG (Vorbis/Opus), MP3 and AIFF are read with soundfile
 (libsndfile), which recognises the format by *content*, so a wrong extension is
 harmless. MP4-family files (``.m4a``, ``.mp4``, ``.aac``, the multi-stream
 ``.stem.mp4``) and anything libsndfile rejects go to an ``ffmpeg`` subprocess
-(:mod:`stemflow.audio.ffmpeg`). Inputs are a local path, ``bytes`` or a binary file
-object (what fsspec hands the pipeline); ``name`` is what error messages show.
+(:mod:`stemflow.audio.ffmpeg`); which extensions go where is the table of
+:mod:`stemflow.audio.formats`. Inputs are a local path, ``bytes`` or a binary
+file object (:mod:`stemflow.audio.source`); ``name`` is what error messages show.
 
 Input policy, applied by :func:`load_audio` and recorded in
 :attr:`DecodedAudio.notes`:
@@ -14,57 +15,41 @@ Input policy, applied by :func:`load_audio` and recorded in
   raise :class:`~stemflow.errors.AudioDecodeError` naming the file and the problem;
 * mono is duplicated to stereo; more than two channels keep the first two (a
   warning is logged and a note recorded);
-* the rate is converted with soxr at quality ``"VHQ"`` (:data:`RESAMPLE_QUALITY`);
-  the output has ``floor(N * to / from + 1/2)`` samples.
+* the rate is converted with soxr at quality ``"VHQ"``
+  (:data:`stemflow.audio.resample.RESAMPLE_QUALITY`); the output has
+  ``floor(N * to / from + 1/2)`` samples.
 
-Encoding (:func:`encode`, :func:`encode_audio`, :func:`save_audio`): FLAC and
-AIFF 16/24-bit, WAV 16/24-bit PCM or 32-bit float, MP3 and OGG Vorbis. The
-clipping policy is explicit (:data:`ClipPolicy`): float WAV is never altered
-under ``"none"``; every other format saturates at full scale and :attr:`EncodeResult.clipped_samples` says how
-many samples that touched (a warning is logged under ``"none"``). ``"clamp"``
-clamps to [-1, 1] for float WAV too, and for the other formats gives the same
-samples as ``"none"``, without the warning;
-``"rescale"`` scales the whole signal down to a peak of :data:`RESCALE_PEAK` when
-it would otherwise clip, and records the gain. Integer PCM is quantised here
-(``rint(x * 2**(bits-1))``, saturated to the integer range) rather than by
-libsndfile, so the count is exact; libsndfile 1.2.2's own float-to-int path
-saturates the same way (checked: +1.5 -> 32767, -1.5 -> -32768), it does not wrap.
-
-All arrays are ``[channels, samples]`` float32.
+:func:`probe` describes a file without decoding it; :func:`load_stems` decodes
+every stream of a ``.stem.mp4`` into named stems. Encoding is
+:mod:`stemflow.audio.encode`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import operator
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
 
 from stemflow.audio import ffmpeg
-from stemflow.audio.formats import DECODABLE_EXTENSIONS, FFMPEG_EXTENSIONS, file_suffix
+from stemflow.audio.formats import FFMPEG_EXTENSIONS
 from stemflow.audio.resample import RESAMPLE_QUALITY, resample, to_stereo
+from stemflow.audio.source import AudioSource, ResolvedSource, local_path, resolve_source
 from stemflow.errors import AudioDecodeError
 
 logger = logging.getLogger(__name__)
-
-AudioSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 
 
 #: Stream order of a MUSDB18 / Native Instruments ``.stem.mp4``.
 MUSDB_STEM_NAMES: tuple[str, ...] = ("mixture", "drums", "bass", "other", "vocals")
 
 
-# libsndfile reports SF_COUNT_MAX frames when a stream's header carries no length.
-_UNKNOWN_FRAMES = 1 << 62
+UNKNOWN_FRAMES = 1 << 62
+"""libsndfile's frame count (``SF_COUNT_MAX``) for a stream whose header carries no length."""
 
 
 @dataclass(frozen=True)
@@ -105,72 +90,18 @@ class DecodedAudio:
         return self.samples.shape[-1] / self.sample_rate
 
 
-@dataclass(frozen=True)
-class _Source:
-    label: str
-    path: Path | None
-    data: bytes | None
-    suffix: str
-
-
-def _read_source(source: AudioSource, name: str | None) -> _Source:
-    """Normalise a path / bytes / file object; raise on missing or zero-byte input."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        label = name or "<bytes>"
-        path = None
-    elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        label = name or str(path)
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            raise AudioDecodeError(f"{label}: cannot read the file: {e.strerror or e}") from e
-        if size == 0:
-            raise AudioDecodeError(f"{label}: the file is empty (0 bytes)")
-        data = None
-    elif hasattr(source, "read"):
-        label = name or str(getattr(source, "name", "<file object>"))
-        try:
-            data = source.read()
-        except OSError as e:
-            raise AudioDecodeError(f"{label}: cannot read the file object: {e}") from e
-        if not isinstance(data, (bytes, bytearray)):
-            raise TypeError(f"{label}: the file object must be opened in binary mode")
-        data = bytes(data)
-        path = None
-    else:
-        raise TypeError(f"expected a path, bytes or a binary file object, got {type(source).__name__}")
-    if data is not None and len(data) == 0:
-        raise AudioDecodeError(f"{label}: the input is empty (0 bytes)")
-    suffix = file_suffix(path.name if path is not None else label)
-    return _Source(label=label, path=path, data=data, suffix=suffix)
-
-
-@contextmanager
-def _local_path(source: _Source) -> Iterator[Path]:
-    """A local path holding the source's bytes (a temporary file for bytes inputs)."""
-    if source.path is not None:
-        yield source.path
-        return
-    with tempfile.TemporaryDirectory(prefix="stemflow-audio-") as folder:
-        temp_path = Path(folder) / f"input{source.suffix if source.suffix in DECODABLE_EXTENSIONS else ''}"
-        temp_path.write_bytes(source.data or b"")
-        yield temp_path
-
-
 def probe(source: AudioSource, *, name: str | None = None) -> AudioInfo:
     """Describe a file (rate, channels, length, format) without decoding its samples."""
-    src = _read_source(source, name)
+    src = resolve_source(source, name)
     if src.suffix not in FFMPEG_EXTENSIONS:
         try:
-            info = sf.info(src.path if src.path is not None else io.BytesIO(src.data))  # type: ignore[arg-type]
-            if info.frames >= _UNKNOWN_FRAMES:
+            info = sf.info(src.soundfile_input())
+            if info.frames >= UNKNOWN_FRAMES:
                 raise sf.SoundFileError("the header carries no length (a streamed file)")
             return AudioInfo(info.samplerate, info.channels, info.frames, info.duration, info.format, info.subtype)
         except (sf.SoundFileError, RuntimeError) as e:
             logger.debug("%s: libsndfile cannot probe (%s); trying ffprobe", src.label, e)
-    with _local_path(src) as path:
+    with local_path(src) as path:
         streams = ffmpeg.probe_streams(path, name=src.label)
     first = streams[0]
     return AudioInfo(
@@ -178,20 +109,19 @@ def probe(source: AudioSource, *, name: str | None = None) -> AudioInfo:
     )
 
 
-def _decode_soundfile(src: _Source) -> tuple[np.ndarray, int]:
+def _decode_soundfile(src: ResolvedSource) -> tuple[np.ndarray, int]:
     """``([channels, samples] float32, rate)`` via libsndfile; raises soundfile's errors."""
-    file: Path | io.BytesIO = src.path if src.path is not None else io.BytesIO(src.data)  # type: ignore[arg-type]
-    with sf.SoundFile(file) as handle:
+    with sf.SoundFile(src.soundfile_input()) as handle:
         rate = int(handle.samplerate)
-        if handle.frames >= _UNKNOWN_FRAMES:  # soundfile cannot read these; ffmpeg can
+        if handle.frames >= UNKNOWN_FRAMES:  # soundfile cannot read these; ffmpeg can
             raise sf.SoundFileError("the header carries no length (a streamed file)")
         data = handle.read(dtype="float32", always_2d=True)
     return np.ascontiguousarray(data.T), rate
 
 
-def _decode_ffmpeg(src: _Source, stream: int) -> tuple[np.ndarray, int]:
+def _decode_ffmpeg(src: ResolvedSource, stream: int) -> tuple[np.ndarray, int]:
     """``([channels, samples] float32, rate)`` of audio stream ``stream`` via ffmpeg."""
-    with _local_path(src) as path:
+    with local_path(src) as path:
         streams = ffmpeg.probe_streams(path, name=src.label)
         if not 0 <= stream < len(streams):
             raise AudioDecodeError(f"{src.label}: has {len(streams)} audio stream(s); stream {stream} does not exist")
@@ -200,7 +130,7 @@ def _decode_ffmpeg(src: _Source, stream: int) -> tuple[np.ndarray, int]:
     return samples, info.sample_rate
 
 
-def _is_mp3_impostor(src: _Source) -> bool:
+def _is_mp3_impostor(src: ResolvedSource) -> bool:
     """A ``.mp3`` whose first bytes are neither an ID3 tag nor an MPEG frame sync.
 
     libsndfile hands such files to libmpg123, which then writes resync notes to
@@ -208,16 +138,12 @@ def _is_mp3_impostor(src: _Source) -> bool:
     """
     if src.suffix != ".mp3":
         return False
-    if src.data is not None:
-        head = src.data[:3]
-    else:
-        with open(src.path, "rb") as handle:  # type: ignore[arg-type]
-            head = handle.read(3)
+    head = src.head(3)
     frame_sync = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
     return not (head.startswith(b"ID3") or frame_sync)
 
 
-def _decode(src: _Source, stream: int | None) -> tuple[np.ndarray, int, str | None]:
+def _decode(src: ResolvedSource, stream: int | None) -> tuple[np.ndarray, int, str | None]:
     """Decode with libsndfile, falling back to ffmpeg; returns samples, rate, decoder note."""
     if stream is None and src.suffix not in FFMPEG_EXTENSIONS and not _is_mp3_impostor(src):
         try:
@@ -278,7 +204,7 @@ def load_audio(
         raise ValueError(f"channels must be 1 or 2, got {channels}")
     if sample_rate is not None and operator.index(sample_rate) <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    src = _read_source(source, name)
+    src = resolve_source(source, name)
     samples, source_rate, decoder_note = _decode(src, stream)
     _check_samples(samples, src.label)
     return _apply_policy(samples, source_rate, sample_rate, channels, src.label, decoder_note)
@@ -287,6 +213,7 @@ def load_audio(
 def _apply_policy(
     samples: np.ndarray, source_rate: int, sample_rate: int | None, channels: int, label: str, note: str | None
 ) -> DecodedAudio:
+    """The input policy on decoded samples: channels (1 or 2), then the rate; ``note`` starts the notes."""
     notes: list[str] = [note] if note else []
     source_channels = samples.shape[0]
     if channels == 2:
@@ -328,8 +255,8 @@ def load_stems(
     Returns:
         ``{name: [2, samples] float32}`` at ``sample_rate`` (``None``: the file's rate).
     """
-    src = _read_source(source, name)
-    with _local_path(src) as path:
+    src = resolve_source(source, name)
+    with local_path(src) as path:
         streams = ffmpeg.probe_streams(path, name=src.label)
         if len(streams) != len(names):
             raise AudioDecodeError(

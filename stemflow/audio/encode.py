@@ -1,13 +1,35 @@
-"""TODO(regroup): docstring. Split out of stemflow.audio."""
+"""Encoding: float32 stems to file bytes or files, with an explicit clipping policy.
+
+Formats (:data:`stemflow.audio.formats.AudioFormat`): FLAC and AIFF 16/24-bit,
+WAV 16/24-bit PCM or 32-bit float, MP3 and OGG Vorbis. :func:`encode` returns
+the bytes and an :class:`EncodeResult`; :func:`encode_audio` only the bytes;
+:func:`save_audio` writes a path atomically (:func:`stemflow.files.write_file_atomic`)
+or a binary file object, taking the format from the path's extension.
+
+The clipping policy is explicit (:data:`ClipPolicy`): float WAV is never
+altered under ``"none"``; every other format saturates at full scale and
+:attr:`EncodeResult.clipped_samples` says how many samples that touched (a
+warning is logged under ``"none"``). ``"clamp"`` clamps to [-1, 1] for float WAV
+too, and for the other formats gives the same samples as ``"none"``, without the
+warning; ``"rescale"`` scales the whole signal down to a peak of
+:data:`RESCALE_PEAK` when it would otherwise clip, and records the gain.
+
+Integer PCM is quantised here by :func:`quantise_pcm` (``rint(x * 2**(bits-1))``,
+saturated to the integer range) rather than by libsndfile, so the count is
+exact; the streaming writer (:mod:`stemflow.engine.streaming`) uses the same
+function, so both paths write the same bytes. libsndfile 1.2.2's own
+float-to-int path saturates the same way (checked: +1.5 -> 32767, -1.5 ->
+-32768), it does not wrap. MP3 goes through ffmpeg when libsndfile lacks it.
+
+All arrays are ``[channels, samples]`` float32.
+"""
 
 from __future__ import annotations
 
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Literal, get_args
 
 import numpy as np
@@ -16,6 +38,7 @@ import soundfile as sf
 from stemflow.audio import ffmpeg
 from stemflow.audio.formats import AudioFormat, format_for_path
 from stemflow.errors import AudioEncodeError
+from stemflow.files import write_file_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +49,7 @@ _PCM_SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
 
 
 def _subtype(format: AudioFormat, bit_depth: int) -> str:
+    """The libsndfile subtype written for ``format`` at ``bit_depth`` (ignored by the lossy formats)."""
     if format in ("mp3", "ogg"):
         return "MPEG_LAYER_III" if format == "mp3" else "VORBIS"
     if format == "wav" and bit_depth == 32:
@@ -71,8 +95,14 @@ class EncodedAudio:
     result: EncodeResult
 
 
-def _quantise(samples: np.ndarray, bit_depth: int) -> tuple[np.ndarray, int]:
-    """Float -> saturated integer PCM (int16, or int32 holding 24 bits in its top bytes)."""
+def quantise_pcm(samples: np.ndarray, bit_depth: Literal[16, 24]) -> tuple[np.ndarray, int]:
+    """Float samples -> saturated integer PCM, and how many samples saturation changed.
+
+    Each sample becomes ``rint(x * 2**(bit_depth - 1))`` clipped to the integer
+    range. Returns int16 for 16 bits, int32 holding the 24 bits in its top three
+    bytes for 24 (what libsndfile's ``PCM_24`` takes), in the input's shape; the
+    input is not modified.
+    """
     scale = float(2 ** (bit_depth - 1))
     scaled = np.rint(samples * np.float32(scale))
     clipped = int(np.count_nonzero(scaled > scale - 1) + np.count_nonzero(scaled < -scale))
@@ -113,14 +143,7 @@ def encode(
     if clip == "rescale" and peak > RESCALE_PEAK:
         gain = RESCALE_PEAK / peak
         rows = rows * np.float32(gain)
-    if subtype in ("PCM_16", "PCM_24"):  # "none" and "clamp" both saturate at full scale
-        data, clipped = _quantise(rows, 16 if subtype == "PCM_16" else 24)
-    elif subtype == "FLOAT":
-        clipped = int(np.count_nonzero(np.abs(rows) > 1.0)) if clip == "clamp" else 0
-        data = np.clip(rows, -1.0, 1.0) if clip == "clamp" else rows
-    else:  # lossy codecs take floats but cannot represent more than full scale
-        clipped = int(np.count_nonzero(np.abs(rows) > 1.0))
-        data = np.clip(rows, -1.0, 1.0)
+    data, clipped = _limit(rows, subtype, clip)
     if clipped and clip == "none":
         logger.warning("%s: %d samples beyond full scale saturated in %s %s", name, clipped, format, subtype)
     payload = _write_bytes(data, sample_rate, format, subtype, name)
@@ -137,6 +160,18 @@ def encode(
         num_bytes=len(payload),
     )
     return EncodedAudio(data=payload, result=result)
+
+
+def _limit(rows: np.ndarray, subtype: str, clip: ClipPolicy) -> tuple[np.ndarray, int]:
+    """What is written for ``rows`` under the clipping policy, and how many samples it changed."""
+    if subtype in ("PCM_16", "PCM_24"):  # "none" and "clamp" both saturate at full scale
+        return quantise_pcm(rows, 16 if subtype == "PCM_16" else 24)
+    if subtype == "FLOAT":
+        if clip != "clamp":
+            return rows, 0
+        return np.clip(rows, -1.0, 1.0), int(np.count_nonzero(np.abs(rows) > 1.0))
+    # lossy codecs take floats but cannot represent more than full scale
+    return np.clip(rows, -1.0, 1.0), int(np.count_nonzero(np.abs(rows) > 1.0))
 
 
 def _write_bytes(data: np.ndarray, sample_rate: int, format: AudioFormat, subtype: str, name: str) -> bytes:
@@ -180,38 +215,20 @@ def save_audio(
     """Encode ``[channels, samples]`` float audio and write it to a path or binary file object.
 
     ``format=None`` takes the format from the path's extension (FLAC for file
-    objects and unknown extensions). A path is written atomically: a temporary
-    file in the same folder, flushed and fsynced, then ``os.replace``.
+    objects and unknown extensions). A path is written atomically
+    (:func:`stemflow.files.write_file_atomic`: a temporary sibling, fsynced, then
+    renamed), so a failure leaves any existing file untouched.
     """
     is_path = isinstance(target, (str, os.PathLike))
     label = str(target) if is_path else str(getattr(target, "name", "<file object>"))
     if format is None:
         format = format_for_path(label)
     encoded = encode(samples, sample_rate, format=format, bit_depth=bit_depth, clip=clip, name=label)
-    if not is_path:
-        try:
+    try:
+        if is_path:
+            write_file_atomic(target, encoded.data)  # type: ignore[arg-type]
+        else:
             target.write(encoded.data)  # type: ignore[union-attr]
-        except OSError as e:
-            raise AudioEncodeError(f"{label}: cannot write: {e}") from e
-        return encoded.result
-    _write_atomically(Path(target), encoded.data)  # type: ignore[arg-type]
+    except OSError as e:
+        raise AudioEncodeError(f"{label}: cannot write: {e}") from e
     return encoded.result
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary sibling of ``path``, then rename it into place."""
-    try:
-        descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise AudioEncodeError(f"{path}: cannot create a temporary file next to it: {e}") from e
-    try:
-        os.chmod(temp_name, 0o644)  # mkstemp makes it 0600; stems are meant to be shared
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except OSError as e:
-        Path(temp_name).unlink(missing_ok=True)
-        raise AudioEncodeError(f"{path}: cannot write: {e}") from e
-

@@ -3,16 +3,18 @@
 libsndfile (through soundfile) reads WAV, FLAC, OGG, MP3 and AIFF; everything in
 an MP4 container (AAC/ALAC ``.m4a``, ``.mp4``, the multi-stream ``.stem.mp4`` of
 MUSDB18) goes through the ``ffmpeg`` binary instead. This module only knows how
-to probe a *local file* for its audio streams and decode one of them to float32
-PCM; :mod:`stemflow.audio` decides when to call it and turns bytes inputs into a
-temporary file first (an MP4 whose ``moov`` atom sits at the end cannot be read
-from a pipe).
+to probe a *local file* for its audio streams, decode them to float32 PCM, and
+encode float32 PCM with ffmpeg's codecs (MP3 where libsndfile lacks it);
+:mod:`stemflow.audio.decode` decides when to call it and turns bytes inputs into
+a temporary file first (:func:`stemflow.audio.source.local_path`: an MP4 whose
+``moov`` atom sits at the end cannot be read from a pipe).
 
 Commands are argument lists (never ``shell=True``); ffmpeg writes raw
-little-endian float32 (``-f f32le``) to stdout at the stream's own rate and
-channel count, so no resampling or remixing happens here. The binaries are looked
-up on ``PATH`` when first needed; a missing binary raises
-:class:`~stemflow.errors.AudioDecodeError` saying what to install.
+little-endian float32 (``-f f32le``) at the stream's own rate and channel
+count, so no resampling or remixing happens here. The binaries are looked up on
+``PATH`` when first needed; a missing binary raises
+:class:`~stemflow.errors.AudioDecodeError` (or
+:class:`~stemflow.errors.AudioEncodeError` when encoding) saying what to install.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: Names (or absolute paths) of the binaries; tests point these elsewhere.
 FFMPEG_BINARY = "ffmpeg"
-
-
 FFPROBE_BINARY = "ffprobe"
 
 
@@ -71,6 +71,7 @@ def ffmpeg_available() -> bool:
 
 
 def _binary(name: str, *, purpose: str, error: type[Exception]) -> str:
+    """The full path of binary ``name``; raise ``error`` with an install hint if it is not on PATH."""
     found = shutil.which(name)
     if found is None:
         raise error(f"{purpose}: the `{name}` binary was not found on PATH; {_INSTALL_HINT}")
@@ -177,9 +178,7 @@ def decode_stream(
         "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
     ]  # fmt: skip
     raw = _run(args, purpose=f"{label}: not decodable", error=AudioDecodeError, stdin=None, timeout_s=timeout_s)
-    usable = len(raw) - len(raw) % (4 * channels)
-    interleaved = np.frombuffer(raw[:usable], dtype="<f4")
-    return np.array(interleaved.reshape(-1, channels).T, dtype=np.float32, order="C")  # a writable copy
+    return _planar(np.frombuffer(raw[: len(raw) - len(raw) % 4], dtype="<f4"), channels)
 
 
 def decode_all_streams(
@@ -207,10 +206,14 @@ def decode_all_streams(
         _run(args, purpose=f"{label}: not decodable", error=AudioDecodeError, stdin=None, timeout_s=timeout_s)
         decoded = []
         for info, output in zip(streams, outputs, strict=True):
-            interleaved = np.fromfile(output, dtype="<f4")
-            usable = interleaved.size - interleaved.size % info.channels
-            decoded.append(np.ascontiguousarray(interleaved[:usable].reshape(-1, info.channels).T, dtype=np.float32))
+            decoded.append(_planar(np.fromfile(output, dtype="<f4"), info.channels))
     return decoded
+
+
+def _planar(interleaved: np.ndarray, channels: int) -> np.ndarray:
+    """Interleaved float32 PCM -> a writable C-contiguous ``[channels, frames]`` copy (a partial frame dropped)."""
+    usable = interleaved.size - interleaved.size % channels
+    return np.array(interleaved[:usable].reshape(-1, channels).T, dtype=np.float32, order="C")
 
 
 def encode_with_ffmpeg(

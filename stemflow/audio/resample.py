@@ -1,14 +1,16 @@
-"""TODO(regroup): docstring. Split out of stemflow.audio."""
+"""Sample-rate conversion (soxr) and channel layout: the two conversions of the input policy.
+
+:func:`resample` converts ``[channels, samples]`` float audio with soxr at a
+fixed quality (:data:`RESAMPLE_QUALITY`) and a length that depends only on the
+input length and the two rates (:func:`resampled_length`), so a track has the
+same number of samples however it was decoded. :func:`to_stereo` makes any
+channel count stereo. :mod:`stemflow.audio.decode` applies both after decoding.
+"""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import soxr
-
-logger = logging.getLogger(__name__)
-
 
 #: soxr quality used for every rate conversion ("VHQ": very high quality).
 RESAMPLE_QUALITY = "VHQ"

@@ -226,3 +226,20 @@ def chunk_track_span(plan: ChunkPlan, chunk: Chunk) -> tuple[int, int]:
     used = indices[indices >= 0]
     return int(used.min()), int(used.max()) + 1
 
+
+def first_track_reads(plan: ChunkPlan) -> list[int]:
+    """For each chunk index ``i``: the lowest track sample that any chunk ``>= i`` reads.
+
+    Once chunk ``i - 1`` has run, input before ``first_track_reads(plan)[i]`` is
+    never read again and can be freed. Tail samples a chunk fills by reflection
+    repeat its valid part, so only the valid part counts.
+    """
+    starts = torch.tensor([chunk.start for chunk in plan.chunks], dtype=torch.int64)
+    lasts = torch.tensor([chunk.stop - 1 for chunk in plan.chunks], dtype=torch.int64)
+    # padded -> track is piecewise monotone: its minimum over a chunk sits at an end, or at `pad` (track sample 0).
+    lowest = torch.minimum(
+        padded_to_track(starts, plan.num_samples, plan.pad), padded_to_track(lasts, plan.num_samples, plan.pad)
+    )
+    lowest = torch.where((starts <= plan.pad) & (plan.pad <= lasts), torch.zeros_like(lowest), lowest)
+    suffix_min = torch.flip(torch.cummin(torch.flip(lowest, dims=[0]), dim=0).values, dims=[0])
+    return [int(i) for i in suffix_min.tolist()]

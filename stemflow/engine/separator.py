@@ -1,4 +1,4 @@
-"""The separation engine: chunked overlap-add of a model over a whole track.
+"""The separator: chunked overlap-add of a model over whole tracks.
 
 The work splits in three steps, so that chunks of several tracks can
 share a batch:
@@ -9,9 +9,9 @@ share a batch:
    ``[B, 2, chunk_size]`` (in pinned memory on CUDA) and go through
    ``model.separate_chunks`` under ``torch.inference_mode()``;
 3. scatter-add: each chunk's output, times its cross-fade window, is added to
-   a per-track :class:`OverlapAdd` accumulator that lives on the CPU and only
-   spans the chunks still open; finished samples are divided by the summed
-   window and handed out block by block.
+   a per-track :class:`stemflow.engine.overlap_add.OverlapAdd` accumulator that
+   lives on the CPU and only spans the chunks still open; finished samples are
+   divided by the summed window and handed out block by block.
 
 :meth:`Separator.separate_many` packs chunks of several tracks into the same
 batches (the plan and the accumulator are per track, the batch is not).
@@ -31,14 +31,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from stemflow.engine.chunking import Chunk, ChunkPlan, chunk_source_indices, plan_chunks
+from stemflow.engine.overlap_add import SeparatedBlock, TensorSource, TrackJob, TrackSource, check_finite
 from stemflow.errors import AudioDecodeError, ConfigError, StemflowError
 from stemflow.models.config import ModelConfig
 
@@ -50,145 +49,7 @@ PRECISIONS: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-
-
-class TrackSource(Protocol):
-    """Random access to a stereo track, read mostly front to back.
-
-    ``read(start, stop)`` returns float32 ``[2, stop - start]`` on the CPU;
-    ``release(before)`` promises that samples before ``before`` are not read again.
-    """
-
-    @property
-    def num_samples(self) -> int: ...
-
-    def read(self, start: int, stop: int) -> torch.Tensor: ...
-
-    def release(self, before: int) -> None: ...
-
-
-class TensorSource:
-    """A :class:`TrackSource` over a tensor already in memory (reads are views)."""
-
-    def __init__(self, audio: torch.Tensor) -> None:
-        self._audio = audio
-
-    @property
-    def num_samples(self) -> int:
-        return int(self._audio.shape[-1])
-
-    def read(self, start: int, stop: int) -> torch.Tensor:
-        return self._audio[:, start:stop]
-
-    def release(self, before: int) -> None:
-        """Nothing to free: the caller owns the tensor."""
-
-
-@dataclass(frozen=True)
-class SeparatedBlock:
-    """Finished output for track samples ``[start, start + n)``: ``stems`` float32 ``[S, 2, n]``."""
-
-    start: int
-    stems: torch.Tensor
-
-
-class OverlapAdd:
-    """Window-weighted sum of chunk outputs for one track, over a sliding span.
-
-    Holds ``[num_stems, 2, span]`` sums and ``[span]`` window totals on the CPU,
-    where ``span`` covers only chunks not yet finished (a few chunks long).
-    Chunks must be added in plan order; :meth:`pop` hands out finished samples.
-    The buffers are allocated at the first :meth:`add` and freed once the
-    track is finished, so many planned tracks cost nothing until they run.
-    """
-
-    def __init__(self, plan: ChunkPlan, num_stems: int, *, span: int | None = None) -> None:
-        self.plan = plan
-        self.offset = 0  # padded position of buffer index 0
-        self._used = 0
-        self._size = min(span or plan.chunk_size * 2, plan.padded_length)
-        self._sums = torch.zeros(num_stems, 2, 0, dtype=torch.float32)
-        self._weights = torch.zeros(0, dtype=torch.float32)
-        self._windows: dict[tuple[bool, bool], torch.Tensor] = {}
-
-    def _window(self, chunk: Chunk) -> torch.Tensor:
-        key = (chunk.fade_in, chunk.fade_out)
-        if key not in self._windows:
-            self._windows[key] = self.plan.window(chunk)
-        return self._windows[key]
-
-    def add(self, chunk: Chunk, output: torch.Tensor) -> None:
-        """Add one chunk's model output, float32 ``[num_stems, 2, chunk_size]``."""
-        if chunk.start < self.offset:
-            raise StemflowError(f"chunk {chunk.index} starts before the finished part; add chunks in order")
-        begin, end = chunk.start - self.offset, chunk.stop - self.offset
-        if end > self._weights.shape[0]:
-            self._grow(max(end, self._size))
-        window = self._window(chunk)[: chunk.valid]
-        self._sums[..., begin:end] += output[..., : chunk.valid] * window
-        self._weights[begin:end] += window
-        self._used = max(self._used, end)
-
-    def _grow(self, needed: int) -> None:
-        size = max(needed, min(2 * self._weights.shape[0], self.plan.padded_length))
-        sums = torch.zeros(*self._sums.shape[:2], size, dtype=torch.float32)
-        weights = torch.zeros(size, dtype=torch.float32)
-        sums[..., : self._used] = self._sums[..., : self._used]
-        weights[: self._used] = self._weights[: self._used]
-        self._sums, self._weights = sums, weights
-
-    def pop(self, stop: int) -> SeparatedBlock:
-        """Finish padded samples ``[offset, stop)`` and return them cropped to the track.
-
-        Each sample is its weighted sum over its window total (0/0 -> 0, as the
-        reference's ``nan_to_num``); the reflect-padded border is dropped.
-        """
-        count = stop - self.offset
-        done = torch.nan_to_num(self._sums[..., :count] / self._weights[:count], nan=0.0)
-        rest = self._used - count
-        if rest > 0:
-            self._sums[..., :rest] = self._sums[..., count : self._used].clone()
-            self._weights[:rest] = self._weights[count : self._used].clone()
-        self._sums[..., max(rest, 0) : self._used] = 0
-        self._weights[max(rest, 0) : self._used] = 0
-        self._used = max(rest, 0)
-        pad, length = self.plan.pad, self.plan.num_samples
-        first = min(max(self.offset - pad, 0), length)
-        last = min(max(stop - pad, 0), length)
-        block = done[..., first + pad - self.offset : last + pad - self.offset]
-        self.offset = stop
-        if stop >= self.plan.padded_length:  # finished: free the buffers
-            self._sums = torch.zeros(*self._sums.shape[:2], 0, dtype=torch.float32)
-            self._weights = torch.zeros(0, dtype=torch.float32)
-        return SeparatedBlock(start=first, stems=block)
-
-
-@dataclass
-class _TrackJob:
-    """One track in flight: its plan, its input, its accumulator, and what it still reads."""
-
-    plan: ChunkPlan
-    source: TrackSource
-    accumulator: OverlapAdd
-    first_reads: list[int]
-
-    @classmethod
-    def start(cls, plan: ChunkPlan, source: TrackSource, num_stems: int, batch_size: int) -> _TrackJob:
-        span = plan.chunk_size + batch_size * plan.step
-        return cls(plan, source, OverlapAdd(plan, num_stems, span=span), _suffix_min_first_read(plan))
-
-    def release_after(self, chunk: Chunk, unwritten: int) -> None:
-        """Free input no chunk after ``chunk`` reads and no block from ``unwritten`` on needs."""
-        after = chunk.index + 1
-        needed = self.first_reads[after] if after < len(self.first_reads) else self.plan.num_samples
-        self.source.release(min(needed, unwritten))
-
-
-def check_finite(audio: torch.Tensor, *, where: str = "input") -> None:
-    """Raise :class:`AudioDecodeError` if ``audio`` holds NaN or infinite samples."""
-    if not bool(torch.isfinite(audio).all()):
-        bad = int((~torch.isfinite(audio)).sum())
-        raise AudioDecodeError(f"{where}: {bad} sample(s) are NaN or infinite; cannot separate")
+"""Precision name -> the autocast dtype (``"float32"`` runs without autocast)."""
 
 
 class Separator:
@@ -221,11 +82,7 @@ class Separator:
         sample_rate: int | None = None,
         compile: bool = False,
     ) -> None:
-        config = getattr(model, "config", None)
-        if not isinstance(config, ModelConfig):
-            raise ConfigError("the model has no 'config' (a stemflow.models.config.ModelConfig); load it with load_model")
-        if not callable(getattr(model, "separate_chunks", None)):
-            raise ConfigError("the model has no separate_chunks(x) method")
+        config = _model_config(model)
         self.config = config
         self.device = torch.device(device)
         self.chunk_size = _positive("chunk_size", chunk_size, config.audio.chunk_size)
@@ -233,18 +90,10 @@ class Separator:
         self.batch_size = _positive("batch_size", batch_size, config.inference.batch_size)
         self.sample_rate = _positive("sample_rate", sample_rate, config.audio.sample_rate)
         plan_chunks(1, self.chunk_size, self.num_overlap)  # validates the geometry early
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if precision == "float16" and self.device.type != "cuda":
-            raise ConfigError("precision 'float16' needs a CUDA device; use 'bfloat16' or 'float32' on CPU")
-        self.precision = precision
+        self.precision = _checked_precision(precision, self.device)
         self.model_stems: tuple[str, ...] = config.model_stems
         self.all_stems: tuple[str, ...] = config.stems
-        requested = tuple(stems) if stems is not None else self.all_stems
-        unknown = [s for s in requested if s not in self.all_stems]
-        if unknown or not requested:
-            raise ConfigError(f"unknown stems {unknown or requested}; this model gives {list(self.all_stems)}")
-        self.stems: tuple[str, ...] = tuple(s for s in self.all_stems if s in requested)
+        self.stems: tuple[str, ...] = _selected_stems(stems, self.all_stems)
         self.model = model.eval().to(self.device)
         self._batch: torch.Tensor | None = None
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model.separate_chunks
@@ -342,7 +191,7 @@ class Separator:
 
     def _iter_tracks(self, sources: Sequence[TrackSource]) -> Iterator[tuple[int, SeparatedBlock]]:
         """Plan every track, run their chunks in batches of ``batch_size``, yield ``(track, block)``."""
-        jobs = [_TrackJob.start(self.plan(source.num_samples), source, len(self.model_stems), self.batch_size)
+        jobs = [TrackJob.start(self.plan(source.num_samples), source, len(self.model_stems), self.batch_size)
                 for source in sources]  # fmt: skip
         items = [(track, chunk) for track, job in enumerate(jobs) for chunk in job.plan.chunks]
         for begin in range(0, len(items), self.batch_size):
@@ -366,7 +215,7 @@ class Separator:
         complement = (mixture - block.stems[0]).unsqueeze(0)
         return SeparatedBlock(start=block.start, stems=torch.cat([block.stems, complement], dim=0))
 
-    def _gather(self, batch: Sequence[tuple[_TrackJob, Chunk]]) -> torch.Tensor:
+    def _gather(self, batch: Sequence[tuple[TrackJob, Chunk]]) -> torch.Tensor:
         """Model input for ``batch``: float32 ``[len(batch), 2, chunk_size]`` in a reused buffer."""
         if self._batch is None:
             buffer = torch.empty(self.batch_size, 2, self.chunk_size, dtype=torch.float32)
@@ -412,26 +261,36 @@ class Separator:
 
 
 def _positive(name: str, value: int | None, default: int) -> int:
+    """``value`` (``default`` when ``None``), which must be a positive ``int``; else a :class:`ConfigError`."""
     chosen = default if value is None else value
     if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {chosen!r}")
     return chosen
 
 
-def _suffix_min_first_read(plan: ChunkPlan) -> list[int]:
-    """For each chunk index ``i``: the lowest track sample any chunk ``>= i`` reads."""
-    firsts = []
-    pad, last = plan.pad, plan.num_samples - 1
-    for chunk in plan.chunks:
-        # padded -> track is piecewise monotone; its minimum over a range sits at an end or at `pad`.
-        candidates = [chunk.start, chunk.stop - 1] + ([pad] if chunk.start <= pad < chunk.stop else [])
-        firsts.append(min(_track_index(j, pad, last) for j in candidates))
-    for i in range(len(firsts) - 2, -1, -1):
-        firsts[i] = min(firsts[i], firsts[i + 1])
-    return firsts
+def _model_config(model: nn.Module) -> ModelConfig:
+    """The model's :class:`ModelConfig`, after checking it honours the model contract (module docstring)."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise ConfigError("the model has no 'config' (a stemflow.models.config.ModelConfig); load it with load_model")
+    if not callable(getattr(model, "separate_chunks", None)):
+        raise ConfigError("the model has no separate_chunks(x) method")
+    return config
 
 
-def _track_index(position: int, pad: int, last: int) -> int:
-    index = abs(position - pad)
-    return 2 * last - index if index > last else index
+def _checked_precision(precision: str, device: torch.device) -> str:
+    """``precision`` if it is a key of :data:`PRECISIONS` usable on ``device``; else a :class:`ConfigError`."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision == "float16" and device.type != "cuda":
+        raise ConfigError("precision 'float16' needs a CUDA device; use 'bfloat16' or 'float32' on CPU")
+    return precision
 
+
+def _selected_stems(stems: Sequence[str] | None, all_stems: tuple[str, ...]) -> tuple[str, ...]:
+    """The requested stems (default: all) in the model's order; unknown or no stems are a :class:`ConfigError`."""
+    requested = tuple(stems) if stems is not None else all_stems
+    unknown = [s for s in requested if s not in all_stems]
+    if unknown or not requested:
+        raise ConfigError(f"unknown stems {unknown or requested}; this model gives {list(all_stems)}")
+    return tuple(s for s in all_stems if s in requested)

@@ -13,17 +13,20 @@ The input must already be at the model's sample rate (no on-the-fly
 resampling: convert first with :mod:`stemflow.audio`); mono is duplicated to
 stereo; more channels are an error. Outputs are FLAC/AIFF (16 or 24-bit PCM) or
 WAV (16/24-bit PCM, or 32-bit float with ``bit_depth=32``), chosen by the
-extension. PCM saturates at full scale (we quantise ourselves, so nothing
-wraps); float WAV is written as is. Every output is written under a temporary
-name in its folder and renamed with ``os.replace`` only after all stems
-succeeded, so no half-written file ever carries a final name.
+extension (:mod:`stemflow.audio.formats`). PCM saturates at full scale
+(:func:`stemflow.audio.encode.quantise_pcm`, the in-memory encoder's quantiser,
+so nothing wraps and both paths write the same samples); float WAV is written
+as is. Every output is written to a temporary sibling
+(:func:`stemflow.files.atomic_path`) and the stems are published under their
+final names only after all of them succeeded, so no half-written file ever
+carries a final name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,17 +35,19 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from stemflow.engine.separator import Separator, check_finite
+from stemflow.audio.decode import UNKNOWN_FRAMES
+from stemflow.audio.encode import quantise_pcm
+from stemflow.audio.formats import EXTENSIONS, file_suffix
+from stemflow.engine.overlap_add import check_finite
+from stemflow.engine.separator import Separator
 from stemflow.errors import AudioDecodeError, AudioEncodeError, ConfigError, StemflowError
+from stemflow.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
 
-_FORMATS = {".flac": "FLAC", ".wav": "WAV", ".aiff": "AIFF", ".aif": "AIFF"}
-
-
-_UNKNOWN_FRAMES = 1 << 62  # libsndfile's "no length in the header"
-
+STREAMED_FORMATS = ("flac", "wav", "aiff")
+"""Output formats written block by block (from the extension, :data:`stemflow.audio.formats.EXTENSIONS`)."""
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -64,14 +69,14 @@ class StreamResult:
 
 
 class FileSource:
-    """A :class:`stemflow.engine.separator.TrackSource` over an open sound file, read front to back.
+    """A :class:`stemflow.engine.overlap_add.TrackSource` over an open sound file, read front to back.
 
     Keeps the samples between the last ``release`` and the furthest ``read``;
     reads ``block_frames`` at a time (more if a read asks for more).
     """
 
     def __init__(self, sound_file: sf.SoundFile, *, block_frames: int, name: str) -> None:
-        if sound_file.frames <= 0 or sound_file.frames >= _UNKNOWN_FRAMES:
+        if sound_file.frames <= 0 or sound_file.frames >= UNKNOWN_FRAMES:
             raise AudioDecodeError(f"{name}: the file declares no length (or is empty); decode it first")
         if sound_file.channels not in (1, 2):
             raise AudioDecodeError(
@@ -119,61 +124,107 @@ class FileSource:
 
 
 class _StemWriter:
-    """One output stem, written under a temporary name until :meth:`commit`."""
+    """One output stem, appended block by block to an open sound file (a temporary sibling of ``path``)."""
 
-    def __init__(self, path: Path, sample_rate: int, bit_depth: int) -> None:
-        format_name = _FORMATS.get(path.suffix.lower())
-        if format_name is None:
-            raise ConfigError(f"{path}: cannot stream to {path.suffix!r}; use one of {sorted(_FORMATS)}")
-        if bit_depth == 32 and format_name != "WAV":
-            raise ConfigError(f"{path}: 32-bit float output needs a .wav name")
-        if bit_depth not in (16, 24, 32):
-            raise ConfigError(f"bit_depth must be 16, 24 or 32 (float WAV), got {bit_depth}")
+    def __init__(self, path: Path, sound_file: sf.SoundFile, bit_depth: int) -> None:
         self.path = path
         self.bit_depth = bit_depth
         self.clipped = 0
-        self.temp_path = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:12]}")
-        subtype = "FLOAT" if bit_depth == 32 else f"PCM_{bit_depth}"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = sf.SoundFile(
-                self.temp_path, "w", samplerate=sample_rate, channels=2, subtype=subtype, format=format_name
-            )
-        except (OSError, sf.LibsndfileError) as e:
-            raise AudioEncodeError(f"{path}: cannot open for writing: {e}") from e
+        self._file = sound_file
 
     def write(self, block: torch.Tensor) -> None:
-        """Append float32 ``[2, n]`` samples."""
-        frames = block.numpy().T
+        """Append float32 ``[2, n]`` samples (quantised to PCM unless ``bit_depth`` is 32)."""
+        samples = block.numpy()
         if self.bit_depth == 32:
-            data = frames
+            data = samples
         else:
-            scale = np.float32(2 ** (self.bit_depth - 1))
-            scaled = np.rint(frames * scale)
-            self.clipped += int(np.count_nonzero(scaled > scale - 1) + np.count_nonzero(scaled < -scale))
-            np.clip(scaled, -scale, scale - 1, out=scaled)
-            data = scaled.astype(np.int16) if self.bit_depth == 16 else scaled.astype(np.int32) << 8
+            data, clipped = quantise_pcm(samples, self.bit_depth)  # type: ignore[arg-type]
+            self.clipped += clipped
         try:
-            self._file.write(np.ascontiguousarray(data))
+            self._file.write(np.ascontiguousarray(data.T))
         except (OSError, sf.LibsndfileError) as e:
             raise AudioEncodeError(f"{self.path}: write failed: {e}") from e
 
     def close(self) -> None:
+        """Close the sound file (finishing its header); closing twice is harmless."""
         if not self._file.closed:
             self._file.close()
 
-    def commit(self) -> None:
-        """Close and move the finished file to its final name."""
-        self.close()
-        try:
-            os.replace(self.temp_path, self.path)
-        except OSError as e:
-            raise AudioEncodeError(f"{self.path}: cannot move the finished file in place: {e}") from e
 
-    def discard(self) -> None:
-        """Close and delete the temporary file."""
-        self.close()
-        self.temp_path.unlink(missing_ok=True)
+def _output_format(path: Path, bit_depth: int) -> tuple[str, str]:
+    """libsndfile ``(format, subtype)`` for streaming to ``path`` at ``bit_depth``; else a :class:`ConfigError`."""
+    extension = EXTENSIONS.get(file_suffix(path.name))
+    if extension is None or extension.encode_as not in STREAMED_FORMATS:
+        allowed = sorted(e for e, x in EXTENSIONS.items() if x.encode_as in STREAMED_FORMATS)
+        raise ConfigError(f"{path}: cannot stream to {path.suffix!r}; use one of {allowed}")
+    format_name = extension.encode_as.upper()
+    if bit_depth == 32 and format_name != "WAV":
+        raise ConfigError(f"{path}: 32-bit float output needs a .wav name")
+    if bit_depth not in (16, 24, 32):
+        raise ConfigError(f"bit_depth must be 16, 24 or 32 (float WAV), got {bit_depth}")
+    return format_name, "FLOAT" if bit_depth == 32 else f"PCM_{bit_depth}"
+
+
+def _open_writers(
+    stack: contextlib.ExitStack, output_paths: Mapping[str, Path], sample_rate: int, bit_depth: int
+) -> dict[str, _StemWriter]:
+    """A writer per stem on a temporary sibling of its path; ``stack`` publishes or removes them.
+
+    Leaving ``stack`` without an exception publishes every file under its final
+    name; with one, every writer is closed and its temporary file deleted.
+    """
+    formats = {stem: _output_format(path, bit_depth) for stem, path in output_paths.items()}
+    writers: dict[str, _StemWriter] = {}
+    for stem, path in output_paths.items():
+        format_name, subtype = formats[stem]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp_path = stack.enter_context(atomic_path(path))
+            sound_file = sf.SoundFile(
+                temp_path, "w", samplerate=sample_rate, channels=2, subtype=subtype, format=format_name
+            )
+        except (OSError, sf.LibsndfileError) as e:
+            raise AudioEncodeError(f"{path}: cannot open for writing: {e}") from e
+        writers[stem] = _StemWriter(path, sound_file, bit_depth)
+        stack.callback(writers[stem].close)  # runs before the temporary file is published or removed
+    return writers
+
+
+def _open_input(input_path: str | os.PathLike[str], sample_rate: int, name: str) -> sf.SoundFile:
+    """Open the input with soundfile; it must be at the model's ``sample_rate`` (no resampling here)."""
+    try:
+        sound_file = sf.SoundFile(input_path)
+    except (OSError, sf.LibsndfileError) as e:
+        raise AudioDecodeError(f"{name}: cannot open: {e}") from e
+    if sound_file.samplerate != sample_rate:
+        sound_file.close()
+        raise AudioDecodeError(
+            f"{name}: {sound_file.samplerate} Hz but the model runs at {sample_rate} Hz; "
+            "resample it first (stemflow.audio); streaming does not resample"
+        )
+    return sound_file
+
+
+def _write_blocks(
+    separator: Separator, source: FileSource, writers: Mapping[str, _StemWriter], progress: ProgressCallback | None
+) -> None:
+    """Separate ``source`` block by block, append each block to every writer, then close them."""
+    rows = {stem: separator.all_stems.index(stem) for stem in writers}
+    for block in separator.iter_blocks(source):
+        for stem, writer in writers.items():
+            writer.write(block.stems[rows[stem]])
+        if progress is not None:
+            progress(block.start + block.stems.shape[-1], source.num_samples)
+    for writer in writers.values():
+        writer.close()
+
+
+def _publish(stems: contextlib.ExitStack, name: str) -> None:
+    """Publish every finished stem file under its final name (see :func:`_open_writers`)."""
+    try:
+        stems.close()
+    except OSError as e:
+        raise AudioEncodeError(f"{name}: cannot move the finished stems in place: {e}") from e
 
 
 def separate_file(
@@ -202,36 +253,16 @@ def separate_file(
     if block_seconds <= 0:
         raise ConfigError(f"block_seconds must be positive, got {block_seconds}")
     name = str(input_path)
-    try:
-        sound_file = sf.SoundFile(input_path)
-    except (OSError, sf.LibsndfileError) as e:
-        raise AudioDecodeError(f"{name}: cannot open: {e}") from e
-    with sound_file:
-        if sound_file.samplerate != separator.sample_rate:
-            raise AudioDecodeError(
-                f"{name}: {sound_file.samplerate} Hz but the model runs at {separator.sample_rate} Hz; "
-                "resample it first (stemflow.audio); streaming does not resample"
-            )
+    paths = {stem: Path(path) for stem, path in output_paths.items()}
+    with _open_input(input_path, separator.sample_rate, name) as sound_file:
         block_frames = max(1, round(block_seconds * separator.sample_rate))
         source = FileSource(sound_file, block_frames=block_frames, name=name)
-        writers: dict[str, _StemWriter] = {}
-        try:
-            for stem, path in output_paths.items():
-                writers[stem] = _StemWriter(Path(path), separator.sample_rate, bit_depth)
-            rows = {stem: separator.all_stems.index(stem) for stem in writers}
-            for block in separator.iter_blocks(source):
-                for stem, writer in writers.items():
-                    writer.write(block.stems[rows[stem]])
-                if progress is not None:
-                    progress(block.start + block.stems.shape[-1], source.num_samples)
-            for writer in writers.values():
-                writer.close()
-        except BaseException:
-            for writer in writers.values():
-                writer.discard()
-            raise
+        with contextlib.ExitStack() as stack:
+            writers = _open_writers(stack, paths, separator.sample_rate, bit_depth)
+            _write_blocks(separator, source, writers, progress)
+            finished = stack.pop_all()  # all stems written: publish them (below), not on leaving the block
+        _publish(finished, name)
     for writer in writers.values():
-        writer.commit()
         if writer.clipped:
             logger.warning("%s: %d samples beyond full scale saturated", writer.path, writer.clipped)
     return StreamResult(
@@ -242,4 +273,3 @@ def separate_file(
         mono_input=source.mono,
         peak_buffered_frames=source.peak_buffered_frames,
     )
-

@@ -16,9 +16,10 @@ from typing import Literal
 
 import numpy as np
 
-from stemflow.audio.decode import AudioSource, DecodedAudio, load_audio
+from stemflow.audio.decode import DecodedAudio, load_audio
 from stemflow.audio.encode import ClipPolicy, EncodedAudio, encode
 from stemflow.audio.formats import AudioFormat
+from stemflow.audio.source import AudioSource
 from stemflow.engine.separator import Separator
 from stemflow.errors import StemflowError
 from stemflow.measures.quality import stem_quality, track_quality
