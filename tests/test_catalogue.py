@@ -16,6 +16,7 @@ from s3_fixtures import backend, moto_server, s3_bucket, s3_options  # noqa: F40
 from stemflow.catalogue import listing as catalogue_listing
 from stemflow.catalogue import manifests as manifest
 from stemflow.catalogue import planning as catalogue_planning
+from stemflow.audio.formats import DECODABLE_EXTENSIONS
 from stemflow.catalogue import tracks as catalogue_tracks
 from stemflow.errors import StorageError
 from stemflow.store import commit, objects, paths
@@ -31,6 +32,9 @@ TREE = {
     "x/y.aiff": b"aiff",
     "x/z.aif": b"aif",
     "x/v.mp4": b"mp4",
+    "x/w.opus": b"opus",
+    "x/u.webm": b"webm",
+    "x/t.wave": b"wave",
     "notes.txt": b"not audio",
     "x/cover.jpg": b"not audio",
     ".hidden.wav": b"hidden",
@@ -81,6 +85,20 @@ def test_stem_mp4_counts_once_and_extensions() -> None:
     assert catalogue_listing.audio_extension("X.WAV") == "wav"
     assert catalogue_listing.audio_extension("cover.jpg") is None
     assert catalogue_listing.audio_extension("noext") is None
+
+
+def test_catalogue_lists_what_the_decoder_reads(tmp_path: Any) -> None:
+    assert {f".{e}" for e in catalogue_listing.AUDIO_EXTENSIONS} == DECODABLE_EXTENSIONS
+    assert catalogue_listing.audio_extension("a/b.Opus") == "opus"
+    assert catalogue_listing.audio_extension("b.webm") == "webm"
+    assert catalogue_listing.audio_extension("song.mp3", ["flac"]) is None
+    assert catalogue_listing.audio_extension("song.FLAC", [".flac"]) == "flac"
+    assert catalogue_listing.audio_extension("s.stem.mp4", ["mp4"]) == "stem.mp4"
+    assert catalogue_listing.audio_extension("s.stem.mp4", ["stem.mp4"]) == "stem.mp4"
+    assert catalogue_listing.audio_extension("v.mp4", ["stem.mp4"]) is None
+    _populate(str(tmp_path), None)
+    kept = catalogue_listing.list_audio(str(tmp_path), extensions=("flac", "mp4"), fingerprint="mtime")
+    assert sorted(_rel(str(tmp_path), None, t.url) for t in kept) == ["a/b/c/three.stem.mp4", "a/b/two.FLAC", "x/v.mp4"]
 
 
 def test_listing_streams_folder_by_folder() -> None:
@@ -209,12 +227,13 @@ def test_plan_excludes_committed_and_shards(backend: tuple[str, Any], lookup: st
         assert commit.commit_track(out, model, done.track_id, [stem], source_url=done.url, run_id="r0",
                                    storage_options=options)
     shards = list(catalogue_planning.plan(iter(tracks), out, model, shard_size=3, storage_options=options,
-                                 lookup=lookup, probe_batch=4))
+                                          lookup=lookup, probe_batch=4))
     assert [s.index for s in shards] == [0, 1, 2]
     assert [len(s.tracks) for s in shards] == [3, 3, 1]
     planned = [t for s in shards for t in s.tracks]
     assert planned == [t for i, t in enumerate(tracks) if i not in (1, 4)]
-    other_model = list(catalogue_planning.plan(tracks, out, "model-b", shard_size=100, storage_options=options, lookup=lookup))
+    other_model = list(catalogue_planning.plan(tracks, out, "model-b", shard_size=100, storage_options=options,
+                                               lookup=lookup))
     assert len(other_model) == 1 and len(other_model[0].tracks) == 9
 
 
@@ -281,7 +300,7 @@ def test_track_ref_dict_round_trip() -> None:
     import json
 
     track = catalogue_tracks.TrackRef(url="s3://b/a b.wav", track_id="0123abcd", size=5, etag="e", mtime_ns=7,
-                               extra={"artist": "Ä", "group": 3})
+                                      extra={"artist": "Ä", "group": 3})
     assert catalogue_tracks.TrackRef.from_dict(json.loads(json.dumps(track.to_dict()))) == track
     with pytest.raises(StorageError, match="without 'track_id'"):
         catalogue_tracks.TrackRef.from_dict({"url": "s3://b/x.wav"})

@@ -127,6 +127,46 @@ def test_keys_cannot_escape_the_output_prefix(tmp_path: Any, model_id: str, trac
             commit.read_marker(out, model_id, track_id)
 
 
+# A marker exactly as stemflow 0.1 wrote it (before the package was regrouped): the format is stored data.
+MARKER_V1 = b"""{
+ "committed_at": "2026-11-24T10:00:00+00:00",
+ "extra": {
+  "device": "cpu"
+ },
+ "format": "stemflow.commit/1",
+ "model_id": "bs-roformer-1297-0123456789ab-cafe",
+ "run_id": "run-1",
+ "source_url": "s3://cat/a.wav",
+ "started_at": "2026-11-24T09:59:00+00:00",
+ "stems": [
+  {
+   "file_name": "vocals.flac",
+   "sha256": "abababababababababababababababababababababababababababababababab",
+   "size": 12,
+   "stem": "vocals"
+  },
+  {
+   "file_name": "instrumental.flac",
+   "sha256": "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+   "size": 34,
+   "stem": "instrumental"
+  }
+ ],
+ "track_id": "0123456789abcdef0123"
+}"""
+
+
+def test_marker_format_is_unchanged() -> None:
+    marker = commit.CommitMarker(
+        model_id=MODEL, track_id="0123456789abcdef0123", source_url="s3://cat/a.wav", run_id="run-1",
+        stems=(commit.StemObject("vocals", "vocals.flac", 12, "ab" * 32),
+               commit.StemObject("instrumental", "instrumental.flac", 34, "cd" * 32)),
+        committed_at="2026-11-24T10:00:00+00:00", started_at="2026-11-24T09:59:00+00:00", extra={"device": "cpu"},
+    )
+    assert commit.CommitMarker.from_json(MARKER_V1) == marker
+    assert marker.to_json() == MARKER_V1
+
+
 def test_malformed_marker_is_an_error() -> None:
     with pytest.raises(StorageError, match="malformed"):
         commit.CommitMarker.from_json(b'{"format": "other"}')

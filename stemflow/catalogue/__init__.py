@@ -1,1 +1,12 @@
-"""TODO(regroup): package docstring."""
+"""The catalogue: which source tracks exist, their stable ids, and what is left to do for a model.
+
+Everything here streams (generators, bounded look-ahead), so memory does not
+grow with the catalogue. It builds on :mod:`stemflow.store` and the format table
+:mod:`stemflow.audio.formats` only (no torch, soundfile, Ray or Prefect).
+
+- ``tracks``: :class:`TrackRef` and the stable ``track_id`` of an audio object.
+- ``listing``: walk a folder or prefix, folder by folder, yielding the audio objects.
+- ``manifests``: read a CSV or Parquet catalogue manifest in row batches.
+- ``lookahead``: ``ordered_map``, a streaming thread-pool map that keeps the input order.
+- ``planning``: drop what is committed for a ``model_id`` and group the rest into shards.
+"""

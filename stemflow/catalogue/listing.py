@@ -1,30 +1,16 @@
-"""The catalogue: which audio objects exist, their stable track ids, and what is left to do.
+"""Listing a catalogue: walk a folder or prefix and yield one :class:`TrackRef` per audio object.
 
-* :func:`list_audio` walks any fsspec URL (local folder, ``s3://bucket/prefix``,
-  ``memory://``) folder by folder and yields :class:`TrackRef` as it goes.
-* :func:`stemflow.catalogue.manifests.read_manifest` streams a CSV or Parquet manifest
-  (a ``url`` column, optional ``track_id``, ``size``, ``etag``, other columns carried along).
-* :func:`plan` drops tracks already committed for a ``model_id`` and groups the
-  rest into :class:`Shard` s.
+:func:`list_audio` walks any fsspec URL (local folder, ``s3://bucket/prefix``,
+``memory://``) folder by folder, in sorted depth-first order, and yields tracks
+as it goes: memory stays bounded by one folder's listing plus the look-ahead,
+whatever the catalogue's size. The next folders are listed and the local files
+hashed (for their track ids, :mod:`stemflow.catalogue.tracks`) concurrently, on
+a small thread pool; the order does not depend on the concurrency.
 
-Everything is a generator: memory stays bounded by one folder's listing (or one
-manifest row batch) plus one shard, whatever the catalogue's size.
-
-Track ids
----------
-``track_id`` = first 20 hex digits of ``sha256(url \0 size \0 fingerprint)``,
-where ``url`` is the normalised URL (``s3://b/k``, ``file:///abs/path``) and the
-fingerprint is the object's ETag where the store has one (S3, GCS), otherwise
-(local files, memory://) by default the sha256 of the content. So the same
-object always gets the same id; a copy under another URL gets another id; new
-content under the same URL gets a new id (new size, ETag or hash).
-
-The content hash costs one full read of every local file at listing time
-(~40 MB per 4-minute WAV; about 1 TB/hour from a fast SSD). It is stable under
-``touch``, backup restores and ``rsync`` without ``-t``. ``fingerprint="mtime"``
-uses the modification time in ns instead: free, but any touch gives a new id
-and the track is separated again. 80-bit ids make a collision among 100 million
-tracks unlikely (probability ≈ n²/2⁸¹ ≈ 4·10⁻⁹).
+What counts as audio is the one format table, :mod:`stemflow.audio.formats`:
+the catalogue lists exactly the files the decoder reads (``x.stem.mp4`` is one
+track). Hidden names, excluded subtrees (the output inside the catalogue),
+dangling links and symlink loops are skipped.
 """
 
 from __future__ import annotations
@@ -34,13 +20,14 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from stemflow.audio.formats import DECODABLE_EXTENSIONS
+from stemflow.audio.formats import DECODABLE_EXTENSIONS, audio_suffix
+from stemflow.catalogue.lookahead import ordered_map
 from stemflow.catalogue.tracks import Fingerprint, TrackRef, track_from_info
 from stemflow.errors import StorageError
 from stemflow.store.objects import ObjectInfo, info_to_object
@@ -49,18 +36,22 @@ from stemflow.store.paths import StorageOptions, filesystem, normalise_url, url_
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS: tuple[str, ...] = tuple(sorted(e.lstrip(".") for e in DECODABLE_EXTENSIONS))
-
-
-"""Extensions listed by default (matched case-insensitively). ``x.stem.mp4`` is one track."""
+"""Extensions listed by default, without the dot: every one the decoder reads. ``x.stem.mp4`` is one track."""
 
 
 def audio_extension(name: str, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> str | None:
-    """The audio extension of a file name (``"stem.mp4"`` for NI stems), or ``None``."""
-    lower = name.rsplit("/", 1)[-1].lower()
-    if lower.endswith(".stem.mp4") and "mp4" in extensions:
-        return "stem.mp4"
-    suffix = lower.rsplit(".", 1)[-1] if "." in lower else ""
-    return suffix if suffix in {e.lower() for e in extensions} else None
+    """The audio extension of a file name without the dot (``"stem.mp4"`` for stems files), or ``None``.
+
+    A name is audio when :func:`stemflow.audio.formats.audio_suffix` says so and
+    its extension is among ``extensions`` (case-insensitive, with or without the
+    dot); a ``.stem.mp4`` file counts when ``"mp4"`` or ``"stem.mp4"`` is.
+    """
+    suffix = audio_suffix(name)
+    if suffix is None:
+        return None
+    wanted = {e.lower().lstrip(".") for e in extensions}
+    extension = suffix.lstrip(".")
+    return extension if extension in wanted or extension.rsplit(".", 1)[-1] in wanted else None
 
 
 def _list_folder(fs: AbstractFileSystem, folder: str) -> list[dict[str, Any]]:
@@ -132,20 +123,6 @@ def _iter_folder_entries(
         pending.extendleft(reversed(subfolders))
 
 
-def ordered_map(fn: Callable[[Any], TrackRef], items: Iterable[Any], pool: ThreadPoolExecutor, ahead: int) -> Iterator[TrackRef]:
-    """``map(fn, items)`` on ``pool`` with at most ``ahead`` calls in flight, results in input order.
-
-    Unlike ``pool.map`` it consumes ``items`` lazily, so it streams.
-    """
-    in_flight: deque[Future[TrackRef]] = deque()
-    for item in items:
-        in_flight.append(pool.submit(fn, item))
-        if len(in_flight) >= max(1, ahead):
-            yield in_flight.popleft().result()
-    while in_flight:
-        yield in_flight.popleft().result()
-
-
 def list_audio(
     url: str,
     *,
@@ -160,8 +137,9 @@ def list_audio(
 
     Args:
         url: a folder/prefix, or a single object.
-        extensions: case-insensitive extensions to keep.
-        fingerprint: how local/memory objects (no ETag) are fingerprinted, see the module docstring.
+        extensions: the extensions to keep, case-insensitive (see :func:`audio_extension`);
+            by default every extension the decoder reads.
+        fingerprint: how local/memory objects (no ETag) are fingerprinted, see :mod:`stemflow.catalogue.tracks`.
         exclude: URLs whose subtrees are skipped (e.g. the output location if it lies inside).
         include_hidden: also list names starting with ``.`` (skipped by default).
         workers: folders listed ahead and files hashed concurrently (threads). The

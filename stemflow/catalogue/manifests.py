@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,19 +19,20 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from stemflow.catalogue.listing import ordered_map
+from stemflow.catalogue.lookahead import ordered_map
 from stemflow.catalogue.tracks import Fingerprint, TrackRef, compute_track_id, track_from_info
 from stemflow.errors import StorageError
 from stemflow.store.objects import object_info
 from stemflow.store.paths import StorageOptions, check_component, filesystem, normalise_url
 
-logger = logging.getLogger(__name__)
-
-
 MANIFEST_FIELDS: tuple[str, ...] = ("url", "track_id", "size", "etag")
-
-
 """Columns with a meaning; all others go to ``TrackRef.extra``."""
+
+PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
+"""File name endings (lower-case) of Parquet manifests; the other manifests are CSV."""
+
+MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", *PARQUET_SUFFIXES)
+"""File name endings (lower-case) of catalogue manifests: CSV or Parquet."""
 
 
 def _resolve_manifest_url(value: str, manifest_folder: str) -> str:
@@ -45,7 +45,7 @@ def _manifest_batches(url: str, storage_options: StorageOptions, batch_rows: int
     fs, path = filesystem(url, storage_options)
     lower = path.lower()
     try:
-        if lower.endswith((".parquet", ".pq")):
+        if lower.endswith(PARQUET_SUFFIXES):
             with fs.open(path, "rb") as handle:
                 yield from pq.ParquetFile(handle).iter_batches(batch_size=batch_rows)
         elif lower.endswith(".csv"):

@@ -1,20 +1,27 @@
-"""TODO(regroup): docstring. Split out of stemflow.catalogue."""
+"""Planning: what is left to do for a ``model_id``, grouped into shards.
+
+:func:`plan` takes a catalogue (a folder/prefix URL, a catalogue manifest URL,
+or any iterable of :class:`~stemflow.catalogue.tracks.TrackRef`), drops the
+tracks already committed for the model (:func:`uncommitted`: by probing each
+track's commit marker, or by listing the committed ones once) and groups the
+rest into numbered :class:`Shard` s (:func:`shard`). The whole chain is a
+generator: memory stays bounded by one probe batch plus one shard, however
+large the catalogue; a shard can be handed on while planning goes on.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from stemflow.catalogue.listing import list_audio
+from stemflow.catalogue.manifests import MANIFEST_SUFFIXES, read_manifest
 from stemflow.catalogue.tracks import TrackRef
 from stemflow.errors import StorageError
 from stemflow.store.commit import committed_tracks, marker_url
 from stemflow.store.objects import read_many
 from stemflow.store.paths import StorageOptions
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,10 @@ def uncommitted(
         yield from _probe(batch, output_url, model_id, storage_options)
 
 
-def _probe(batch: list[TrackRef], output_url: str, model_id: str, storage_options: StorageOptions) -> Iterator[TrackRef]:
+def _probe(
+    batch: list[TrackRef], output_url: str, model_id: str, storage_options: StorageOptions
+) -> Iterator[TrackRef]:
+    """The tracks of ``batch`` without a commit marker (one concurrent read of all markers)."""
     unique = list({t.track_id: t for t in batch}.values())
     markers = [marker_url(output_url, model_id, t.track_id) for t in unique]
     for track, marker in zip(unique, read_many(markers, storage_options), strict=True):
@@ -90,10 +100,13 @@ def _probe(batch: list[TrackRef], output_url: str, model_id: str, storage_option
 def iter_catalogue(
     catalogue_url: str, *, storage_options: StorageOptions = None, exclude: Sequence[str] = ()
 ) -> Iterator[TrackRef]:
-    """:func:`stemflow.catalogue.manifests.read_manifest` for a ``.csv``/``.parquet``/``.pq`` URL, else :func:`list_audio`."""
-    if catalogue_url.lower().endswith((".csv", ".parquet", ".pq")):
-        from stemflow.catalogue.manifests import read_manifest  # manifest builds on this module
+    """The tracks of a catalogue URL, streamed.
 
+    A URL ending in one of :data:`~stemflow.catalogue.manifests.MANIFEST_SUFFIXES`
+    is a catalogue manifest (:func:`read_manifest`); anything else is a folder or
+    prefix to list (:func:`list_audio`, skipping the ``exclude`` subtrees).
+    """
+    if catalogue_url.lower().endswith(MANIFEST_SUFFIXES):
         return read_manifest(catalogue_url, storage_options=storage_options)
     return list_audio(catalogue_url, storage_options=storage_options, exclude=exclude)
 
@@ -111,7 +124,7 @@ def plan(
     """Shards of the tracks not yet committed for ``model_id`` under ``output_url``.
 
     ``tracks`` is an iterable of :class:`TrackRef` (from :func:`list_audio` or
-    :func:`stemflow.catalogue.manifests.read_manifest`) or a catalogue URL, read with :func:`iter_catalogue`
+    :func:`read_manifest`) or a catalogue URL, read with :func:`iter_catalogue`
     (then ``storage_options`` serve both, and ``output_url`` is excluded from the
     listing). The whole chain streams. See :func:`uncommitted` for ``lookup``.
     """

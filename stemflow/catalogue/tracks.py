@@ -1,9 +1,30 @@
-"""TODO(regroup): docstring. Split out of stemflow.catalogue."""
+"""Source tracks: :class:`TrackRef` and the stable ``track_id`` of an audio object.
+
+A :class:`TrackRef` is what the catalogue hands on (to planning, shard files,
+Ray rows): the normalised URL of a mixture, its id, and what the store said
+about it. :func:`track_ref` stats one object; :func:`track_from_info` builds the
+reference from a listing entry.
+
+Track ids
+---------
+``track_id`` = first 20 hex digits of ``sha256(url \\0 size \\0 fingerprint)``,
+where ``url`` is the normalised URL (``s3://b/k``, ``file:///abs/path``) and the
+fingerprint is the object's ETag where the store has one (S3, GCS), otherwise
+(local files, memory://) by default the sha256 of the content. So the same
+object always gets the same id; a copy under another URL gets another id; new
+content under the same URL gets a new id (new size, ETag or hash).
+
+The content hash costs one full read of every local file at listing time
+(~40 MB per 4-minute WAV; about 1 TB/hour from a fast SSD). It is stable under
+``touch``, backup restores and ``rsync`` without ``-t``. ``fingerprint="mtime"``
+uses the modification time in ns instead: free, but any touch gives a new id
+and the track is separated again. 80-bit ids make a collision among 100 million
+tracks unlikely (probability ≈ n²/2⁸¹ ≈ 4·10⁻⁹).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,13 +33,11 @@ from stemflow.errors import StorageError
 from stemflow.store.objects import ObjectInfo, object_info, sha256_object
 from stemflow.store.paths import StorageOptions, check_component
 
-logger = logging.getLogger(__name__)
-
-
 TRACK_ID_HEX = 20
-
+"""Hex digits kept of the sha256 (80 bits)."""
 
 Fingerprint = Literal["content", "mtime"]
+"""How objects without an ETag are fingerprinted: their content's sha256, or their mtime."""
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,13 @@
-"""TODO(regroup): package docstring."""
+"""The output store: every read and write of ``<out>/`` goes through this package.
+
+It implements the storage contract of DESIGN.md (stems, commit markers, Parquet
+records, run manifests) on any fsspec URL, with fsspec and pyarrow only (no
+torch, soundfile, Ray or Prefect).
+
+- ``paths``: URL to filesystem, normalised URLs, safe key components and joins.
+- ``objects``: reads and atomic / create-only writes of objects, stat, sha256.
+- ``retry``: bounded retries with full-jitter backoff for transient remote errors.
+- ``commit``: exactly-once stems: write-once stem objects and ``_COMMITTED.json`` markers.
+- ``records``: the quality records (Parquet schema, rows, parts, reading them back).
+- ``runs``: the run manifest ``runs/<run_id>.json``.
+"""

@@ -57,11 +57,11 @@ from stemflow.store.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
-
 MARKER_NAME = "_COMMITTED.json"
+"""File name of the commit marker inside a track's folder."""
 
-
-MARKER_FORMAT = "stemflow.store.commit/1"
+MARKER_FORMAT = "stemflow.commit/1"
+"""The ``format`` value of every marker; a stored value (named after the module it began in), never renamed."""
 
 
 @dataclass(frozen=True)

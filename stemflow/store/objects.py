@@ -9,16 +9,17 @@ environment itself; fsspec's backends may (boto's credential chain).
 
 Write semantics per backend:
 
-=========  ==========================================  ===========================================
-backend    :func:`write_atomic` (overwrite)            :func:`write_create_only` (first writer wins)
-=========  ==========================================  ===========================================
-local      temp file in the same folder + ``os.replace``  temp file + ``os.link`` (fails if present)
-s3         one ``PutObject`` (or a multipart upload,  ``If-None-Match: *`` on the PUT or on
-           visible only when completed)               ``CompleteMultipartUpload`` (HTTP 412 → exists)
-memory     one assignment in the store                 check + write under a process-wide lock
-other      ``fs.pipe_file``                            ``fs.pipe_file(mode="create")`` (the backend's
-                                                       guarantee; gcsfs, adlfs: check their docs)
-=========  ==========================================  ===========================================
+=========  ===============================================  ===========================================
+backend    :func:`write_atomic` (overwrite)                 :func:`write_create_only` (first writer wins)
+=========  ===============================================  ===========================================
+local      temp file in the same folder, fsynced, then      the same temp file, then ``os.link`` (fails
+           ``os.replace`` (:mod:`stemflow.files`)           if present; :mod:`stemflow.files`)
+s3         one ``PutObject`` (or a multipart upload,        ``If-None-Match: *`` on the PUT or on
+           visible only when completed)                     ``CompleteMultipartUpload`` (HTTP 412 → exists)
+memory     one assignment in the store                      check + write under a process-wide lock
+other      ``fs.pipe_file``                                 ``fs.pipe_file(mode="create")`` (the backend's
+                                                            guarantee; gcsfs, adlfs: check their docs)
+=========  ===============================================  ===========================================
 
 Readers therefore never observe a half-written object on local, S3 or memory.
 
@@ -34,31 +35,30 @@ tell their own earlier attempt from another writer compare the stored bytes
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
 import threading
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem, sync
 
 from stemflow.errors import StorageError
-from stemflow.store.paths import StorageOptions, _is_local, _is_memory, filesystem, url_of
+from stemflow.files import HASH_BLOCK_BYTES, sha256_stream, write_file_atomic
+from stemflow.store.paths import StorageOptions, filesystem, is_local_fs, is_memory_fs, url_of
 from stemflow.store.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
 
 logger = logging.getLogger(__name__)
 
-HASH_BLOCK_BYTES = 1 << 20
-
-
-"""Read size when streaming an object through sha256 (1 MiB)."""
-
+T = TypeVar("T")
 
 _MEMORY_LOCK = threading.Lock()
+# memory:// checks existence and writes in two steps; this lock makes create-only
+# writes atomic between threads of this process (memory:// is process-local anyway).
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,15 @@ class ObjectInfo:
 
 def _call(fs: AbstractFileSystem, what: str, operation: Any, retry: RetryPolicy | None) -> Any:
     """Run ``operation()``; on remote filesystems under the retry policy (local, memory: once)."""
-    if _is_local(fs) or _is_memory(fs):
+    if is_local_fs(fs) or is_memory_fs(fs):
         return operation()
     return call_with_retry(operation, what=what, policy=retry or DEFAULT_RETRY)
 
 
-def _local_temp_path(path: str) -> str:
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+def _write_local(path: str, data: bytes, *, create_only: bool) -> None:
+    """Create the folder, then write atomically and durably (:func:`stemflow.files.write_file_atomic`)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_file_atomic(path, data, create_only=create_only)
 
 
 def write_atomic(url: str, data: bytes, storage_options: StorageOptions = None, *,
@@ -99,16 +100,8 @@ def write_atomic(url: str, data: bytes, storage_options: StorageOptions = None, 
     """
     fs, path = filesystem(url, storage_options)
     try:
-        if _is_local(fs):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            temp = _local_temp_path(path)
-            try:
-                with open(temp, "wb") as handle:
-                    handle.write(data)
-                os.replace(temp, path)
-            finally:
-                if os.path.exists(temp):
-                    os.unlink(temp)
+        if is_local_fs(fs):
+            _write_local(path, data, create_only=False)
         else:
             _call(fs, f"write {url}", lambda: fs.pipe_file(path, data), retry)
     except OSError as e:
@@ -128,9 +121,10 @@ def write_create_only(url: str, data: bytes, storage_options: StorageOptions = N
     """
     fs, path = filesystem(url, storage_options)
     try:
-        if _is_local(fs):
-            return _create_local(path, data)
-        if _is_memory(fs):
+        if is_local_fs(fs):
+            _write_local(path, data, create_only=True)
+            return True
+        if is_memory_fs(fs):
             with _MEMORY_LOCK:
                 fs.pipe_file(path, data, mode="create")
             return True
@@ -141,27 +135,6 @@ def write_create_only(url: str, data: bytes, storage_options: StorageOptions = N
         return False
     except OSError as e:
         raise StorageError(f"cannot create {url!r}: {e}") from e
-
-
-def _create_local(path: str, data: bytes) -> bool:
-    """Write a temp file, then hard-link it to ``path`` (``link`` fails if ``path`` exists)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temp = _local_temp_path(path)
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return False
-        except OSError:
-            # Filesystems without hard links: O_EXCL create (a reader may briefly see it partial).
-            with open(path, "xb") as handle:
-                handle.write(data)
-        return True
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
 
 
 def read_bytes(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> bytes:
@@ -200,28 +173,10 @@ def exists_many(
     Raises:
         StorageError: a check failed.
     """
-    url_list = list(urls)
-    if not url_list:
-        return []
-    fs, _ = filesystem(url_list[0], storage_options)
-    paths = [fs._strip_protocol(url) for url in url_list]
-    try:
-        if isinstance(fs, AsyncFileSystem) and fs.loop is not None:
-            return list(_call(fs, f"check {len(paths)} objects", lambda: sync(fs.loop, _exists_async, fs, paths,
-                                                                            concurrency), retry))
-        return [bool(fs.exists(path)) for path in paths]
-    except OSError as e:
-        raise StorageError(f"cannot check {len(paths)} objects under {url_list[0]!r}: {e}") from e
-
-
-async def _exists_async(fs: AsyncFileSystem, paths: list[str], concurrency: int) -> list[bool]:
-    gate = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(path: str) -> bool:
-        async with gate:
-            return bool(await fs._exists(path))
-
-    return list(await asyncio.gather(*(one(path) for path in paths)))
+    return _each_object(
+        list(urls), storage_options, verb="check", concurrency=concurrency, retry=retry,
+        one=lambda fs, path: bool(fs.exists(path)), one_async=_exists_async,
+    )
 
 
 def read_many(
@@ -238,17 +193,56 @@ def read_many(
     Raises:
         StorageError: a read failed for another reason than "not found".
     """
+    return _each_object(
+        urls, storage_options, verb="read", concurrency=concurrency, retry=retry,
+        one=_read_or_none, one_async=_read_or_none_async,
+    )
+
+
+def _each_object(
+    urls: Sequence[str],
+    storage_options: StorageOptions,
+    *,
+    verb: str,
+    concurrency: int,
+    retry: RetryPolicy | None,
+    one: Callable[[AbstractFileSystem, str], T],
+    one_async: Callable[[AsyncFileSystem, str], Awaitable[T]],
+) -> list[T]:
+    """``one(fs, path)`` for every URL (all on the filesystem of the first), in order.
+
+    On async backends (S3) ``one_async`` runs instead, ``concurrency`` calls at
+    once, the whole batch under the retry policy; elsewhere ``one`` runs in turn.
+    """
     if not urls:
         return []
     fs, _ = filesystem(urls[0], storage_options)
     paths = [fs._strip_protocol(url) for url in urls]
     try:
         if isinstance(fs, AsyncFileSystem) and fs.loop is not None:
-            return list(_call(fs, f"read {len(paths)} objects", lambda: sync(fs.loop, _read_many_async, fs, paths,
-                                                                           concurrency), retry))
-        return [_read_or_none(fs, path) for path in paths]
+            gather = functools.partial(sync, fs.loop, _gather, one_async, fs, paths, concurrency)
+            return list(_call(fs, f"{verb} {len(paths)} objects", gather, retry))
+        return [one(fs, path) for path in paths]
     except OSError as e:
-        raise StorageError(f"cannot read {len(paths)} objects under {urls[0]!r}: {e}") from e
+        raise StorageError(f"cannot {verb} {len(paths)} objects under {urls[0]!r}: {e}") from e
+
+
+async def _gather(
+    one_async: Callable[[AsyncFileSystem, str], Awaitable[T]], fs: AsyncFileSystem, paths: list[str],
+    concurrency: int,
+) -> list[T]:
+    """``one_async(fs, path)`` for every path, at most ``concurrency`` at once; results in order."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def gated(path: str) -> T:
+        async with gate:
+            return await one_async(fs, path)
+
+    return list(await asyncio.gather(*(gated(path) for path in paths)))
+
+
+async def _exists_async(fs: AsyncFileSystem, path: str) -> bool:
+    return bool(await fs._exists(path))
 
 
 def _read_or_none(fs: AbstractFileSystem, path: str) -> bytes | None:
@@ -258,17 +252,11 @@ def _read_or_none(fs: AbstractFileSystem, path: str) -> bytes | None:
         return None
 
 
-async def _read_many_async(fs: AsyncFileSystem, paths: list[str], concurrency: int) -> list[bytes | None]:
-    gate = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(path: str) -> bytes | None:
-        async with gate:
-            try:
-                return await fs._cat_file(path)
-            except (FileNotFoundError, IsADirectoryError):
-                return None
-
-    return list(await asyncio.gather(*(one(path) for path in paths)))
+async def _read_or_none_async(fs: AsyncFileSystem, path: str) -> bytes | None:
+    try:
+        return await fs._cat_file(path)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
 
 
 def info_to_object(fs: AbstractFileSystem, entry: Mapping[str, Any]) -> ObjectInfo:
@@ -313,7 +301,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 def sha256_object(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> str:
-    """Hex sha256 of an object, streamed in :data:`HASH_BLOCK_BYTES` reads (memory O(1 MiB)).
+    """Hex sha256 of an object, streamed in 1 MiB reads (:func:`stemflow.files.sha256_stream`).
 
     Raises:
         FileNotFoundError: nothing at ``url``.
@@ -322,11 +310,8 @@ def sha256_object(url: str, storage_options: StorageOptions = None, *, retry: Re
     fs, path = filesystem(url, storage_options)
 
     def digest_once() -> str:  # a retry starts the digest over
-        digest = hashlib.sha256()
         with fs.open(path, "rb", block_size=HASH_BLOCK_BYTES) as handle:
-            while block := handle.read(HASH_BLOCK_BYTES):
-                digest.update(block)
-        return digest.hexdigest()
+            return sha256_stream(handle)
 
     try:
         return str(_call(fs, f"hash {url}", digest_once, retry))

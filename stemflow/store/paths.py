@@ -1,8 +1,21 @@
-"""TODO(regroup): docstring. Split out of stemflow.storage."""
+"""Where objects live: fsspec URLs, the filesystem behind a URL, and safe key components.
+
+Every URL the store handles (a local path, ``file://…``, ``s3://bucket/key``,
+``memory://…``, ``gs://…``) is resolved here with :func:`filesystem` to an fsspec
+filesystem and a path inside it, given explicit ``storage_options``
+(:data:`StorageOptions`). :func:`normalise_url` gives the one canonical spelling
+(``s3://b/k``, ``file:///abs/path``, ``memory:///p``) that track ids and records
+are built from.
+
+Keys are built only with :func:`join_url`, whose components pass
+:func:`check_component`: a model id, track id, run id or stem name can never
+climb out of the prefix it is joined under.
+
+Reads and writes themselves are in :mod:`stemflow.store.objects`.
+"""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -12,14 +25,8 @@ from fsspec.core import url_to_fs
 
 from stemflow.errors import StorageError
 
-logger = logging.getLogger(__name__)
-
-
 StorageOptions = Mapping[str, Any] | AbstractFileSystem | None
-
-
 """fsspec filesystem keyword arguments, a ready filesystem, or ``None`` (defaults)."""
-
 
 _SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
 
@@ -89,15 +96,16 @@ def join_url(base_url: str, *components: str) -> str:
     return "/".join([base_url.rstrip("/"), *components])
 
 
-def _is_local(fs: AbstractFileSystem) -> bool:
+def is_local_fs(fs: AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local disk (``file://``)."""
     return "file" in _protocols(fs)
 
 
-def _is_memory(fs: AbstractFileSystem) -> bool:
+def is_memory_fs(fs: AbstractFileSystem) -> bool:
+    """Whether ``fs`` is fsspec's in-process ``memory://`` store."""
     return "memory" in _protocols(fs)
 
 
 def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
-

@@ -1,9 +1,13 @@
-"""Quality records as hive-partitioned Parquet, and the per-run JSON manifest.
+"""Quality records: one row per (track, stem), stored as hive-partitioned Parquet parts.
 
 Layout::
 
     <out>/metadata/model_id=<m>/run_date=<YYYY-MM-DD>/run_id=<r>/part-<nnnnn>.parquet
-    <out>/runs/<run_id>.json
+
+This module holds the schema (:data:`COLUMNS`), builds rows (:func:`stem_rows`,
+:func:`error_row`), writes one part per shard (:func:`write_part`) and reads them
+back (:func:`read_records`). The run manifest ``<out>/runs/<run_id>.json`` is
+:mod:`stemflow.store.runs`.
 
 **One row per (track, stem)**, the track's columns repeated on each of its stem
 rows. One flat table is what pandas, DuckDB and spreadsheet users filter
@@ -83,7 +87,6 @@ def _c(name: str, type_: pa.DataType, unit: str, scope: str, description: str) -
 
 _F = pa.float64()
 
-
 COLUMNS: tuple[Column, ...] = (
     _c("model_id", pa.string(), "", "run", "model + weights + settings id (partition)"),
     _c("run_date", pa.date32(), "day", "run", "UTC date the run started (partition)"),
@@ -119,36 +122,27 @@ COLUMNS: tuple[Column, ...] = (
     _c("stemflow_version", pa.string(), "", "run", "stemflow version that wrote the row"),
     _c("created_at", pa.timestamp("us", tz="UTC"), "UTC", "row", "time the row was built"),
 )
-
+"""Every record column, in stored order (the README's table is :func:`schema_markdown`)."""
 
 PARTITION_COLUMNS: tuple[str, ...] = ("model_id", "run_date", "run_id")
-
+"""Columns that live in the part's path (hive partitions), not inside the file."""
 
 RECORD_SCHEMA: pa.Schema = pa.schema([pa.field(c.name, c.type) for c in COLUMNS])
-
-
 """Schema of :func:`read_records`' result: every column, partitions included."""
 
-
 FILE_SCHEMA: pa.Schema = pa.schema([f for f in RECORD_SCHEMA if f.name not in PARTITION_COLUMNS])
-
-
 """Schema stored inside each part file (the partition columns live in the path)."""
-
 
 STEM_MEASURES: frozenset[str] = frozenset(
     c.name for c in COLUMNS if c.scope == "stem" and pa.types.is_floating(c.type)
 )
-
-
 """Per-stem float measures (``stemflow.measures.quality`` keys); adding one = adding a :data:`COLUMNS` entry."""
 
-
 TRACK_MEASURES: frozenset[str] = frozenset({"residual_db"})
-
+"""Per-track float measures (repeated on each stem row)."""
 
 STATUSES: tuple[str, ...] = ("ok", "error")
-
+"""Values of the ``status`` column."""
 
 _ROW_KEYS = frozenset(FILE_SCHEMA.names)
 
@@ -161,8 +155,6 @@ def schema_markdown() -> str:
 
 
 _ALIASES = {"sample_rate_hz": "sample_rate"}
-
-
 _BLEED_PREFIX = "bleed_ratio_"
 
 

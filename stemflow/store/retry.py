@@ -38,9 +38,7 @@ from stemflow.errors import ConfigError, StorageError
 
 logger = logging.getLogger(__name__)
 
-
 T = TypeVar("T")
-
 
 #: Exception class names (anywhere in the MRO) of transient transport errors raised by
 #: botocore, aiohttp, urllib3, http.client and fsspec; matched by name so that the
@@ -51,7 +49,6 @@ TRANSIENT_ERROR_NAMES = frozenset({
     "ServerDisconnectedError", "ClientPayloadError", "ClientOSError", "ClientConnectionError",
     "ServerTimeoutError", "ProtocolError", "IncompleteRead", "RemoteDisconnected", "FSTimeoutError",
 })
-
 
 #: errno values that are answers, not hiccups: never retried.
 FINAL_ERRNOS = frozenset({
@@ -97,14 +94,9 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-
-
 """The policy storage functions use when given none."""
 
-
 NO_RETRY = RetryPolicy(attempts=1)
-
-
 """Fail on the first error (for callers that retry at a higher level)."""
 
 
@@ -163,4 +155,3 @@ def call_with_retry(
                            what, attempt + 1, policy.attempts, type(e).__name__, e, wait)
             sleep(wait)
     raise StorageError(f"{what}: no attempt made")  # unreachable: attempts >= 1
-

@@ -1,9 +1,20 @@
-"""TODO(regroup): docstring. Split out of stemflow.records."""
+"""The run manifest: one JSON object per run at ``<out>/runs/<run_id>.json``.
+
+A flow writes its run manifest when the run starts (``status="running"``) and
+rewrites it, atomically, as the run progresses and when it ends: what was
+processed (``inputs``), the settings that shaped the output, software versions,
+counts and the final status. It is a summary for people and tools; the truth of
+what is done stays in the commit markers (:mod:`stemflow.store.commit`) and the
+rows in the Parquet records (:mod:`stemflow.store.records`).
+
+The stored keys are part of the storage contract: manifests written by earlier
+versions read back unchanged (e.g. the output URL is stored under
+``inputs["out_url"]``).
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,10 +23,8 @@ from stemflow.errors import StorageError
 from stemflow.store.objects import read_bytes, write_atomic
 from stemflow.store.paths import StorageOptions, check_component, join_url
 
-logger = logging.getLogger(__name__)
-
-
 RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed", "partial")
+"""Values of :attr:`RunManifest.status`."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,7 @@ class RunManifest:
         run_id: the run.
         status: one of :data:`RUN_STATUSES`.
         started_at / finished_at: ISO 8601 UTC; ``finished_at`` is None while running.
-        inputs: what was processed (``catalogue_url``, ``out_url`` = the output URL, ``model``…; stored keys are kept as they are).
+        inputs: what was processed (``catalogue_url``, ``out_url`` = the output URL, ``model``…).
         settings: settings that shaped the output (chunk, overlap, precision, format…).
         versions: software versions (stemflow, torch, …).
         counts: integers (``planned``, ``committed``, ``skipped``, ``errors``, ``shards``…).
@@ -75,12 +84,12 @@ class RunManifest:
         """
         try:
             body = json.loads(data.decode("utf-8"))
-            return cls(**{k: body[k] for k in _MANIFEST_KEYS if k in body})
+            return cls(**{k: body[k] for k in _RUN_MANIFEST_KEYS if k in body})
         except (ValueError, TypeError, KeyError) as e:
             raise StorageError(f"malformed run manifest: {e}") from e
 
 
-_MANIFEST_KEYS: Sequence[str] = (
+_RUN_MANIFEST_KEYS: Sequence[str] = (
     "run_id", "status", "started_at", "finished_at", "inputs", "settings", "versions", "counts",
 )
 
