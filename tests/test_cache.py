@@ -21,17 +21,17 @@ import pytest
 
 from stemflow.errors import ChecksumError, ModelNotAvailableError, StemflowError
 from stemflow.hub import cache as cache_cache
+from stemflow.files import sha256_file
 from stemflow.hub.cache import (
     cached_sha256,
     default_cache_dir,
     fetch_weights,
     is_cached,
-    load_pins,
-    sha256_file,
     weights_path,
     weights_sha256,
 )
 from stemflow.hub.model_list import list_model_rows
+from stemflow.hub.pins import load_pins
 from stemflow.hub.registry import ModelEntry, Registry, ReportedSdr
 
 PAYLOAD_BYTES = 3 * (1 << 20) + 12345  # several 1 MiB reads plus a partial one
@@ -152,10 +152,10 @@ def make_entry(urls: list[str], *, sha256: str | None = None, name: str = "test-
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Temporary download files left in a weights folder."""
+    """Temporary download files left in a weights folder (``.tmp``; ``.part`` from older versions)."""
     if not folder.exists():
         return []
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+    return sorted(p.name for p in folder.glob(".weights.ckpt.*") if p.name.endswith((".tmp", ".part")))
 
 
 # --- downloads ---------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_killed_download_leaves_no_final_file(server: FileServer, tmp_path: Path
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            parts = list(final.parent.glob("*.part")) if final.parent.exists() else []
+            parts = list(final.parent.glob(".weights.ckpt.*.tmp")) if final.parent.exists() else []
             if parts and parts[0].stat().st_size > (1 << 20):
                 break
             time.sleep(0.02)
@@ -301,6 +301,18 @@ def test_killed_download_leaves_no_final_file(server: FileServer, tmp_path: Path
     server.routes["/slow.ckpt"] = Route(data)
     assert fetch_weights(entry, tmp_path).read_bytes() == data
     assert leftovers(final.parent) == []  # ...and the next download removes it
+
+
+def test_a_part_file_left_by_an_older_version_is_removed(server: FileServer, tmp_path: Path) -> None:
+    """Interrupted downloads of stemflow before the regrouping left ``.<name>.<random>.part`` files."""
+    data = payload(23, 5000)
+    server.routes["/w.ckpt"] = Route(data)
+    entry = make_entry([server.url("/w.ckpt")], sha256=sha(data))
+    final = weights_path(entry, tmp_path)
+    final.parent.mkdir(parents=True)
+    (final.parent / ".weights.ckpt.k2j4x8aa.part").write_bytes(data[:100])
+    assert fetch_weights(entry, tmp_path).read_bytes() == data
+    assert leftovers(final.parent) == []
 
 
 def test_offline_error_says_what_to_place_where(server: FileServer, tmp_path: Path) -> None:

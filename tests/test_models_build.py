@@ -8,6 +8,7 @@ layouts first, then used for option combinations no fixture covers.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ from stemflow.models import (
     BSRoformer,
     MelBandRoformer,
     build_model,
+    constructor_arguments,
     get_architecture,
     register_architecture,
 )
+from stemflow.models.bs_roformer import DEFAULT_FREQS_PER_BANDS
 from stemflow.models.config import config_from_dict, load_config
 from stemflow.models.mel_bands import mel_band_membership
 
@@ -266,6 +269,35 @@ def _config(model: dict[str, Any], model_type: str = "bs_roformer"):
         {"model_type": model_type, "audio": {"chunk_size": 512}, "model": model, "training": {"instruments": ["v"]}},
         source="cfg.yaml",
     )
+
+
+SHARED_ARGUMENTS = {
+    "dim": None, "depth": None, "stereo": False, "num_stems": 1, "time_transformer_depth": 2,
+    "freq_transformer_depth": 2, "linear_transformer_depth": 0, "dim_head": 64, "heads": 8, "flash_attn": True,
+    "dim_freqs_in": 1025, "stft_n_fft": 2048, "stft_hop_length": 512, "stft_win_length": 2048,
+    "stft_normalized": False, "stft_window_fn": None, "zero_dc": True, "multi_stft_resolution_loss_weight": 1.0,
+    "multi_stft_resolutions_window_sizes": (4096, 2048, 1024, 512, 256), "multi_stft_hop_size": 147,
+    "multi_stft_normalized": False, "multi_stft_window_fn": None, "mlp_expansion_factor": 4,
+    "use_torch_checkpoint": False, "skip_connection": False, "use_pope": False,
+}
+BS_ARGUMENTS = {**SHARED_ARGUMENTS, "attn_dropout": 0.0, "ff_dropout": 0.0, "mask_estimator_depth": 2,
+                "freqs_per_bands": DEFAULT_FREQS_PER_BANDS}
+MEL_ARGUMENTS = {**SHARED_ARGUMENTS, "attn_dropout": 0.1, "ff_dropout": 0.1, "mask_estimator_depth": 1,
+                 "num_bands": 60, "sample_rate": 44100, "match_input_audio_length": False}
+
+
+@pytest.mark.parametrize(("cls", "arguments"), [(BSRoformer, BS_ARGUMENTS), (MelBandRoformer, MEL_ARGUMENTS)])
+def test_constructors_take_the_reference_arguments_and_defaults(
+    cls: type[nn.Module], arguments: dict[str, Any]
+) -> None:
+    """The MSST constructor arguments, as the signature shows them (config validation reads it)."""
+    parameters = inspect.signature(cls).parameters
+    defaults = {name: None if p.default is inspect.Parameter.empty else p.default for name, p in parameters.items()}
+    assert defaults == arguments
+    assert parameters["dim"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert constructor_arguments(cls) == (set(arguments), {"dim", "depth"}, False)
+    with pytest.raises(TypeError, match="bogus"):
+        cls(8, depth=1, bogus=1)
 
 
 def test_unknown_model_keys_are_listed_with_valid_ones() -> None:

@@ -14,9 +14,8 @@ Stem names are made canonical here (the registry's ``stem_aliases``, e.g. Spleet
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from typing import Any
 from torch import nn
 
 from stemflow.errors import ConfigError
+from stemflow.files import sha256_file
 from stemflow.hub.cache import cached_sha256, fetch_weights, is_cached
+from stemflow.hub.download import ProgressCallback
 from stemflow.hub.model_id import model_id as make_model_id
 from stemflow.hub.registry import ModelEntry, Registry, load_registry
 from stemflow.models import build_model, load_checkpoint_state, load_state_strict
@@ -32,12 +33,8 @@ from stemflow.models.config import ModelConfig, load_config
 
 OFFLINE_DEFAULT = "spleeter-2stems"
 
-
 #: Preferred defaults when their weights are cached, best first; else the offline model.
 DEFAULT_PREFERENCE = ("bs-roformer-musdb18-4stem", "mel-roformer-kj-vocals", "bs-roformer-viperx-1297")
-
-
-ProgressCallback = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -108,14 +105,6 @@ def load_registered(
     return LoadedModel(entry.name, _attach(model, config), config, cached_sha256(path), entry)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_custom(config_path: str | Path, checkpoint_path: str | Path, *, model_type: str | None = None) -> LoadedModel:
     """Load a community-format config plus checkpoint given by path (strict, weights only)."""
     checkpoint = Path(checkpoint_path)
@@ -123,7 +112,7 @@ def load_custom(config_path: str | Path, checkpoint_path: str | Path, *, model_t
     model = build_model(config)
     load_state_strict(model, load_checkpoint_state(checkpoint), checkpoint)
     slug = re.sub(r"[^a-z0-9._-]+", "-", checkpoint.name.lower().removesuffix(checkpoint.suffix)).strip("-._")
-    return LoadedModel(f"custom-{slug or 'model'}", _attach(model, config), config, _sha256(checkpoint))
+    return LoadedModel(f"custom-{slug or 'model'}", _attach(model, config), config, sha256_file(checkpoint))
 
 
 def default_model_name(cache_dir: str | Path, registry: Registry | None = None) -> str:
@@ -133,4 +122,3 @@ def default_model_name(cache_dir: str | Path, registry: Registry | None = None) 
         if registry.has_model(name) and is_cached(registry.get_model(name), cache_dir):
             return name
     return OFFLINE_DEFAULT
-

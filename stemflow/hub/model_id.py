@@ -36,23 +36,12 @@ from typing import Any, NamedTuple
 from stemflow.errors import ConfigError
 
 WEIGHTS_HASH_CHARS = 12
-
-
 SETTINGS_HASH_CHARS = 8
-
-
 OUTPUT_SETTINGS = ("chunk_size", "num_overlap", "precision")
-
-
 """Settings every caller should pass; others (e.g. ``stft_window``) may be added."""
 
-
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
 _MODEL_ID = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)-(?P<weights>[0-9a-f]{12})-s(?P<settings>[0-9a-f]{8})$")
 
 
@@ -130,4 +119,3 @@ def parse_model_id(value: str) -> ModelIdParts:
             f"{value!r} is not a model_id (<name>-<12 hex>-s<8 hex>, characters [a-z0-9._-])"
         )
     return ModelIdParts(match["name"], match["weights"], match["settings"])
-

@@ -1,20 +1,16 @@
-"""TODO(regroup): docstring. Split out of stemflow.cache."""
+"""The backend of ``stemflow models list``: one row per registry model, with where its weights are.
+
+Cheap to call: it reads the registry and looks for files and installed packages,
+but never hashes or downloads anything.
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from stemflow.hub.registry import Registry, load_registry
-
-try:  # POSIX advisory locks; without them two processes may download the same file twice.
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 from stemflow.hub.cache import is_cached, package_version, weights_path
-
-logger = logging.getLogger(__name__)
+from stemflow.hub.registry import Registry, load_registry
 
 
 @dataclass(frozen=True)
@@ -52,4 +48,3 @@ def list_model_rows(cache_dir: str | Path, registry: Registry | None = None) -> 
             )
         )
     return rows
-

@@ -7,7 +7,7 @@ the source states it, and the SDR its authors report and on which data set.
 This module reads that file into frozen dataclasses and answers the three
 questions demucs' model repository answers (``has_model``, ``get_model``,
 ``list_models``). Downloading and caching the weights is
-:mod:`stemflow.cache`'s job.
+:mod:`stemflow.hub.cache`'s job.
 
 Validation is strict: an unknown key, a missing field, a malformed sha256 or a
 name that is not ``[a-z0-9._-]`` (names start every ``model_id``, which must be
@@ -30,30 +30,17 @@ from stemflow.models.config import parse_yaml
 
 logger = logging.getLogger(__name__)
 
-
 REGISTRY_FILENAME = "registry.yaml"
-
-
 SCHEMA_VERSION = 1
-
-
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-
 
 WeightsSource = Literal["url", "package"]
 
-
 _TOP_LEVEL_KEYS = frozenset({"schema_version", "models"})
-
-
 _REQUIRED_KEYS = frozenset(
     {"name", "architecture", "stems", "config", "source", "license", "reported_sdr"}
 )
-
-
 _OPTIONAL_KEYS = frozenset(
     {
         "urls",
@@ -66,8 +53,6 @@ _OPTIONAL_KEYS = frozenset(
         "package",
     }
 )
-
-
 _SDR_KEYS = frozenset({"value", "metric", "dataset"})
 
 
@@ -359,4 +344,3 @@ def has_model(name: str, registry: Registry | None = None) -> bool:
 def get_model_entry(name: str, registry: Registry | None = None) -> ModelEntry:
     """The entry called ``name``; unknown names raise :class:`UnknownModelError` listing valid ones."""
     return (registry or load_registry()).get_model(name)
-

@@ -1,14 +1,18 @@
-"""TODO(regroup): docstring. Split out of stemflow.ray_stage."""
+"""How a worker names the model it should load: :class:`ModelSpec`, and :func:`load_spec`.
+
+A flow or the CLI decides which model a run uses; the workers (Ray actors,
+possibly on other machines) each load it themselves. A :class:`ModelSpec` is
+the small, picklable description that travels to them: a registry name plus
+the weights cache folder, or a community config plus checkpoint, and the
+settings of the :class:`stemflow.engine.separator.Separator` built around it.
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from stemflow.errors import ConfigError
 from stemflow.hub.loading import LoadedModel, load_custom, load_registered
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,4 +48,3 @@ def load_spec(spec: ModelSpec) -> LoadedModel:
     if spec.cache_dir is None:
         raise ConfigError(f"model {spec.name!r} needs a weights cache folder (cache_dir)")
     return load_registered(str(spec.name), spec.cache_dir, offline=spec.offline)
-

@@ -20,6 +20,16 @@ sizes that are multiples of the hop. ``separate_chunks`` instead runs the
 inverse STFT with ``length=L`` (as BS-RoFormer always does), which returns the
 real reconstruction of the last ``L - L'`` samples rather than padding; for
 ``L`` a multiple of the hop it equals ``forward`` exactly.
+
+Modules:
+
+- ``config``: community-format YAML configs (tuple-aware safe loader) into :class:`ModelConfig`.
+- ``checkpoint``: reading checkpoints without unpickling objects, strict loading.
+- ``roformer_options``: the Roformer constructor arguments, declared once and validated.
+- ``roformer_base``: the STFT front end, axial transformer stack and output contract both Roformers share.
+- ``bs_roformer`` / ``mel_band_roformer``: the two Roformers, with the reference's state-dict layout.
+- ``layers``, ``band_layers``, ``mel_bands``: their building blocks (attention, band split, mask estimators, mel bands).
+- ``spleeter``: Spleeter's U-Net and the conversion of its TensorFlow checkpoint.
 """
 
 from __future__ import annotations

@@ -26,13 +26,10 @@ from stemflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-
 # Top-level sections seen in published configs that inference does not use.
 _IGNORED_SECTIONS = frozenset(
     {"augmentations", "loss_multistft", "lora", "metrics", "loss", "valid", "data", "sage"}
 )
-
-
 _KNOWN_SECTIONS = frozenset({"audio", "model", "training", "inference", "model_type"}) | _IGNORED_SECTIONS
 
 
@@ -131,6 +128,77 @@ def _int(section: Mapping[str, Any], key: str, default: int | None, source: str)
     return value
 
 
+def _unknown_sections(data: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    """Top-level sections stemflow does not know (logged, then recorded in the config)."""
+    unknown = tuple(sorted(str(k) for k in data if k not in _KNOWN_SECTIONS))
+    if unknown:
+        logger.warning("%s: ignoring unknown top-level sections %s", source, ", ".join(unknown))
+    return unknown
+
+
+def _model_section(data: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    model_section = data.get("model")
+    if not isinstance(model_section, Mapping):
+        raise ConfigError(f"{source}: missing 'model' section (the model's constructor arguments)")
+    return model_section
+
+
+def _architecture(
+    data: Mapping[str, Any], model_section: Mapping[str, Any], model_type: str | None, source: str
+) -> str:
+    """The caller's ``model_type``, else the file's, else the one the ``model`` keys suggest."""
+    kind = model_type or data.get("model_type") or infer_model_type(model_section)
+    if not kind:
+        raise ConfigError(
+            f"{source}: cannot tell the architecture from the 'model' section; "
+            "add a top-level 'model_type' (e.g. bs_roformer, mel_band_roformer)"
+        )
+    return str(kind)
+
+
+def _section(data: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
+    """An optional section (absent or empty: ``{}``); anything but a mapping is an error."""
+    section = data.get(name) or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{source}: section {name!r} must be a mapping")
+    return section
+
+
+def _stems(training: Mapping[str, Any], source: str) -> tuple[tuple[str, ...], str | None]:
+    """``(instruments, target_instrument)`` from the ``training`` section."""
+    instruments = training.get("instruments")
+    if not instruments or not isinstance(instruments, (list, tuple)):
+        raise ConfigError(f"{source}: 'training.instruments' must list the stems")
+    names = tuple(str(s) for s in instruments)
+    target = training.get("target_instrument")
+    if target is None:
+        return names, None
+    if str(target) not in names:
+        raise ConfigError(
+            f"{source}: training.target_instrument {str(target)!r} is not in training.instruments {list(names)}"
+        )
+    return names, str(target)
+
+
+def _audio_settings(audio: Mapping[str, Any], model_section: Mapping[str, Any], source: str) -> AudioSettings:
+    """The ``audio`` section; the sample rate falls back to the ``model`` section's, then 44100."""
+    sample_rate = audio.get("sample_rate", model_section.get("sample_rate", 44100))
+    return AudioSettings(
+        chunk_size=_int(audio, "chunk_size", None, source),
+        sample_rate=_int({"sample_rate": sample_rate}, "sample_rate", 44100, source),
+        num_channels=_int(audio, "num_channels", 2, source),
+        extra={k: v for k, v in audio.items() if k not in {"chunk_size", "sample_rate", "num_channels"}},
+    )
+
+
+def _inference_settings(inference: Mapping[str, Any], source: str) -> InferenceSettings:
+    return InferenceSettings(
+        batch_size=_int(inference, "batch_size", 1, source),
+        num_overlap=_int(inference, "num_overlap", 4, source),
+        extra={k: v for k, v in inference.items() if k not in {"batch_size", "num_overlap"}},
+    )
+
+
 def config_from_dict(
     data: Mapping[str, Any], *, source: str = "<string>", model_type: str | None = None
 ) -> ModelConfig:
@@ -140,59 +208,18 @@ def config_from_dict(
     the ``model`` keys. Unknown top-level sections are logged and recorded in
     ``unknown_sections``; the ``model`` keys are checked by the model builder.
     """
-    unknown = tuple(sorted(str(k) for k in data if k not in _KNOWN_SECTIONS))
-    if unknown:
-        logger.warning("%s: ignoring unknown top-level sections %s", source, ", ".join(unknown))
-
-    model_section = data.get("model")
-    if not isinstance(model_section, Mapping):
-        raise ConfigError(f"{source}: missing 'model' section (the model's constructor arguments)")
-    kind = model_type or data.get("model_type") or infer_model_type(model_section)
-    if not kind:
-        raise ConfigError(
-            f"{source}: cannot tell the architecture from the 'model' section; "
-            "add a top-level 'model_type' (e.g. bs_roformer, mel_band_roformer)"
-        )
-
-    audio = data.get("audio") or {}
-    training = data.get("training") or {}
-    inference = data.get("inference") or {}
-    for name, section in (("audio", audio), ("training", training), ("inference", inference)):
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{source}: section {name!r} must be a mapping")
-
-    instruments = training.get("instruments")
-    if not instruments or not isinstance(instruments, (list, tuple)):
-        raise ConfigError(f"{source}: 'training.instruments' must list the stems")
-    instruments = tuple(str(s) for s in instruments)
-    target = training.get("target_instrument")
-    if target is not None:
-        target = str(target)
-        if target not in instruments:
-            raise ConfigError(
-                f"{source}: training.target_instrument {target!r} is not in training.instruments "
-                f"{list(instruments)}"
-            )
-
-    sample_rate = audio.get("sample_rate", model_section.get("sample_rate", 44100))
-    audio_settings = AudioSettings(
-        chunk_size=_int(audio, "chunk_size", None, source),
-        sample_rate=_int({"sample_rate": sample_rate}, "sample_rate", 44100, source),
-        num_channels=_int(audio, "num_channels", 2, source),
-        extra={k: v for k, v in audio.items() if k not in {"chunk_size", "sample_rate", "num_channels"}},
-    )
-    inference_settings = InferenceSettings(
-        batch_size=_int(inference, "batch_size", 1, source),
-        num_overlap=_int(inference, "num_overlap", 4, source),
-        extra={k: v for k, v in inference.items() if k not in {"batch_size", "num_overlap"}},
-    )
+    unknown = _unknown_sections(data, source)
+    model_section = _model_section(data, source)
+    kind = _architecture(data, model_section, model_type, source)
+    audio, training, inference = (_section(data, name, source) for name in ("audio", "training", "inference"))
+    instruments, target = _stems(training, source)
     return ModelConfig(
-        model_type=str(kind),
-        audio=audio_settings,
+        model_type=kind,
+        audio=_audio_settings(audio, model_section, source),
         model=dict(model_section),
         instruments=instruments,
         target_instrument=target,
-        inference=inference_settings,
+        inference=_inference_settings(inference, source),
         source=source,
         unknown_sections=unknown,
     )
@@ -206,4 +233,3 @@ def load_config(path: str | Path, *, model_type: str | None = None) -> ModelConf
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e}") from e
     return config_from_dict(parse_yaml(text, source=str(path)), source=str(path), model_type=model_type)
-

@@ -16,15 +16,34 @@ than BS for the same value); the output squeezes the stem axis when
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from stemflow.models.band_layers import BandSplit, MaskEstimator
 from stemflow.models.mel_bands import mel_band_membership
-from stemflow.models.roformer_base import RoformerBase, WindowFn, require_int
+from stemflow.models.roformer_base import RoformerBase
+from stemflow.models.roformer_options import RoformerOptions, require_int, takes_options
+
+
+@dataclass(frozen=True, kw_only=True)
+class MelBandRoformerOptions(RoformerOptions):
+    """Mel-Band-RoFormer's constructor arguments: the shared ones (dropouts default to 0.1) plus its mel bands."""
+
+    attn_dropout: float = 0.1
+    ff_dropout: float = 0.1
+    num_bands: int = 60  # overlapping mel-scale bands
+    sample_rate: int = 44100  # places the mel bands on the STFT bins
+    mask_estimator_depth: int = 1  # hidden layers per band MLP
+    match_input_audio_length: bool = False  # forward returns L samples instead of hop * floor(L / hop)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_int("num_bands", self.num_bands, minimum=2)
+        require_int("sample_rate", self.sample_rate, minimum=1)
+        require_int("mask_estimator_depth", self.mask_estimator_depth, minimum=0)
 
 
 class MelBandRoformer(RoformerBase):
@@ -32,79 +51,21 @@ class MelBandRoformer(RoformerBase):
 
     ``s`` is 2 for ``stereo=True``; a mono model also takes ``[b, L]``.
     ``L' = L`` with ``match_input_audio_length``, else ``hop * floor(L / hop)``.
+    Arguments: the fields of :class:`MelBandRoformerOptions`.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        depth: int,
-        stereo: bool = False,
-        num_stems: int = 1,
-        time_transformer_depth: int = 2,
-        freq_transformer_depth: int = 2,
-        linear_transformer_depth: int = 0,
-        num_bands: int = 60,
-        dim_head: int = 64,
-        heads: int = 8,
-        attn_dropout: float = 0.1,
-        ff_dropout: float = 0.1,
-        flash_attn: bool = True,
-        dim_freqs_in: int = 1025,
-        sample_rate: int = 44100,
-        stft_n_fft: int = 2048,
-        stft_hop_length: int = 512,
-        stft_win_length: int = 2048,
-        stft_normalized: bool = False,
-        stft_window_fn: WindowFn | str | None = None,
-        zero_dc: bool = True,
-        mask_estimator_depth: int = 1,
-        multi_stft_resolution_loss_weight: float = 1.0,
-        multi_stft_resolutions_window_sizes: Sequence[int] = (4096, 2048, 1024, 512, 256),
-        multi_stft_hop_size: int = 147,
-        multi_stft_normalized: bool = False,
-        multi_stft_window_fn: WindowFn | str | None = None,
-        match_input_audio_length: bool = False,
-        mlp_expansion_factor: int = 4,
-        use_torch_checkpoint: bool = False,
-        skip_connection: bool = False,
-        use_pope: bool = False,
-    ) -> None:
-        super().__init__()
-        del dim_freqs_in  # unused by the reference as well: the STFT size decides
-        del multi_stft_resolution_loss_weight, multi_stft_resolutions_window_sizes  # training loss only
-        del multi_stft_hop_size, multi_stft_normalized, multi_stft_window_fn
-        self._init_common(
-            dim=dim,
-            depth=depth,
-            stereo=stereo,
-            num_stems=num_stems,
-            time_transformer_depth=time_transformer_depth,
-            freq_transformer_depth=freq_transformer_depth,
-            linear_transformer_depth=linear_transformer_depth,
-            dim_head=dim_head,
-            heads=heads,
-            attn_dropout=attn_dropout,
-            ff_dropout=ff_dropout,
-            flash_attn=flash_attn,
-            stft_n_fft=stft_n_fft,
-            stft_hop_length=stft_hop_length,
-            stft_win_length=stft_win_length,
-            stft_normalized=stft_normalized,
-            stft_window_fn=stft_window_fn,
-            zero_dc=zero_dc,
-            mlp_expansion_factor=mlp_expansion_factor,
-            use_torch_checkpoint=use_torch_checkpoint,
-            skip_connection=skip_connection,
-            use_pope=use_pope,
-            norm_output=True,
-        )
-        require_int("num_bands", num_bands, minimum=2)
-        require_int("sample_rate", sample_rate, minimum=1)
-        require_int("mask_estimator_depth", mask_estimator_depth, minimum=0)
-        self.match_input_audio_length = bool(match_input_audio_length)
+    @takes_options(MelBandRoformerOptions)
+    def __init__(self, dim: int, **arguments: Any) -> None:
+        options = MelBandRoformerOptions(dim=dim, **arguments)
+        super().__init__(options, norm_output=True)
+        self.match_input_audio_length = bool(options.match_input_audio_length)
+        num_freqs_per_band = self._register_band_buffers(options)
+        band_features = tuple(2 * f * self.audio_channels for f in num_freqs_per_band.tolist())
+        self._add_band_modules(options, band_features, max(options.mask_estimator_depth, 0))
 
-        membership_np = mel_band_membership(sample_rate, stft_n_fft, num_bands)  # [k, f]
+    def _register_band_buffers(self, options: MelBandRoformerOptions) -> Tensor:
+        """Register which bins each band gathers; return the number of bins per band ``[k]``."""
+        membership_np = mel_band_membership(options.sample_rate, options.stft_n_fft, options.num_bands)  # [k, f]
         # Bins of every band, bands in ascending order: [sum over bands of bins per band].
         # Built with numpy so the buffers are real CPU tensors even under a meta-device context.
         freq_indices = torch.from_numpy(np.nonzero(membership_np)[1].astype(np.int64))
@@ -117,13 +78,7 @@ class MelBandRoformer(RoformerBase):
         self.register_buffer("freqs_per_band", membership, persistent=False)
         self.register_buffer("num_freqs_per_band", num_freqs_per_band, persistent=False)
         self.register_buffer("num_bands_per_freq", num_bands_per_freq, persistent=False)
-
-        band_features = tuple(2 * f * self.audio_channels for f in num_freqs_per_band.tolist())
-        self.band_split = BandSplit(dim, band_features)
-        self.mask_estimators = torch.nn.ModuleList(
-            MaskEstimator(dim, band_features, max(mask_estimator_depth, 0), mlp_expansion_factor)
-            for _ in range(num_stems)
-        )
+        return num_freqs_per_band
 
     freq_indices: Tensor
     num_bands_per_freq: Tensor

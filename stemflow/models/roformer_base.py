@@ -5,7 +5,8 @@ of (optional linear-attention transformer over all time-band tokens, a
 transformer over time per band, a transformer over bands per frame) -> one
 mask estimator per stem -> complex mask times the mixture STFT -> inverse STFT.
 The subclasses differ in how bands are cut from the spectrogram and where the
-output norm sits.
+output norm sits. Their constructor arguments are declared in
+:mod:`stemflow.models.roformer_options`.
 
 Output contract for the separation engine (every registered model provides it):
 
@@ -21,167 +22,105 @@ Dimension letters: ``b`` batch, ``s`` audio channels (1 or 2), ``f`` STFT bins,
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from stemflow.errors import ConfigError, StemflowError
+from stemflow.errors import StemflowError
+from stemflow.models.band_layers import BandSplit, MaskEstimator
 from stemflow.models.layers import PolarEmbedding, RotaryEmbedding, Transformer
-
-logger = logging.getLogger(__name__)
-
-WindowFn = Callable[..., Tensor]
-
-_WINDOW_FUNCTIONS: dict[str, WindowFn] = {
-    "hann_window": torch.hann_window,
-    "hamming_window": torch.hamming_window,
-    "blackman_window": torch.blackman_window,
-    "bartlett_window": torch.bartlett_window,
-    "kaiser_window": torch.kaiser_window,
-}
+from stemflow.models.roformer_options import RoformerOptions, resolve_window_fn
 
 
-def resolve_window_fn(window_fn: WindowFn | str | None) -> WindowFn:
-    """Map ``stft_window_fn`` (None, a callable, or a torch window name such as
-    ``"hann_window"`` / ``"torch.hann_window"``) to a window function; None is Hann."""
-    if window_fn is None:
-        return torch.hann_window
-    if callable(window_fn):
-        return window_fn
-    if isinstance(window_fn, str):
-        name = window_fn.removeprefix("torch.")
-        if name in _WINDOW_FUNCTIONS:
-            return _WINDOW_FUNCTIONS[name]
-    raise ConfigError(f"stft_window_fn {window_fn!r} is not one of {sorted(_WINDOW_FUNCTIONS)}")
+def transformer_arguments(options: RoformerOptions, *, norm_output: bool) -> dict[str, Any]:
+    """Keyword arguments every :class:`~stemflow.models.layers.Transformer` of the stack shares."""
+    return dict(
+        dim=options.dim,
+        heads=options.heads,
+        dim_head=options.dim_head,
+        attn_dropout=float(options.attn_dropout),
+        ff_dropout=float(options.ff_dropout),
+        flash_attn=bool(options.flash_attn),
+        norm_output=norm_output,
+    )
 
 
-def require_int(name: str, value: Any, *, minimum: int) -> int:
-    """Return ``value`` if it is an int (not a bool) >= ``minimum``, else raise ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+def position_embedding(options: RoformerOptions) -> dict[str, nn.Module]:
+    """One axis' position module, as the Transformer keyword naming it: rotary, or polar with ``use_pope``."""
+    if options.use_pope:
+        return {"pope_embed": PolarEmbedding(options.dim_head, heads=options.heads)}
+    return {"rotary_embed": RotaryEmbedding(options.dim_head)}
 
 
-def require_float(name: str, value: Any, *, minimum: float, maximum: float) -> float:
-    """Return ``value`` as float if it is a number in ``[minimum, maximum]``, else raise ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be a number in [{minimum}, {maximum}], got {value!r}")
-    return float(value)
+def build_axial_layers(options: RoformerOptions, *, norm_output: bool) -> nn.ModuleList:
+    """``depth`` blocks of ([linear transformer,] time transformer, band transformer).
+
+    One position module per axis, shared by all of that axis' layers (the
+    reference stores its tensors under every attention layer's keys).
+    """
+    shared = transformer_arguments(options, norm_output=norm_output)
+    time_position = position_embedding(options)
+    freq_position = position_embedding(options)
+    layers = nn.ModuleList()
+    for _ in range(options.depth):
+        block: list[nn.Module] = []
+        if options.linear_transformer_depth > 0:
+            block.append(Transformer(depth=options.linear_transformer_depth, linear_attn=True, **shared))
+        block.append(Transformer(depth=options.time_transformer_depth, **time_position, **shared))
+        block.append(Transformer(depth=options.freq_transformer_depth, **freq_position, **shared))
+        layers.append(nn.ModuleList(block))
+    return layers
+
+
+def stft_arguments(options: RoformerOptions) -> dict[str, Any]:
+    """Keyword arguments of ``torch.stft`` / ``torch.istft`` (the window is passed separately)."""
+    return dict(
+        n_fft=options.stft_n_fft,
+        hop_length=options.stft_hop_length,
+        win_length=options.stft_win_length,
+        normalized=bool(options.stft_normalized),
+    )
 
 
 class RoformerBase(nn.Module):
-    """Shared machinery; subclasses call :meth:`_init_common` first, then add their band modules."""
+    """Shared machinery; a subclass builds its options, passes them to ``__init__``, then adds its band modules."""
 
     stereo: bool
     audio_channels: int
     num_stems: int
-    mask_estimators: nn.ModuleList  # set by the subclass: one MaskEstimator per stem
+    band_split: BandSplit  # set by _add_band_modules, as are the mask estimators (one per stem)
+    mask_estimators: nn.ModuleList
 
-    def _init_common(
-        self,
-        *,
-        dim: int,
-        depth: int,
-        stereo: bool,
-        num_stems: int,
-        time_transformer_depth: int,
-        freq_transformer_depth: int,
-        linear_transformer_depth: int,
-        dim_head: int,
-        heads: int,
-        attn_dropout: float,
-        ff_dropout: float,
-        flash_attn: bool,
-        stft_n_fft: int,
-        stft_hop_length: int,
-        stft_win_length: int,
-        stft_normalized: bool,
-        stft_window_fn: WindowFn | str | None,
-        zero_dc: bool,
-        mlp_expansion_factor: int,
-        use_torch_checkpoint: bool,
-        skip_connection: bool,
-        use_pope: bool,
-        norm_output: bool,
-    ) -> None:
-        """Validate the shared arguments, build the axial layers and the STFT settings."""
-        for name, value in (
-            ("dim", dim),
-            ("dim_head", dim_head),
-            ("heads", heads),
-            ("num_stems", num_stems),
-            ("stft_n_fft", stft_n_fft),
-            ("stft_hop_length", stft_hop_length),
-            ("stft_win_length", stft_win_length),
-            ("mlp_expansion_factor", mlp_expansion_factor),
-        ):
-            require_int(name, value, minimum=1)
-        for name, value in (
-            ("depth", depth),
-            ("time_transformer_depth", time_transformer_depth),
-            ("freq_transformer_depth", freq_transformer_depth),
-            ("linear_transformer_depth", linear_transformer_depth),
-        ):
-            require_int(name, value, minimum=0)
-        attn_dropout = require_float("attn_dropout", attn_dropout, minimum=0.0, maximum=1.0)
-        ff_dropout = require_float("ff_dropout", ff_dropout, minimum=0.0, maximum=1.0)
-        if not stft_hop_length <= stft_win_length <= stft_n_fft:
-            raise ConfigError(
-                f"STFT settings need stft_hop_length <= stft_win_length <= stft_n_fft, got "
-                f"{stft_hop_length}, {stft_win_length}, {stft_n_fft}"
-            )
+    def __init__(self, options: RoformerOptions, *, norm_output: bool) -> None:
+        """Build the axial transformer stack and the STFT settings from validated ``options``.
 
-        self.stereo = bool(stereo)
+        ``norm_output``: every transformer ends with its own RMSNorm (Mel-Band-RoFormer).
+        """
+        super().__init__()
+        self.stereo = bool(options.stereo)
         self.audio_channels = 2 if self.stereo else 1
-        self.num_stems = num_stems
-        self.use_torch_checkpoint = bool(use_torch_checkpoint)
-        self.skip_connection = bool(skip_connection)
-        self.zero_dc = bool(zero_dc)
+        self.num_stems = options.num_stems
+        self.use_torch_checkpoint = bool(options.use_torch_checkpoint)
+        self.skip_connection = bool(options.skip_connection)
+        self.zero_dc = bool(options.zero_dc)
+        self.layers = build_axial_layers(options, norm_output=norm_output)
+        self.stft_kwargs: dict[str, Any] = stft_arguments(options)
+        self.stft_win_length = options.stft_win_length
+        self.stft_window_fn = resolve_window_fn(options.stft_window_fn)
+        self.num_freqs = options.num_freqs
 
-        transformer_kwargs: dict[str, Any] = dict(
-            dim=dim,
-            heads=heads,
-            dim_head=dim_head,
-            attn_dropout=attn_dropout,
-            ff_dropout=ff_dropout,
-            flash_attn=bool(flash_attn),
-            norm_output=norm_output,
-        )
-        # One position module per axis (rotary, or polar with use_pope), shared by its layers.
-        time_position: dict[str, nn.Module]
-        freq_position: dict[str, nn.Module]
-        if use_pope:
-            time_position = {"pope_embed": PolarEmbedding(dim_head, heads=heads)}
-            freq_position = {"pope_embed": PolarEmbedding(dim_head, heads=heads)}
-        else:
-            time_position = {"rotary_embed": RotaryEmbedding(dim_head)}
-            freq_position = {"rotary_embed": RotaryEmbedding(dim_head)}
-        self.layers = nn.ModuleList()
-        for _ in range(depth):
-            block: list[nn.Module] = []
-            if linear_transformer_depth > 0:
-                block.append(Transformer(depth=linear_transformer_depth, linear_attn=True, **transformer_kwargs))
-            block.append(
-                Transformer(depth=time_transformer_depth, **time_position, **transformer_kwargs)
-            )
-            block.append(
-                Transformer(depth=freq_transformer_depth, **freq_position, **transformer_kwargs)
-            )
-            self.layers.append(nn.ModuleList(block))
+    def _add_band_modules(self, options: RoformerOptions, band_features: tuple[int, ...], mask_hidden: int) -> None:
+        """Register ``band_split`` and one mask estimator per stem (``mask_hidden`` hidden layers each).
 
-        self.stft_kwargs: dict[str, Any] = dict(
-            n_fft=stft_n_fft,
-            hop_length=stft_hop_length,
-            win_length=stft_win_length,
-            normalized=bool(stft_normalized),
+        ``band_features[k]``: the features of band ``k`` (its bins x audio channels x real/imag).
+        """
+        self.band_split = BandSplit(options.dim, band_features)
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(options.dim, band_features, mask_hidden, options.mlp_expansion_factor)
+            for _ in range(options.num_stems)
         )
-        self.stft_win_length = stft_win_length
-        self.stft_window_fn = resolve_window_fn(stft_window_fn)
-        self.num_freqs = stft_n_fft // 2 + 1
 
     # ---- output contract -------------------------------------------------------------------
 

@@ -32,35 +32,27 @@ temporary file and renamed into place.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib.util
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from stemflow.errors import CheckpointError, ConfigError, ModelNotAvailableError
+from stemflow.files import atomic_path, sha256_stream
 from stemflow.models.config import config_from_dict, load_config
 from stemflow.models.spleeter.model import SpleeterUNetSeparator
 from stemflow.models.spleeter.tfbundle import read_tensor_bundle
 
 logger = logging.getLogger(__name__)
 
-
 _NUM_ENCODER = 6
-
-
-_READ_CHUNK = 1 << 20
-
-
 CONVERSION_VERSION = "1"  # bump when the mapping changes: part of the cache file's metadata
-
 
 # configs/models/spleeter_2stems.yaml, as data (a test keeps the two equal).
 SPLEETER_2STEMS_CONFIG: dict[str, Any] = {
@@ -115,14 +107,29 @@ def checkpoint_files(prefix: Path) -> list[Path]:
     return [index, *shards]
 
 
+class _JoinedFiles:
+    """Open binary files read one after the other, as one stream (only ``read`` is provided)."""
+
+    def __init__(self, handles: Sequence[BinaryIO]) -> None:
+        self._handles = list(handles)
+
+    def read(self, size: int = -1) -> bytes:
+        while self._handles:
+            block = self._handles[0].read(size)
+            if block:
+                return block
+            self._handles.pop(0)
+        return b""
+
+
 def checkpoint_sha256(prefix: Path) -> str:
-    """sha256 over the checkpoint's files (index, then shards), read 1 MiB at a time."""
-    digest = hashlib.sha256()
-    for path in checkpoint_files(prefix):
-        with open(path, "rb") as handle:
-            while block := handle.read(_READ_CHUNK):
-                digest.update(block)
-    return digest.hexdigest()
+    """sha256 of the checkpoint's files (index, then shards) read as one byte stream.
+
+    It names the converted file and is the ``weights_sha256`` of the model's ``model_id``.
+    """
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(path, "rb")) for path in checkpoint_files(prefix)]
+        return sha256_stream(cast(BinaryIO, _JoinedFiles(handles)))
 
 
 def _tf_name(layer: str, index: int) -> str:
@@ -179,16 +186,11 @@ def convert_tf_tensors(tensors: dict[str, np.ndarray], instruments: Sequence[str
     return state
 
 
-def _atomic_save(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def _save_atomic(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``state`` as a safetensors file that appears under ``path`` only when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(state, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        save_file(state, str(temporary), metadata=metadata)
 
 
 def converted_weights_path(
@@ -220,7 +222,7 @@ def converted_weights_path(
             "instruments": ",".join(instruments),
             "conversion_version": CONVERSION_VERSION,
         }
-        _atomic_save(state, target, metadata)
+        _save_atomic(state, target, metadata)
     except OSError as e:
         raise CheckpointError(f"cannot write converted weights {target}: {e}") from e
     return target
@@ -258,4 +260,3 @@ def load_spleeter_2stems(
         raise CheckpointError(f"{path}: cannot load Spleeter weights: {e}") from e
     model.config = config
     return model.to(device).eval()
-

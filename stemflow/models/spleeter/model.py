@@ -43,8 +43,6 @@ from torch import Tensor, nn
 from stemflow.errors import ConfigError
 
 _BATCH_NORM_EPS = 1e-3  # Keras' default; torch's default (1e-5) would be wrong here
-
-
 _WINDOW_COMPENSATION = 2.0 / 3.0
 
 
@@ -267,4 +265,3 @@ class SpleeterUNetSeparator(nn.Module):
         if x.dim() != 2:
             raise ValueError(f"expected a waveform [channels, samples], got {tuple(x.shape)}")
         return self.separate_chunks(x.unsqueeze(0))[0]
-

@@ -32,18 +32,10 @@ from stemflow.errors import CheckpointError, ChecksumError
 
 logger = logging.getLogger(__name__)
 
-
 _TABLE_MAGIC = 0xDB4775248B80FB57
-
-
 _FOOTER_LENGTH = 48
-
-
 _BLOCK_TRAILER_LENGTH = 5
-
-
 _CRC_MASK_DELTA = 0xA282EAD8
-
 
 # tensorflow/core/framework/types.proto: DataType -> NumPy dtype (little-endian).
 _DTYPES: dict[int, np.dtype] = {
@@ -62,6 +54,9 @@ _DTYPES: dict[int, np.dtype] = {
 }
 
 
+# --------------------------------------------------------------------------- CRC-32C
+
+
 def _make_crc32c_table() -> np.ndarray:
     """The byte-wise lookup table of reflected CRC-32C (Castagnoli, poly 0x82F63B78)."""
     table = np.arange(256, dtype=np.uint32)
@@ -71,8 +66,6 @@ def _make_crc32c_table() -> np.ndarray:
 
 
 _CRC_TABLE = _make_crc32c_table()
-
-
 _CRC_TABLE_LIST = [int(v) for v in _CRC_TABLE]
 
 
@@ -140,6 +133,9 @@ def unmask_crc32c(masked: int) -> int:
     """Undo LevelDB/TensorFlow's CRC masking (``rotr(crc, 15) + 0xa282ead8``)."""
     rotated = (masked - _CRC_MASK_DELTA) & 0xFFFFFFFF
     return ((rotated >> 17) | (rotated << 15)) & 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------- protobuf wire format
 
 
 def _read_varint(buffer: bytes, position: int) -> tuple[int, int]:
@@ -238,6 +234,9 @@ def _parse_entry(name: str, message: bytes) -> BundleEntry:
     return BundleEntry(name, dtype, tuple(shape), shard_id, offset, size, crc)
 
 
+# --------------------------------------------------------------------------- sorted string table
+
+
 def _read_block(table: bytes, offset: int, size: int, *, verify: bool) -> bytes:
     """Return one block's contents after checking its trailer (compression byte, masked CRC)."""
     end = offset + size
@@ -291,6 +290,9 @@ def _iter_table(table: bytes, *, verify: bool) -> Iterator[tuple[bytes, bytes]]:
         block_offset, position = _read_varint(handle, 0)
         block_size, _ = _read_varint(handle, position)
         yield from _iter_block_entries(_read_block(table, block_offset, block_size, verify=verify))
+
+
+# --------------------------------------------------------------------------- public API
 
 
 @dataclass(frozen=True)
@@ -364,4 +366,3 @@ def read_tensor_bundle(prefix: Path, *, verify: bool = True) -> dict[str, np.nda
         tensors[name] = np.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape).copy()
     logger.debug("read %d tensors from %s", len(tensors), prefix)
     return tensors
-
