@@ -27,8 +27,8 @@ from stemflow.karaoke.dataset import (
     model_short,
     version_name,
 )
-from stemflow.karaoke.scores import integrated_loudness, true_peak_dbtp
 from stemflow.karaoke.settings import DatasetSettings, load_settings, settings_from_dict
+from stemflow.measures.loudness import integrated_loudness, true_peak_dbtp
 from stemflow.store.commit import commit_track, write_stem
 
 RATE = 44100
@@ -164,6 +164,8 @@ def test_build_dataset_from_committed_stems(tmp_path: Path) -> None:
     assert (root / "card" / "vocal_share.png").read_bytes()[:4] == b"\x89PNG"
     marker = json.loads((root / COMPLETE_NAME).read_text())
     assert marker["counts"]["accepted"] == 2 and marker["model_id"] == MODEL_ID
+    # stored values readers depend on: the marker's format string and the index's file name
+    assert marker["format"] == "stemflow.karaoke-dataset/1" and marker["manifest"] == "manifest.parquet"
     # WebDataset shards hold exactly the accepted tracks
     names = []
     for shard in marker["shards"]:
@@ -220,7 +222,7 @@ def test_incomplete_version_is_completed_and_a_complete_one_never_rewritten(tmp_
     root = tmp_path / "dataset" / first.version
     backing = next(root.rglob("backing.flac"))  # in whichever split the group hashes to
     audio_bytes = backing.read_bytes()
-    # a crash before the marker: the manifest and the marker are missing
+    # a crash before the marker: the dataset index and the marker are missing
     (root / COMPLETE_NAME).unlink()
     (root / "manifest.parquet").unlink()
     again = build_dataset(tracks, output_url=out, model_id=MODEL_ID, dataset_url=dataset, settings=settings, day=DAY)
@@ -232,13 +234,13 @@ def test_incomplete_version_is_completed_and_a_complete_one_never_rewritten(tmp_
 def test_dataset_on_an_object_store(tmp_path: Path) -> None:
     import fsspec
 
-    from stemflow.karaoke.index import read_manifest_table
+    from stemflow.karaoke.index import read_index
 
     out, dataset = "memory://karaoke-test/out", "memory://karaoke-test/dataset"
     commit_toy_track(out, "m", four_stems(1.0, 70))
     result = build_dataset([DatasetTrack("m")], output_url=out, model_id=MODEL_ID, dataset_url=dataset,
                            settings=DatasetSettings(residue=False, webdataset=True), day=DAY)
-    rows = read_manifest_table(result.version_url).to_pylist()
+    rows = read_index(result.version_url).to_pylist()
     assert [r["track_id"] for r in rows] == ["m"] and rows[0]["accepted"]
     fs = fsspec.filesystem("memory")
     data = fs.cat_file(f"/karaoke-test/dataset/{result.version}/{rows[0]['vocals_path']}")

@@ -11,15 +11,13 @@ from stemflow.errors import ConfigError
 from stemflow.karaoke.scores import (
     REASONS,
     SCORE_COLUMNS,
-    KaraokeThresholds,
-    PresenceSettings,
     judge,
     karaoke_scores,
     loudness_gain_db,
-    settings_from_mapping,
     vocal_coverage,
     vocal_residue_db,
 )
+from stemflow.karaoke.settings import KaraokeThresholds, PresenceSettings, settings_from_mapping
 
 RATE = 44100
 

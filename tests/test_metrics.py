@@ -210,11 +210,15 @@ def test_l1_freq_known_values(noise):
         l1_freq(noise[:, :100], noise[:, :100])
 
 
-def test_quality_is_reexported():
-    from stemflow.measures import quality
+def test_metrics_does_not_reexport_other_measures():
+    """Each measure is imported from the module that defines it (no re-exports between measures modules)."""
+    from stemflow.measures import loudness, quality
 
-    assert metrics.stem_quality is quality.stem_quality
-    assert metrics.track_quality is quality.track_quality
+    for module in (quality, loudness):
+        public = {name for name in vars(module) if not name.startswith("_") and callable(getattr(module, name))}
+        own = {name for name in public if getattr(getattr(module, name), "__module__", None) == module.__name__}
+        assert own and not own & set(vars(metrics)), f"metrics re-exports {sorted(own & set(vars(metrics)))}"
+    assert not hasattr(metrics, "stem_quality") and not hasattr(metrics, "track_quality")
 
 
 @pytest.mark.parametrize(("sample_rate", "n_fft", "n_mels"), [(44100, 4096, 512), (48000, 2048, 80)])

@@ -1,14 +1,19 @@
-"""TODO(regroup): docstring. Split out of stemflow.report."""
+"""Which stems a person should listen to: thresholds on the quality columns, and the flags they raise.
+
+:func:`flag_rows` reads rows that carry the reference-free quality columns
+(catalogue records of :mod:`stemflow.store.records`, or evaluation metrics of
+:mod:`stemflow.evaluation.scoring`) and returns a :class:`Flag` per threshold
+crossed: ``clipping``, ``residual`` (once per model and track), ``silence`` and
+``bleed``. :class:`Thresholds` holds the limits and states them in words
+(:meth:`Thresholds.describe`) for the report page. Null and NaN values never raise a flag.
+"""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Flag:
 
 
 def _value(row: Mapping[str, Any], column: str) -> float | None:
+    """The row's ``column`` as a float; ``None`` when missing, null or NaN."""
     value = row.get(column)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -91,4 +97,3 @@ def flag_rows(rows: Iterable[Mapping[str, Any]], thresholds: Thresholds = Thresh
         if bleed is not None and bleed > thresholds.bleed_ratio:
             add("bleed", "bleed_ratio", bleed)
     return flags
-

@@ -1,8 +1,21 @@
-"""TODO(regroup): docstring. Split out of stemflow.evaluation."""
+"""The leaderboard: a model x stem summary of an evaluation's metrics, as a table and as Markdown.
+
+Each (model, stem) row holds the number of tracks and means and medians over
+tracks of the per-track metrics (:data:`LEADERBOARD_SCHEMA`). The two SDR figures
+a reader compares with published numbers:
+
+* ``csdr_median``: the MUSDB18 number, median over tracks of the per-track cSDR
+  (:func:`stemflow.measures.metrics.csdr_over_tracks`);
+* ``usdr_mean``: the SDX challenge number, mean over tracks of whole-track uSDR.
+
+The ``mixture`` baseline (:data:`stemflow.evaluation.references.MIXTURE_BASELINE`)
+is always listed last. :func:`leaderboard_markdown` states these definitions
+under the table; :data:`LEADERBOARD_HEADERS` labels the columns every view shows
+(Markdown, CLI, report).
+"""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -10,11 +23,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from stemflow.evaluation.references import _F, MIXTURE_BASELINE, STEM_ORDER
+from stemflow.evaluation.references import MIXTURE_BASELINE, STEM_ORDER
 from stemflow.measures.metrics import csdr_over_tracks
 
-logger = logging.getLogger(__name__)
-
+#: ``(leaderboard column, metrics column, "mean" or "median")``.
 _STAT_COLUMNS = (
     ("csdr_median", "csdr_db", "median"), ("csdr_mean", "csdr_db", "mean"),
     ("usdr_mean", "usdr_db", "mean"), ("usdr_median", "usdr_db", "median"),
@@ -25,10 +37,8 @@ _STAT_COLUMNS = (
 
 LEADERBOARD_SCHEMA = pa.schema(
     [("model_name", pa.string()), ("model_id", pa.string()), ("stem", pa.string()), ("tracks", pa.int32()),
-     *((name, _F) for name, _, _ in _STAT_COLUMNS)]
+     *((name, pa.float64()) for name, _, _ in _STAT_COLUMNS)]
 )
-
-
 """``leaderboard.parquet``: one row per (model, stem); means and medians over tracks (NaN skipped).
 
 ``csdr_median`` is the MUSDB18 number (median over tracks of the per-track median over
@@ -37,6 +47,7 @@ LEADERBOARD_SCHEMA = pa.schema(
 
 
 def _stat(values: list[float], how: str) -> float:
+    """Median (as :func:`csdr_over_tracks`) or mean, null and NaN left out; a mean skips ``+-inf`` unless all are."""
     data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     if how == "median":
         return csdr_over_tracks(data)
@@ -87,8 +98,6 @@ LEADERBOARD_HEADERS: dict[str, str] = {
     "usdr_median": "uSDR median (dB)", "si_sdr_median": "SI-SDR median (dB)",
     "bleedless_mean": "bleedless", "fullness_mean": "fullness",
 }
-
-
 """Leaderboard columns shown in tables (Markdown, CLI, report) and their labels."""
 
 
@@ -116,4 +125,3 @@ def leaderboard_markdown(board: pa.Table, notes: Sequence[str] = ()) -> str:
 def order_models(names: Sequence[str]) -> list[str]:
     """Distinct model names in order, the baseline last."""
     return sorted(dict.fromkeys(names), key=lambda n: n == MIXTURE_BASELINE)
-

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 #: Okabe-Ito colours (colour-blind safe), one per model.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 
-
+#: Resolution of every PNG written.
 DPI = 96
 
 
@@ -164,4 +164,3 @@ def finite_summary(values: Sequence[float | None]) -> tuple[int, float, float]:
     if not data.size:
         return 0, math.nan, math.nan
     return int(data.size), float(np.median(data)), float(np.mean(data))
-

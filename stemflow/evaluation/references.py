@@ -1,4 +1,20 @@
-"""TODO(regroup): docstring. Split out of stemflow.evaluation."""
+"""Data sets with reference stems: finding their tracks, decoding them, and which reference a stem is scored on.
+
+A data set with references is either
+
+* a MUSDB18-style folder: ``<dataset>/<track>/mixture.wav`` plus ``<track>/<stem>.wav``
+  (any of ``drums``, ``bass``, ``other``, ``vocals``; any extension of
+  :data:`stemflow.audio.formats.DECODABLE_EXTENSIONS`), found at any depth;
+* ``.stem.mp4`` files (MUSDB18 / Native Instruments stems): streams ``mixture, drums,
+  bass, other, vocals``.
+
+:func:`discover_dataset` lists the tracks, :func:`load_references` decodes one.
+Model stems are scored against the reference they estimate (:func:`reference_for`):
+a stem with a reference of its own name is scored on it; ``instrumental`` (2-stem
+vocals/instrumental models, or the complement of a vocals model) on ``drums + bass +
+other``; ``no_<x>`` (the complement of another single-target model) on the sum of
+every reference but ``x``. Other stems have no reference and are not scored.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
 from stemflow.audio.decode import load_audio, load_stems
 from stemflow.audio.formats import DECODABLE_EXTENSIONS
@@ -17,24 +32,14 @@ from stemflow.store.paths import StorageOptions, filesystem, url_of
 
 logger = logging.getLogger(__name__)
 
-
 REFERENCE_STEMS: tuple[str, ...] = ("drums", "bass", "other", "vocals")
-
-
 """The MUSDB18 reference stems, in stream order after the mixture."""
 
-
 MIXTURE_BASELINE = "mixture"
-
-
 """``model_name`` of the baseline rows (the mixture as the estimate of every stem)."""
 
-
 STEM_ORDER: tuple[str, ...] = ("vocals", "drums", "bass", "other", "instrumental")
-
-
-
-_F = pa.float64()
+"""The order stems are listed in (leaderboard rows, the baseline's estimates); other stems follow."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class References:
 
 
 def _stem_file_track(name: str) -> str | None:
+    """The track name of a ``<name>.stem.mp4`` / ``.stem.m4a`` file name, else ``None``."""
     lower = name.lower()
     for suffix in (".stem.mp4", ".stem.m4a"):
         if lower.endswith(suffix):
@@ -153,4 +159,3 @@ def reference_for(stem: str, references: Mapping[str, np.ndarray]) -> tuple[str,
         return None
     total = np.sum([references[s].astype(np.float64) for s in parts], axis=0).astype(np.float32)
     return "+".join(parts), total
-

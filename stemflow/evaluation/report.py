@@ -2,35 +2,31 @@
 
 :func:`build_report` reads what an output holds -- the catalogue records
 (``<out>/metadata/``, :func:`stemflow.store.records.read_records`) and the evaluations
-(``<out>/evaluation/*/metrics.parquet``) -- and writes, each file atomically,
+(``<out>/evaluation/*/metrics.parquet``, :mod:`stemflow.evaluation.results`) -- and writes,
+each file atomically,
 
 * ``<out>/reports/<name>.html``: inline CSS, plots embedded as base64 PNG, audio
   players (an embedded FLAC excerpt of the mixture; the stems linked relatively,
   ``../stems/<model_id>/<track_id>/<stem>.<ext>``, loaded only when played);
 * ``<out>/reports/<name>/*.png``: the same plots as files.
 
-The page holds: the flag thresholds (:class:`Thresholds`), the flagged stems
-(:func:`flag_rows`), histograms of the quality columns, a per-model comparison
-when several models ran (table + box plots per stem), each evaluation's
+The page holds: the flag thresholds and the flagged stems
+(:mod:`stemflow.evaluation.flags`), histograms of the quality columns, a per-model
+comparison when several models ran (table + box plots per stem), each evaluation's
 leaderboard with cSDR/uSDR box plots per stem, and spectrogram strips (mixture
 and each stem, log magnitude) with players for a few flagged tracks, read from
 committed stems only (the ``_COMMITTED.json`` marker and the source URL it records).
-
-The page records its own script errors and failed resource loads in
-``#page-errors`` (``data-count``), so a headless browser can check it.
+This module composes the sections; the HTML building blocks are
+:mod:`stemflow.evaluation.page`, the plots :mod:`stemflow.evaluation.plots`.
 """
 
 from __future__ import annotations
 
 import base64
-import html
-import json
 import logging
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from string import Template
 from typing import Any
 
 import numpy as np
@@ -40,10 +36,11 @@ from stemflow.audio.encode import encode
 from stemflow.errors import StemflowError
 from stemflow.evaluation.flags import Flag, Thresholds, flag_rows
 from stemflow.evaluation.leaderboard import LEADERBOARD_HEADERS, leaderboard, order_models, reported_notes
+from stemflow.evaluation.page import Figures, audio_player, escape, html_table, note, render_page
 from stemflow.evaluation.plots import box_plot_png, finite_summary, histogram_png, spectrogram_strip_png
 from stemflow.evaluation.references import MIXTURE_BASELINE
-from stemflow.evaluation.results import evaluation_url, read_evaluations
-from stemflow.store.commit import read_marker, track_url
+from stemflow.evaluation.results import read_evaluations, read_leaderboard_json
+from stemflow.store.commit import CommitMarker, read_marker, track_url
 from stemflow.store.objects import read_bytes, write_atomic
 from stemflow.store.paths import StorageOptions, check_component, join_url
 from stemflow.store.records import COLUMNS, read_records
@@ -52,14 +49,9 @@ logger = logging.getLogger(__name__)
 
 HISTOGRAM_COLUMNS: tuple[str, ...] = ("loudness_lufs", "true_peak_dbtp", "residual_db", "silence_ratio",
                                       "clipped_ratio", "energy_share", "bleed_ratio")
-
-
 """Quality columns plotted as histograms (``residual_db`` once per track, the others per stem)."""
 
-
 _UNITS = {c.name: c.unit for c in COLUMNS}
-
-
 _MEANINGS = {c.name: c.description for c in COLUMNS}
 
 
@@ -72,89 +64,6 @@ class ReportResult:
     flags: tuple[Flag, ...]
     record_rows: int
     evaluations: tuple[str, ...]
-
-
-_PAGE = Template("""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>$title</title>
-<script>
-(function () {
-  var errors = [];
-  function show() {
-    var box = document.getElementById("page-errors");
-    if (box) { box.textContent = errors.join("\\n"); box.setAttribute("data-count", String(errors.length)); }
-  }
-  window.addEventListener("error", function (e) {
-    var t = e.target;
-    errors.push(t && t !== window && (t.src || t.href) ? "failed to load " + (t.src || t.href)
-                                                       : "script error: " + e.message);
-    show();
-  }, true);
-  var original = console.error;
-  console.error = function () { errors.push("console.error: " + Array.prototype.join.call(arguments, " ")); show();
-                                return original.apply(console, arguments); };
-  document.addEventListener("DOMContentLoaded", show);
-})();
-</script>
-<style>
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto; max-width: 1200px;
-       color: #1b1b1b; background: #fff; padding: 0 16px; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #0072B2; padding-bottom: 4px; }
-.meta { color: #555; font-size: 0.9em; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #eef4fa; } td.l, th.l { text-align: left; }
-tr.baseline td { color: #666; font-style: italic; }
-.grid { display: flex; flex-wrap: wrap; gap: 12px; } .grid figure { margin: 0; }
-figcaption { font-size: 0.8em; color: #555; } img { max-width: 100%; border: 1px solid #eee; }
-.track { border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; margin: 12px 0; }
-.players { display: flex; flex-wrap: wrap; gap: 16px; font-size: 0.85em; }
-.players div { display: flex; flex-direction: column; }
-.flag { display: inline-block; padding: 0 6px; border-radius: 4px; background: #fde2d0; color: #8a3a00; }
-.note { color: #666; font-size: 0.85em; } #page-errors { color: #b00; white-space: pre-wrap; }
-</style></head>
-<body>
-<h1>$title</h1>
-<p class="meta">$meta</p>
-<pre id="page-errors" data-count="0"></pre>
-$body
-</body></html>
-""")
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 0.01 and value != 0 else f"{value:.{digits}f}"
-    return _e(value)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, left: int = 1,
-           row_classes: Sequence[str] | None = None) -> str:
-    head = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(headers))
-    lines = []
-    for index, row in enumerate(rows):
-        cells = "".join(f'<td class="l">{_e(c)}</td>' if i < left else f"<td>{_num(c)}</td>" for i, c in enumerate(row))
-        cls = f' class="{row_classes[index]}"' if row_classes and row_classes[index] else ""
-        lines.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
-
-
-class _Images:
-    """PNG plots of one report: embedded in the page and kept for ``<name>/*.png``."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-
-    def figure(self, file_name: str, png: bytes, caption: str) -> str:
-        self.files[file_name] = png
-        data = base64.b64encode(png).decode("ascii")
-        return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
 def _by_model(rows: Sequence[Mapping[str, Any]], column: str, *, per_track: bool = False) -> dict[str, list]:
@@ -170,7 +79,7 @@ def _by_model(rows: Sequence[Mapping[str, Any]], column: str, *, per_track: bool
     return values
 
 
-def _quality_section(rows: Sequence[Mapping[str, Any]], thresholds: Thresholds, images: _Images) -> str:
+def _quality_section(rows: Sequence[Mapping[str, Any]], thresholds: Thresholds, plots: Figures) -> str:
     lines = {"true_peak_dbtp": (thresholds.true_peak_dbtp,), "residual_db": (thresholds.residual_db,),
              "silence_ratio": (thresholds.silence_ratio,), "clipped_ratio": (thresholds.clipped_ratio,),
              "bleed_ratio": (thresholds.bleed_ratio,)}
@@ -180,11 +89,11 @@ def _quality_section(rows: Sequence[Mapping[str, Any]], thresholds: Thresholds, 
         png = histogram_png(_by_model(rows, column, per_track=per_track), title=column,
                             xlabel=f"{column} ({_UNITS.get(column) or '–'})", thresholds=lines.get(column, ()))
         what = "per track" if per_track else "per stem"
-        figures.append(images.figure(f"hist_{column}.png", png, f"{_MEANINGS.get(column, column)} ({what})"))
+        figures.append(plots.figure(f"hist_{column}.png", png, f"{_MEANINGS.get(column, column)} ({what})"))
     return "<h2>Quality distributions</h2><div class=\"grid\">" + "".join(figures) + "</div>"
 
 
-def _comparison_section(rows: Sequence[Mapping[str, Any]], flags: Sequence[Flag], images: _Images) -> str:
+def _comparison_section(rows: Sequence[Mapping[str, Any]], flags: Sequence[Flag], plots: Figures) -> str:
     models = list(dict.fromkeys(str(r["model_id"]) for r in rows))
     if len(models) < 2:
         return ""
@@ -207,37 +116,36 @@ def _comparison_section(rows: Sequence[Mapping[str, Any]], flags: Sequence[Flag]
                           ("loudness_lufs", "loudness (LUFS)")):
         values = {stem: {m: [r.get(column) for r in rows if r["model_id"] == m and r["stem"] == stem]
                          for m in models} for stem in stems}
-        figures.append(images.figure(f"compare_{column}.png", box_plot_png(values, title=f"{label} per stem",
+        figures.append(plots.figure(f"compare_{column}.png", box_plot_png(values, title=f"{label} per stem",
                                                                              ylabel=label), f"{label} by model"))
-    return ("<h2>Models compared</h2>" + _table(headers, table_rows, left=2)
+    return ("<h2>Models compared</h2>" + html_table(headers, table_rows, left=2)
             + '<div class="grid">' + "".join(figures) + "</div>")
 
 
 def _flags_section(flags: Sequence[Flag], thresholds: Thresholds) -> str:
-    rules = _table(["flag", "rule"], thresholds.describe(), left=2)
+    rules = html_table(["flag", "rule"], thresholds.describe(), left=2)
     if not flags:
         return "<h2>Flagged stems</h2>" + rules + "<p>No stem crosses a threshold.</p>"
     rows = [(f.kind, f.model_id, f.track, f.stem or "(track)", f.column, f.value) for f in flags]
     return (f"<h2>Flagged stems ({len(flags)})</h2>" + rules
-            + _table(["flag", "model_id", "track", "stem", "column", "value"], rows, left=5))
+            + html_table(["flag", "model_id", "track", "stem", "column", "value"], rows, left=5))
 
 
 def _evaluation_notes(output_url: str, eval_id: str, storage_options: StorageOptions) -> list[str]:
     """What ``leaderboard.json`` says the models' authors report (nothing if it cannot be read)."""
     try:
-        body = json.loads(read_bytes(join_url(evaluation_url(output_url, eval_id), "leaderboard.json"), storage_options))
-        return reported_notes(body.get("info"))
+        return reported_notes(read_leaderboard_json(output_url, eval_id, storage_options=storage_options).get("info"))
     except (OSError, ValueError, AttributeError, StemflowError) as e:
         logger.info("no readable leaderboard.json for %s: %s", eval_id, e)
         return []
 
 
-def _evaluation_section(eval_id: str, metrics: Any, images: _Images, notes: Sequence[str] = ()) -> str:
+def _evaluation_section(eval_id: str, metrics: Any, plots: Figures, notes: Sequence[str] = ()) -> str:
     board = leaderboard(metrics).to_pylist()
     keys = list(LEADERBOARD_HEADERS)
     classes = ["baseline" if r["model_name"] == MIXTURE_BASELINE else "" for r in board]
-    table = _table(list(LEADERBOARD_HEADERS.values()), [[r[k] for k in keys] for r in board], left=2,
-                   row_classes=classes)
+    table = html_table(list(LEADERBOARD_HEADERS.values()), [[r[k] for k in keys] for r in board], left=2,
+                       row_classes=classes)
     rows = [r for r in metrics.to_pylist() if r["status"] == "ok"]
     models = order_models([r["model_name"] for r in rows])
     stems = list(dict.fromkeys(r["stem"] for r in board))
@@ -245,30 +153,25 @@ def _evaluation_section(eval_id: str, metrics: Any, images: _Images, notes: Sequ
     for column, label in (("csdr_db", "cSDR (dB, median of 1 s frames)"), ("usdr_db", "uSDR (dB, whole track)")):
         values = {s: {m: [r[column] for r in rows if r["model_name"] == m and r["stem"] == s] for m in models}
                   for s in stems}
-        figures.append(images.figure(f"{check_component(eval_id, 'eval_id')}_{column}.png",
-                                     box_plot_png(values, title=f"{label} per stem", ylabel=label),
-                                     f"{eval_id}: {label}, one value per track"))
+        figures.append(plots.figure(f"{check_component(eval_id, 'eval_id')}_{column}.png",
+                                    box_plot_png(values, title=f"{label} per stem", ylabel=label),
+                                    f"{eval_id}: {label}, one value per track"))
     errors = sum(1 for r in metrics.to_pylist() if r["status"] == "error")
-    note = f'<p class="note">{errors} track(s) failed and are not in the means.</p>' if errors else ""
-    note += "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
-    return (f"<h2>Evaluation {_e(eval_id)}</h2>" + table + note
+    notes_html = f'<p class="note">{errors} track(s) failed and are not in the means.</p>' if errors else ""
+    notes_html += "".join(note(n) for n in notes)
+    return (f"<h2>Evaluation {escape(eval_id)}</h2>" + table + notes_html
             + '<p class="note">cSDR: per-track median over 1 s frames (museval), median over tracks (MUSDB18). '
             + f"uSDR: whole-track SDR (SDX), mean over tracks. <i>{MIXTURE_BASELINE}</i>: the mixture as the "
             + "estimate (the floor any model should beat).</p>" + '<div class="grid">' + "".join(figures) + "</div>")
 
 
-def _audio_tag(label: str, src: str) -> str:
-    return f'<div><span>{_e(label)}</span><audio controls preload="none" src="{_e(src)}"></audio></div>'
+def _committed_signals(output_url: str, model_id: str, track_id: str, marker: CommitMarker,
+                       storage_options: StorageOptions) -> tuple[dict[str, np.ndarray], int, list[str]]:
+    """Decoded ``{"mixture": …, <stem>: …}`` of a committed track, its sample rate, and notes on what is missing.
 
-
-def _track_section(output_url: str, model_id: str, track_id: str, reasons: Sequence[Flag], excerpt_s: float,
-                   images: _Images, storage_options: StorageOptions) -> str:
-    """Spectrogram strip and players of one committed track (a note instead when it cannot be read)."""
-    marker = read_marker(output_url, model_id, track_id, storage_options=storage_options)
-    tags = "".join(f'<span class="flag">{_e(f.kind)} {_e(f.stem or "")}</span> ' for f in reasons) or "(not flagged)"
-    header = f"<h3>{_e(track_id)} <small>{_e(model_id)}</small></h3><p>{tags}</p>"
-    if marker is None:
-        return f'<div class="track">{header}<p class="note">not committed: no stems to show.</p></div>'
+    The stems are read at their stored rate; the mixture (the marker's source URL)
+    is resampled to it, and left out with a note when it cannot be read.
+    """
     base = track_url(output_url, model_id, track_id)
     stems = {s.stem: load_audio(read_bytes(f"{base}/{s.file_name}", storage_options), sample_rate=None,
                                 name=s.file_name) for s in marker.stems}
@@ -281,30 +184,86 @@ def _track_section(output_url: str, model_id: str, track_id: str, reasons: Seque
     except (StemflowError, OSError) as e:
         notes.append(f"mixture not readable ({e}); stems only")
     signals.update({name: decoded.samples for name, decoded in stems.items()})
+    return signals, sample_rate, notes
+
+
+def _centre_excerpt(signals: Mapping[str, np.ndarray], sample_rate: int, excerpt_s: float,
+                    ) -> tuple[dict[str, np.ndarray], int, int]:
+    """The middle ``excerpt_s`` seconds of every signal (all cut to the shortest): ``(excerpt, start, span)``."""
     length = min(s.shape[-1] for s in signals.values())
     span = min(length, int(excerpt_s * sample_rate))
     start = (length - span) // 2
-    excerpt = {name: s[:, start:start + span] for name, s in signals.items()}
+    return {name: s[:, start:start + span] for name, s in signals.items()}, start, span
+
+
+def _track_section(output_url: str, model_id: str, track_id: str, reasons: Sequence[Flag], excerpt_s: float,
+                   plots: Figures, storage_options: StorageOptions) -> str:
+    """Spectrogram strip and players of one committed track (a note instead when it is not committed)."""
+    marker = read_marker(output_url, model_id, track_id, storage_options=storage_options)
+    tags = "".join(f'<span class="flag">{escape(f.kind)} {escape(f.stem or "")}</span> '
+                   for f in reasons) or "(not flagged)"
+    header = f"<h3>{escape(track_id)} <small>{escape(model_id)}</small></h3><p>{tags}</p>"
+    if marker is None:
+        return f'<div class="track">{header}<p class="note">not committed: no stems to show.</p></div>'
+    signals, sample_rate, notes = _committed_signals(output_url, model_id, track_id, marker, storage_options)
+    excerpt, start, span = _centre_excerpt(signals, sample_rate, excerpt_s)
     title = f"{track_id}: {start / sample_rate:.1f}-{(start + span) / sample_rate:.1f} s"
-    figure = images.figure(f"spectrogram_{model_id}_{track_id}.png",
-                           spectrogram_strip_png(excerpt, sample_rate, title=title),
-                           f"log-magnitude spectrograms, {title}")
+    figure = plots.figure(f"spectrogram_{model_id}_{track_id}.png",
+                          spectrogram_strip_png(excerpt, sample_rate, title=title),
+                          f"log-magnitude spectrograms, {title}")
     players = []
     if "mixture" in excerpt:
         flac = encode(excerpt["mixture"], sample_rate, format="flac", bit_depth=16, clip="clamp").data
-        players.append(_audio_tag(f"mixture (excerpt {span / sample_rate:.0f} s)",
-                                  "data:audio/flac;base64," + base64.b64encode(flac).decode("ascii")))
+        players.append(audio_player(f"mixture (excerpt {span / sample_rate:.0f} s)",
+                                    "data:audio/flac;base64," + base64.b64encode(flac).decode("ascii")))
     for stem in marker.stems:
-        players.append(_audio_tag(f"{stem.stem} (full stem)", f"../stems/{model_id}/{track_id}/{stem.file_name}"))
-    source = f'<p class="note">source: {_e(marker.source_url)}</p>'
-    extra = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
-    return f'<div class="track">{header}{source}{extra}{figure}<div class="players">{"".join(players)}</div></div>'
+        players.append(audio_player(f"{stem.stem} (full stem)", f"../stems/{model_id}/{track_id}/{stem.file_name}"))
+    extra = note(f"source: {marker.source_url}") + "".join(note(n) for n in notes)
+    return f'<div class="track">{header}{extra}{figure}<div class="players">{"".join(players)}</div></div>'
 
 
 def _tracks_to_show(rows: Sequence[Mapping[str, Any]], flags: Sequence[Flag], count: int) -> list[tuple[str, str]]:
     chosen = list(dict.fromkeys((f.model_id, f.track) for f in flags))
     chosen += [k for k in dict.fromkeys((str(r["model_id"]), str(r["track_id"])) for r in rows) if k not in chosen]
     return chosen[:count]
+
+
+def _tracks_section(output_url: str, rows: Sequence[Mapping[str, Any]], flags: Sequence[Flag], count: int,
+                    excerpt_s: float, plots: Figures, storage_options: StorageOptions) -> str:
+    """Up to ``count`` tracks, flagged ones first; a track that cannot be read gets a note, not a failure."""
+    shown = []
+    for model_id, track_id in _tracks_to_show(rows, flags, count):
+        reasons = [f for f in flags if (f.model_id, f.track) == (model_id, track_id)]
+        try:
+            shown.append(_track_section(output_url, model_id, track_id, reasons, excerpt_s, plots, storage_options))
+        except (StemflowError, OSError) as e:
+            logger.warning("report: cannot show track %s of %s: %s", track_id, model_id, e)
+            shown.append(f'<div class="track"><h3>{escape(track_id)}</h3>'
+                         f'<p class="note">cannot read: {escape(e)}</p></div>')
+    return "<h2>Tracks</h2>" + "".join(shown)
+
+
+def _meta_line(output_url: str, rows: Sequence[Mapping[str, Any]], error_rows: int, evaluations: int,
+               now: datetime | None) -> str:
+    """The line under the title: output, time of generation, row counts, models and evaluations."""
+    models = sorted({str(r["model_id"]) for r in rows})
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"output {escape(output_url)} · generated {stamp} · {len(rows)} stem rows, {error_rows} error rows, "
+            f"models: {escape(', '.join(models) or '–')} · evaluations: {evaluations}")
+
+
+def _write_report(output_url: str, name: str, page: str, plots: Figures,
+                  storage_options: StorageOptions) -> tuple[str, list[str]]:
+    """Write the PNGs, then the page, each atomically; ``(html_url, png_urls)``."""
+    reports = join_url(output_url, "reports")
+    png_urls = []
+    for file_name, png in plots.files.items():
+        url = join_url(reports, name, file_name)
+        write_atomic(url, png, storage_options)
+        png_urls.append(url)
+    html_url = join_url(reports, f"{name}.html")
+    write_atomic(html_url, page.encode("utf-8"), storage_options)
+    return html_url, png_urls
 
 
 def build_report(
@@ -331,37 +290,16 @@ def build_report(
     evaluations = read_evaluations(output_url, storage_options=storage_options)
     if not table.num_rows and not evaluations:
         raise StemflowError(f"nothing to report under {output_url!r}: no records in metadata/ and no evaluation/")
-    images = _Images()
+    plots = Figures()
     flags = flag_rows(rows, thresholds)
     sections = [_flags_section(flags, thresholds)]
     if rows:
-        sections += [_quality_section(rows, thresholds, images), _comparison_section(rows, flags, images)]
-        shown = []
-        for model_id, track_id in _tracks_to_show(rows, flags, spectrogram_tracks):
-            reasons = [f for f in flags if (f.model_id, f.track) == (model_id, track_id)]
-            try:
-                shown.append(_track_section(output_url, model_id, track_id, reasons, excerpt_s, images, storage_options))
-            except (StemflowError, OSError) as e:
-                logger.warning("report: cannot show track %s of %s: %s", track_id, model_id, e)
-                shown.append(f'<div class="track"><h3>{_e(track_id)}</h3>'
-                             f'<p class="note">cannot read: {_e(e)}</p></div>')
-        sections.append("<h2>Tracks</h2>" + "".join(shown))
+        sections += [_quality_section(rows, thresholds, plots), _comparison_section(rows, flags, plots),
+                     _tracks_section(output_url, rows, flags, spectrogram_tracks, excerpt_s, plots, storage_options)]
     for eval_id, metrics in evaluations.items():
-        notes = _evaluation_notes(output_url, eval_id, storage_options)
-        sections.append(_evaluation_section(eval_id, metrics, images, notes))
-    errors = table.num_rows - len(rows)
-    models = sorted({str(r["model_id"]) for r in rows})
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
-    meta = (f"output {_e(output_url)} · generated {stamp} · {len(rows)} stem rows, {errors} error rows, "
-            f"models: {_e(', '.join(models) or '–')} · evaluations: {len(evaluations)}")
-    page = _PAGE.substitute(title=_e(f"stemflow report: {name}"), meta=meta, body="\n".join(s for s in sections if s))
-    reports = join_url(output_url, "reports")
-    png_urls = []
-    for file_name, png in images.files.items():
-        url = join_url(reports, name, file_name)
-        write_atomic(url, png, storage_options)
-        png_urls.append(url)
-    html_url = join_url(reports, f"{name}.html")
-    write_atomic(html_url, page.encode("utf-8"), storage_options)
+        sections.append(_evaluation_section(eval_id, metrics, plots, _evaluation_notes(output_url, eval_id,
+                                                                                       storage_options)))
+    meta = _meta_line(output_url, rows, table.num_rows - len(rows), len(evaluations), now)
+    page = render_page(f"stemflow report: {name}", meta, sections)
+    html_url, png_urls = _write_report(output_url, name, page, plots, storage_options)
     return ReportResult(html_url, tuple(png_urls), tuple(flags), table.num_rows, tuple(evaluations))
-

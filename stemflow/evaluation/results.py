@@ -1,10 +1,20 @@
-"""TODO(regroup): docstring. Split out of stemflow.evaluation."""
+"""Where an evaluation is stored, and writing and reading it back: ``<out>/evaluation/<eval_id>/``.
+
+One evaluation is one folder, every file written atomically::
+
+    <out>/evaluation/<eval_id>/metrics.parquet       one row per (model, track, stem) (stemflow.evaluation.scoring)
+    <out>/evaluation/<eval_id>/leaderboard.parquet   one row per (model, stem) (stemflow.evaluation.leaderboard)
+    <out>/evaluation/<eval_id>/leaderboard.json      the same rows plus ``info`` (data set, models, settings)
+    <out>/evaluation/<eval_id>/leaderboard.md        the Markdown table with the SDR definitions
+
+``eval_id`` is ``eval-YYYYMMDDTHHMMSSZ`` (:func:`new_eval_id`), so folders sort by time.
+Non-finite floats are null in ``leaderboard.json`` (JSON has no NaN or infinity).
+"""
 
 from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -15,10 +25,8 @@ import pyarrow.parquet as pq
 
 from stemflow.errors import StorageError
 from stemflow.evaluation.leaderboard import leaderboard, leaderboard_markdown, reported_notes
-from stemflow.store.objects import write_atomic
+from stemflow.store.objects import read_bytes, write_atomic
 from stemflow.store.paths import StorageOptions, filesystem, join_url
-
-logger = logging.getLogger(__name__)
 
 
 def _json_safe(value: Any) -> Any:
@@ -74,3 +82,12 @@ def read_evaluations(output_url: str, *, storage_options: StorageOptions = None)
     except (OSError, pa.ArrowException) as e:
         raise StorageError(f"cannot read evaluations under {output_url!r}: {e}") from e
 
+
+def read_leaderboard_json(output_url: str, eval_id: str, *, storage_options: StorageOptions = None) -> Any:
+    """The parsed ``leaderboard.json`` of one evaluation (``{"eval_id", "info", "rows"}``).
+
+    Raises:
+        OSError: the file cannot be read (e.g. ``FileNotFoundError``).
+        ValueError: it is not JSON.
+    """
+    return json.loads(read_bytes(join_url(evaluation_url(output_url, eval_id), "leaderboard.json"), storage_options))

@@ -1,17 +1,12 @@
-"""Evaluation against reference stems: data sets, per-track per-stem metrics, the leaderboard.
+"""Scoring a model's estimates against reference stems: the rows of ``metrics.parquet``.
 
-A data set with references is either
-
-* a MUSDB18-style folder: ``<dataset>/<track>/mixture.wav`` plus ``<track>/<stem>.wav``
-  (any of ``drums``, ``bass``, ``other``, ``vocals``; also ``.flac``), found at any depth;
-* ``.stem.mp4`` files (MUSDB18 / Native Instruments stems): streams ``mixture, drums,
-  bass, other, vocals``.
-
-Model stems are scored against the reference they estimate (:func:`reference_for`):
-a stem with a reference of its own name is scored on it; ``instrumental`` (2-stem
-vocals/instrumental models, or the complement of a vocals model) on ``drums + bass +
-other``; ``no_<x>`` (the complement of another single-target model) on the sum of
-every reference but ``x``. Other stems are skipped (logged).
+:func:`score_track` gives one row per (model, track, stem) with the reference
+metrics and the reference-free quality measures of the estimate
+(:data:`METRICS_SCHEMA`); which reference a stem is scored on is
+:func:`stemflow.evaluation.references.reference_for`. A track a model failed on
+is a single ``status="error"`` row (:func:`error_metrics_row`), and
+:func:`metrics_table` turns rows into the typed table
+:mod:`stemflow.evaluation.results` stores.
 
 Every SDR is labelled with its definition (:mod:`stemflow.measures.metrics`):
 
@@ -20,11 +15,8 @@ Every SDR is labelled with its definition (:mod:`stemflow.measures.metrics`):
 * ``usdr_db``: per track, one ratio over the whole track (SDX challenge);
   the leaderboard's ``usdr_mean`` is the mean over tracks.
 
-The ``mixture`` baseline (:data:`MIXTURE_BASELINE`) scores the mixture itself as the
+The ``mixture`` baseline (:func:`baseline_rows`) scores the mixture itself as the
 estimate of every reference stem: any model should beat it.
-
-Outputs (:func:`write_evaluation`): ``<out>/evaluation/<eval_id>/metrics.parquet`` and
-``leaderboard.parquet``, ``leaderboard.json``, ``leaderboard.md``.
 """
 
 from __future__ import annotations
@@ -38,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from stemflow.errors import StorageError
-from stemflow.evaluation.references import _F, MIXTURE_BASELINE, STEM_ORDER, References, reference_for
+from stemflow.evaluation.references import MIXTURE_BASELINE, STEM_ORDER, References, reference_for
 from stemflow.measures.metrics import bleedless_fullness, csdr, sdr, si_sdr
 from stemflow.measures.quality import stem_quality, track_quality
 
@@ -46,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 _QUALITY = ("peak_dbfs", "true_peak_dbtp", "loudness_lufs", "rms_dbfs", "clipped_ratio", "silence_ratio",
             "stereo_correlation", "energy_share", "bleed_ratio", "residual_db")
-
+_F = pa.float64()
 
 METRICS_SCHEMA = pa.schema(
     [
@@ -57,8 +49,6 @@ METRICS_SCHEMA = pa.schema(
         *((name, _F) for name in _QUALITY),
     ]
 )
-
-
 """``metrics.parquet``: one row per (model, track, stem); a failed track is one ``status="error"`` row.
 
 ``reference`` names what the stem was scored on (``vocals``, ``drums+bass+other``…);
@@ -93,9 +83,13 @@ def _align(references: References, estimates: Mapping[str, np.ndarray], track: s
     if longest - length > references.sample_rate // 10:
         logger.warning("%s: estimates and references differ by %d samples; scoring the first %d",
                        track, longest - length, length)
-    cut = References(references.mixture[:, :length], {s: r[:, :length] for s, r in references.stems.items()},
-                     references.sample_rate)
-    return cut, {s: np.asarray(e)[:, :length] for s, e in estimates.items()}
+    return _first(references, length), {s: np.asarray(e)[:, :length] for s, e in estimates.items()}
+
+
+def _first(references: References, samples: int) -> References:
+    """The first ``samples`` of the mixture and of every reference stem."""
+    return References(references.mixture[:, :samples], {s: r[:, :samples] for s, r in references.stems.items()},
+                      references.sample_rate)
 
 
 def score_track(
@@ -117,7 +111,7 @@ def score_track(
     refs, ests = _align(references, estimates, track)
     if max_duration_s is not None:
         stop = max(1, int(round(max_duration_s * refs.sample_rate)))
-        refs = References(refs.mixture[:, :stop], {s: r[:, :stop] for s, r in refs.stems.items()}, refs.sample_rate)
+        refs = _first(refs, stop)
         ests = {s: e[:, :stop] for s, e in ests.items()}
     baseline = model_name == MIXTURE_BASELINE
     per_track = {} if baseline else track_quality(refs.mixture, ests)
@@ -170,4 +164,3 @@ def metrics_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         return pa.table(columns, schema=METRICS_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise StorageError(f"metrics values do not fit the schema: {e}") from e
-

@@ -18,23 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from stemflow.karaoke.index import INDEX_NAME, SPLIT_NAMES
 from stemflow.karaoke.scores import REASONS, SCORE_COLUMNS
 from stemflow.store.objects import write_atomic
 from stemflow.store.paths import StorageOptions, join_url
 
 logger = logging.getLogger(__name__)
 
-
 CARD_NAME = "README.md"
-
-
 HISTOGRAM_BINS = 10
-
-
 BAR_WIDTH = 30
-
-
-_SPLITS = ("train", "validation", "test")
 
 
 def score_values(rows: Sequence[Mapping[str, Any]], column: str) -> np.ndarray:
@@ -66,42 +59,67 @@ def _fmt(value: float) -> str:
 def render_card(version: str, rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any],
                 images: Mapping[str, str] | None = None) -> str:
     """The card's markdown. ``info``: ``model_id``, ``models``, ``settings``; ``images``: score -> relative PNG path."""
-    images = images or {}
     settings = info.get("settings", {})
-    lines = [
+    return "\n".join([
+        *_contents_section(version, settings),
+        *_counts_section(rows),
+        *_reasons_section(rows),
+        *_models_section(rows, info),
+        *_distributions_section(rows, images or {}),
+        *_splits_section(settings),
+    ])
+
+
+def _contents_section(version: str, settings: Mapping[str, Any]) -> list[str]:
+    """Title and what the version folder holds."""
+    written = "; rejected tracks included" if settings.get("include_rejected") else "; accepted tracks only"
+    return [
         f"# Karaoke dataset `{version}`",
         "",
         "Backing tracks and guide vocals separated by stemflow, with reference-free karaoke quality scores.",
         "",
         "## Contents",
         "",
-        "- `manifest.parquet`: one row per track (paths relative to this folder, scores, `accepted`, `reasons`, "
+        f"- `{INDEX_NAME}`: one row per track (paths relative to this folder, scores, `accepted`, `reasons`, "
         "`split`, `loudness_gain_db`).",
         "- `<split>/<track_id>/backing.<ext>` and `vocals.<ext>` (plus `drums`/`bass`/`other` with stems4)"
-        + ("; rejected tracks included" if settings.get("include_rejected") else "; accepted tracks only") + ".",
+        + written + ".",
         "- `_COMPLETE.json`: written last; a folder without it is incomplete.",
-        "",
-        "## Counts",
-        "",
-        "| split | tracks | accepted | accepted hours |",
-        "| --- | ---: | ---: | ---: |",
     ]
-    for split in (*_SPLITS, None):
+
+
+def _counts_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tracks, accepted tracks and accepted hours per split and in total."""
+    lines = ["", "## Counts", "", "| split | tracks | accepted | accepted hours |", "| --- | ---: | ---: | ---: |"]
+    for split in (*SPLIT_NAMES, None):
         members = [r for r in rows if split is None or r.get("split") == split]
         accepted = [r for r in members if r.get("accepted")]
         hours = sum(float(r.get("duration_s") or 0.0) for r in accepted) / 3600.0
         lines.append(f"| {split or '**all**'} | {len(members)} | {len(accepted)} | {hours:.3f} |")
+    return lines
+
+
+def _reasons_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """How many tracks each rejection reason (and ``error``) applies to."""
     reasons = Counter(reason for r in rows for reason in (r.get("reasons") or []))
-    lines += ["", "## Rejection reasons", "", "| reason | tracks |", "| --- | ---: |"]
-    for reason in (*REASONS, "error"):
-        lines.append(f"| `{reason}` | {reasons.get(reason, 0)} |")
+    lines = ["", "## Rejection reasons", "", "| reason | tracks |", "| --- | ---: |"]
+    lines += [f"| `{reason}` | {reasons.get(reason, 0)} |" for reason in (*REASONS, "error")]
+    return lines
+
+
+def _models_section(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any]) -> list[str]:
+    """The model_id, where the backing tracks came from, and the models used."""
     backing = Counter(str(r.get("backing_source")) for r in rows if r.get("backing_source"))
-    lines += ["", "## Models", "", f"- model_id: `{info.get('model_id')}`",
-              f"- backing source: {', '.join(f'`{k}` ({v})' for k, v in sorted(backing.items())) or 'n/a'}"]
-    for name, value in sorted((info.get("models") or {}).items()):
-        lines.append(f"- {name}: `{value}`")
-    lines += ["", "## Score distributions (all tracks)", "",
-              "| score | n | min | p10 | median | p90 | max |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["", "## Models", "", f"- model_id: `{info.get('model_id')}`",
+             f"- backing source: {', '.join(f'`{k}` ({v})' for k, v in sorted(backing.items())) or 'n/a'}"]
+    lines += [f"- {name}: `{value}`" for name, value in sorted((info.get("models") or {}).items())]
+    return lines
+
+
+def _distributions_section(rows: Sequence[Mapping[str, Any]], images: Mapping[str, str]) -> list[str]:
+    """A summary table of every score, then a text histogram (and the PNG, if any) per score with values."""
+    lines = ["", "## Score distributions (all tracks)", "",
+             "| score | n | min | p10 | median | p90 | max |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for column in SCORE_COLUMNS:
         values = score_values(rows, column)
         if values.size:
@@ -117,7 +135,12 @@ def render_card(version: str, rows: Sequence[Mapping[str, Any]], info: Mapping[s
         lines += ["", f"### `{column}`", "", "```", *histogram, "```"]
         if column in images:
             lines += ["", f"![{column}]({images[column]})"]
-    lines += [
+    return lines
+
+
+def _splits_section(settings: Mapping[str, Any]) -> list[str]:
+    """How splits are assigned, and the version's settings as JSON."""
+    return [
         "",
         "## Splits",
         "",
@@ -132,7 +155,6 @@ def render_card(version: str, rows: Sequence[Mapping[str, Any]], info: Mapping[s
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def histogram_pngs(rows: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
@@ -169,4 +191,3 @@ def write_card(version_url: str, version: str, rows: Sequence[Mapping[str, Any]]
     url = join_url(version_url, CARD_NAME)
     write_atomic(url, render_card(version, rows, info, links).encode("utf-8"), storage_options)
     return url
-

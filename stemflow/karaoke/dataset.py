@@ -7,14 +7,14 @@ folder usable as is::
     <dataset>/<version>/<split>/<track_id>/backing.<ext>     backing track
     <dataset>/<version>/<split>/<track_id>/vocals.<ext>      guide vocal
     <dataset>/<version>/<split>/<track_id>/{drums,bass,other}.<ext>   with stems4 (4-stem models)
-    <dataset>/<version>/manifest.parquet                     one row per track (stemflow.karaoke.index)
+    <dataset>/<version>/manifest.parquet                     dataset index: a row per track (stemflow.karaoke.index)
     <dataset>/<version>/README.md  (+ card/*.png)            the dataset card (stemflow.karaoke.card)
     <dataset>/<version>/shards/<split>-<n>.tar               optional WebDataset shards
     <dataset>/<version>/_COMPLETE.json                       written last, create-only
 
 **Backing track.** A model with an ``instrumental`` stem (2-stem, or a vocal
 model's complement) gives it directly; a 4-stem model gives
-``drums + bass + other``. The manifest's ``backing_source`` says which.
+``drums + bass + other``. The index's ``backing_source`` says which.
 
 **Loudness.** With ``loudness_lufs`` set, each track's backing is brought to
 that integrated loudness and *the same gain* is applied to its vocal (and
@@ -57,7 +57,8 @@ from stemflow.audio.decode import load_audio
 from stemflow.audio.encode import encode
 from stemflow.errors import ConfigError, StemflowError, StorageError
 from stemflow.hub.model_id import parse_model_id
-from stemflow.karaoke.index import FOUR_STEMS, write_manifest, write_webdataset_shards
+from stemflow.karaoke.card import write_card
+from stemflow.karaoke.index import FOUR_STEMS, SPLIT_NAMES, write_index, write_webdataset_shards
 from stemflow.karaoke.scores import VocalSeparator, judge, karaoke_scores, loudness_gain_db, residue_vocals
 from stemflow.karaoke.settings import DatasetSettings
 from stemflow.store.commit import read_marker, track_url
@@ -66,14 +67,9 @@ from stemflow.store.paths import StorageOptions, filesystem, join_url
 
 logger = logging.getLogger(__name__)
 
-
-SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
-
-
 COMPLETE_NAME = "_COMPLETE.json"
-
-
-COMPLETE_FORMAT = "stemflow.karaoke.scores-dataset/1"
+COMPLETE_FORMAT = "stemflow.karaoke-dataset/1"
+"""``format`` of ``_COMPLETE.json`` (a stored value: kept as the first versions wrote it)."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +189,7 @@ def prepare_track(
     vocal_separator: VocalSeparator | None = None,
     storage_options: StorageOptions = None,
 ) -> dict[str, Any]:
-    """Score one committed track, write its files (if accepted or ``include_rejected``); its manifest row.
+    """Score one committed track, write its files (if accepted or ``include_rejected``); its index row.
 
     Never raises for a bad track: the row then has ``error`` set and ``reasons=["error"]``.
     """
@@ -290,15 +286,13 @@ def finish_dataset(
     models: Mapping[str, Any] | None = None,
     storage_options: StorageOptions = None,
 ) -> dict[str, Any]:
-    """Write the manifest, the card, the optional shards, then ``_COMPLETE.json`` (create-only); the counts.
+    """Write the dataset index, the card, the optional shards, then ``_COMPLETE.json`` (create-only); the counts.
 
     Raises:
         StorageError: the version was completed meanwhile by another run (its marker exists).
     """
-    from stemflow.karaoke.card import write_card  # the card pulls in plotting lazily
-
     version = version_url.rstrip("/").rsplit("/", 1)[-1]
-    manifest_url = write_manifest(version_url, rows, storage_options)
+    index_url = write_index(version_url, rows, storage_options)
     shards = []
     if settings.webdataset:
         shards = write_webdataset_shards(version_url, rows, tracks_per_shard=settings.tracks_per_shard,
@@ -308,7 +302,7 @@ def finish_dataset(
     write_card(version_url, version, rows, info, storage_options=storage_options)
     marker = {"format": COMPLETE_FORMAT, "version": version, "model_id": model_id,
               "completed_at": datetime.now(timezone.utc).isoformat(), "counts": counts,
-              "manifest": manifest_url.rsplit("/", 1)[-1], "shards": shards, "settings": settings.as_dict()}
+              "manifest": index_url.rsplit("/", 1)[-1], "shards": shards, "settings": settings.as_dict()}
     body = json.dumps(marker, indent=1, sort_keys=True).encode()
     if not write_create_only(f"{version_url}/{COMPLETE_NAME}", body, storage_options):
         raise StorageError(f"dataset version {version_url!r} was completed by another run")
@@ -366,4 +360,3 @@ def build_dataset(
     counts = finish_dataset(version_url, rows, model_id=model_id, settings=settings, models=models,
                             storage_options=storage_options)
     return DatasetResult(version, version_url, True, counts["tracks"], counts["accepted"], counts)
-

@@ -1,6 +1,12 @@
-"""The karaoke dataset's ``manifest.parquet``: one row per track, and its optional WebDataset shards.
+"""The dataset index of a karaoke dataset version, and its optional WebDataset shards.
 
-Columns (:data:`MANIFEST_SCHEMA`; paths are relative to the version folder,
+The *dataset index* is the version's ``manifest.parquet`` (:data:`INDEX_NAME`;
+the stored name predates the term): one row per track, what a training job
+reads to find the files. In code it is always "index" (:func:`write_index`,
+:func:`read_index`); "manifest" alone means a catalogue manifest
+(:mod:`stemflow.catalogue.manifests`).
+
+Columns (:data:`INDEX_SCHEMA`; paths are relative to the version folder,
 null when the file was not written, e.g. for a rejected track):
 
 ==================== ============ =========================================================
@@ -12,7 +18,7 @@ source_url           string       normalised URL of the mixture
 model_id             string       model + weights + settings that separated it
 backing_source       string       ``instrumental`` (2-stem model) or ``drums+bass+other``
 group                string       grouping key used for the split (``artist:…`` or ``track:<id>``)
-split                string       ``train``, ``validation`` or ``test``
+split                string       ``train``, ``validation`` or ``test`` (:data:`SPLIT_NAMES`)
 backing_path         string       backing track (relative path)
 vocals_path          string       guide vocal
 drums/bass/other_path string      the 4 stems when requested and available
@@ -48,16 +54,16 @@ from stemflow.karaoke.scores import SCORE_COLUMNS
 from stemflow.store.objects import read_bytes, write_atomic
 from stemflow.store.paths import StorageOptions, join_url
 
-MANIFEST_NAME = "manifest.parquet"
+INDEX_NAME = "manifest.parquet"
+"""File name of the dataset index in a version folder (stored name: unchanged since the first versions)."""
 
+SPLIT_NAMES: tuple[str, str, str] = ("train", "validation", "test")
+"""The values of the ``split`` column, in order (the fractions of ``DatasetSettings.splits`` follow it)."""
 
 FOUR_STEMS: tuple[str, ...] = ("drums", "bass", "other")
-
-
 """The stems besides ``vocals`` that a 4-stem model adds (``vocals_path`` is always written)."""
 
-
-MANIFEST_SCHEMA = pa.schema(
+INDEX_SCHEMA = pa.schema(
     [
         ("dataset_version", pa.string()),
         ("track_id", pa.string()),
@@ -89,34 +95,34 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def manifest_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+def index_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Rows (dicts with the schema's keys; missing keys are null) as a typed table, sorted by track_id.
 
     Raises:
-        StorageError: a row has a key outside :data:`MANIFEST_SCHEMA`.
+        StorageError: a row has a key outside :data:`INDEX_SCHEMA`.
     """
-    names = MANIFEST_SCHEMA.names
+    names = INDEX_SCHEMA.names
     for row in rows:
         unknown = set(row) - set(names)
         if unknown:
-            raise StorageError(f"manifest row of {row.get('track_id')!r} has unknown columns {sorted(unknown)}")
+            raise StorageError(f"index row of {row.get('track_id')!r} has unknown columns {sorted(unknown)}")
     ordered = sorted(rows, key=lambda r: str(r.get("track_id")))
     columns = {name: [_cell(r.get(name)) for r in ordered] for name in names}
-    return pa.table(columns, schema=MANIFEST_SCHEMA)
+    return pa.table(columns, schema=INDEX_SCHEMA)
 
 
-def write_manifest(version_url: str, rows: Sequence[Mapping[str, Any]], storage_options: StorageOptions = None) -> str:
-    """Write ``<version>/manifest.parquet`` atomically; its URL."""
+def write_index(version_url: str, rows: Sequence[Mapping[str, Any]], storage_options: StorageOptions = None) -> str:
+    """Write the dataset index ``<version>/manifest.parquet`` atomically; its URL."""
     buffer = io.BytesIO()
-    pq.write_table(manifest_table(rows), buffer)
-    url = join_url(version_url, MANIFEST_NAME)
+    pq.write_table(index_table(rows), buffer)
+    url = join_url(version_url, INDEX_NAME)
     write_atomic(url, buffer.getvalue(), storage_options)
     return url
 
 
-def read_manifest_table(version_url: str, storage_options: StorageOptions = None) -> pa.Table:
-    """Read a version's ``manifest.parquet``."""
-    return pq.read_table(io.BytesIO(read_bytes(join_url(version_url, MANIFEST_NAME), storage_options)))
+def read_index(version_url: str, storage_options: StorageOptions = None) -> pa.Table:
+    """Read a version's dataset index (``manifest.parquet``)."""
+    return pq.read_table(io.BytesIO(read_bytes(join_url(version_url, INDEX_NAME), storage_options)))
 
 
 def write_webdataset_shards(
@@ -130,7 +136,7 @@ def write_webdataset_shards(
 
     Each sample ``<track_id>`` holds ``<track_id>.backing.<ext>``,
     ``<track_id>.vocals.<ext>`` (and the 4 stems when written) plus
-    ``<track_id>.json`` (the manifest row without paths). The audio bytes are
+    ``<track_id>.json`` (the index row without paths). The audio bytes are
     read back from the version folder. Returns the shards' relative paths.
     """
     if tracks_per_shard < 1:
@@ -169,4 +175,3 @@ def _tar_of(version_url: str, members: Sequence[Mapping[str, Any]], storage_opti
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
-

@@ -5,7 +5,7 @@ A karaoke pair is the **backing track** (everything but the lead vocal) and the
 must not contain blindly: a track with no vocal to remove, a mix whose vocal is
 far too loud, vocal residue left in the backing, and a clipped or silent
 backing. :func:`karaoke_scores` measures, :func:`judge` applies the thresholds
-(:class:`KaraokeThresholds`, defaults in ``configs/karaoke.yaml``).
+(:class:`stemflow.karaoke.settings.KaraokeThresholds`, defaults in ``configs/karaoke.yaml``).
 
 Signals are ``[channels, samples]`` float arrays, full scale = 1.0; ``E(x)`` is
 the sum of squares over all channels and samples. The **mixture** is
@@ -53,26 +53,20 @@ Verdicts (:func:`judge`), each a reason string in ``reasons``; a track is
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from stemflow.errors import ConfigError
-from stemflow.measures.loudness import as_signal, integrated_loudness, true_peak_dbtp
+from stemflow.karaoke.settings import KaraokeThresholds, PresenceSettings
+from stemflow.measures.loudness import integrated_loudness, true_peak_dbtp
 from stemflow.measures.quality import DB_FLOOR, clipped_ratio
-
-logger = logging.getLogger(__name__)
-
+from stemflow.measures.signals import as_signal, energy, window_energies
 
 VocalSeparator = Callable[[np.ndarray, int], np.ndarray]
-
-
 """``(audio [2, N], sample_rate) -> vocals [2, N]``: the vocal model, used for the residue."""
-
 
 SCORE_COLUMNS: tuple[str, ...] = (
     "duration_s",
@@ -85,7 +79,7 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "backing_true_peak_dbtp",
     "backing_clipped_ratio",
 )
-
+"""The score columns :func:`karaoke_scores` returns, in the order the dataset index stores them."""
 
 REASONS: tuple[str, ...] = (
     "instrumental_only",
@@ -95,34 +89,7 @@ REASONS: tuple[str, ...] = (
     "backing_too_quiet",
     "too_short",
 )
-
-
-@dataclass(frozen=True)
-class PresenceSettings:
-    """How vocal presence is measured per window (see :func:`vocal_coverage`)."""
-
-    window_s: float = 0.5
-    presence_ratio_db: float = -20.0
-    presence_level_dbfs: float = -50.0
-
-    def __post_init__(self) -> None:
-        if not self.window_s > 0:
-            raise ConfigError(f"window_s must be positive, got {self.window_s}")
-
-
-@dataclass(frozen=True)
-class KaraokeThresholds:
-    """Acceptance thresholds of :func:`judge` (module docstring; defaults as in ``configs/karaoke.yaml``)."""
-
-    instrumental_max_coverage: float = 0.10
-    instrumental_max_vocal_share: float = 0.005
-    max_vocal_share: float = 0.60
-    max_vocal_to_backing_lu: float = 6.0
-    max_vocal_residue_db: float = -10.0
-    max_backing_clipped_ratio: float = 0.001
-    max_backing_true_peak_dbtp: float = 2.0
-    min_backing_lufs: float = -40.0
-    min_duration_s: float = 1.0
+"""Why :func:`judge` rejects a track, in the order reasons are listed."""
 
 
 @dataclass(frozen=True)
@@ -133,48 +100,6 @@ class Verdict:
     reasons: tuple[str, ...]
     instrumental_only: bool
     vocals_too_loud: bool
-
-
-def settings_from_mapping(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
-    """Build the frozen dataclass ``cls`` from a mapping, reporting unknown keys and bad values.
-
-    Raises:
-        ConfigError: unknown keys (listed with the valid ones) or a non-numeric value.
-    """
-    data = dict(data or {})
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys are {sorted(names)}")
-    try:
-        return cls(**{k: float(v) for k, v in data.items()})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
-def _energy(x: np.ndarray) -> float:
-    """Sum of squares over all channels and samples (float64)."""
-    return float(np.einsum("cn,cn->", x, x, dtype=np.float64))
-
-
-def _window_energies(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per window of ``window`` samples (last one shorter): energy over all channels, and sample counts.
-
-    ``x``: ``[channels, samples]`` -> two ``[windows]`` arrays (float64 energies, int counts).
-    """
-    channels, n = x.shape
-    whole = n // window
-    energies = []
-    counts = []
-    if whole:
-        frames = x[:, : whole * window].reshape(channels, whole, window)
-        energies.append(np.einsum("cfw,cfw->f", frames, frames, dtype=np.float64))
-        counts.append(np.full(whole, channels * window))
-    if n % window:
-        tail = x[:, whole * window :]
-        energies.append(np.array([_energy(tail)]))
-        counts.append(np.array([tail.size]))
-    return np.concatenate(energies), np.concatenate(counts)
 
 
 def vocal_coverage(
@@ -191,8 +116,8 @@ def vocal_coverage(
     if voc.shape != mix.shape:
         raise ValueError(f"vocals {voc.shape} and mixture {mix.shape} must have the same shape")
     window = max(1, int(round(presence.window_s * sample_rate)))
-    e_voc, counts = _window_energies(voc, window)
-    e_mix, _ = _window_energies(mix, window)
+    e_voc, counts = window_energies(voc, window)
+    e_mix, _ = window_energies(mix, window)
     ratio_ok = e_voc > e_mix * 10.0 ** (presence.presence_ratio_db / 10.0)
     level_ok = e_voc > counts * 10.0 ** (presence.presence_level_dbfs / 10.0)
     present = ratio_ok & level_ok & (e_mix > 0)
@@ -201,8 +126,8 @@ def vocal_coverage(
 
 def vocal_residue_db(vocals_of_backing: Any, vocals: Any) -> float:
     """``10 log10(E(vocals(backing)) / E(vocals))`` in dB; -200 floor, NaN for a silent vocal."""
-    found = _energy(as_signal(vocals_of_backing, "vocals_of_backing"))
-    original = _energy(as_signal(vocals, "vocals"))
+    found = energy(as_signal(vocals_of_backing, "vocals_of_backing"))
+    original = energy(as_signal(vocals, "vocals"))
     if original <= 0:
         return float("nan")
     if found <= 0:
@@ -243,7 +168,7 @@ def karaoke_scores(
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     mixture = voc.astype(np.float64) + back
-    e_mix = _energy(mixture)
+    e_mix = energy(mixture)
     vocals_lufs = integrated_loudness(voc, sample_rate)
     backing_lufs = integrated_loudness(back, sample_rate)
     residue = float("nan")
@@ -252,7 +177,7 @@ def karaoke_scores(
     return {
         "duration_s": voc.shape[1] / float(sample_rate),
         "vocal_coverage": vocal_coverage(voc, mixture, sample_rate, presence),
-        "vocal_share": _energy(voc) / e_mix if e_mix > 0 else float("nan"),
+        "vocal_share": energy(voc) / e_mix if e_mix > 0 else float("nan"),
         "vocal_to_backing_lu": vocals_lufs - backing_lufs,  # NaN propagates
         "vocal_residue_db": residue,
         "vocals_lufs": vocals_lufs,
@@ -329,4 +254,3 @@ def loudness_gain_db(
             wanted = target_lufs - lufs
     gain = min(wanted, headroom)
     return 0.0 if math.isinf(gain) else float(gain)
-

@@ -1,25 +1,75 @@
 """Settings of a karaoke dataset version: :class:`DatasetSettings` and ``configs/karaoke.yaml``.
 
 The YAML has three sections: ``dataset`` (the fields of :class:`DatasetSettings`
-except the two below), ``presence`` (:class:`stemflow.karaoke.scores.PresenceSettings`)
-and ``thresholds`` (:class:`stemflow.karaoke.scores.KaraokeThresholds`). Unknown keys
-are reported, never ignored. Every setting enters the version hash.
+except the two below), ``presence`` (:class:`PresenceSettings`, how the scores
+detect a vocal) and ``thresholds`` (:class:`KaraokeThresholds`, when a track is
+rejected). Unknown keys are reported, never ignored. Every setting enters the
+version hash. The scores and verdicts these settings steer are
+:mod:`stemflow.karaoke.scores`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from stemflow.errors import ConfigError
-from stemflow.karaoke.scores import KaraokeThresholds, PresenceSettings, settings_from_mapping
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "karaoke.yaml"
+"""``configs/karaoke.yaml`` of the source tree (``stemflow/karaoke/settings.py`` is two folders below it)."""
+
+
+@dataclass(frozen=True)
+class PresenceSettings:
+    """How vocal presence is measured per window (:func:`stemflow.karaoke.scores.vocal_coverage`)."""
+
+    window_s: float = 0.5
+    presence_ratio_db: float = -20.0
+    presence_level_dbfs: float = -50.0
+
+    def __post_init__(self) -> None:
+        if not self.window_s > 0:
+            raise ConfigError(f"window_s must be positive, got {self.window_s}")
+
+
+@dataclass(frozen=True)
+class KaraokeThresholds:
+    """Acceptance thresholds of :func:`stemflow.karaoke.scores.judge` (defaults as in ``configs/karaoke.yaml``).
+
+    The rule each threshold sets is in the :mod:`stemflow.karaoke.scores` docstring.
+    """
+
+    instrumental_max_coverage: float = 0.10
+    instrumental_max_vocal_share: float = 0.005
+    max_vocal_share: float = 0.60
+    max_vocal_to_backing_lu: float = 6.0
+    max_vocal_residue_db: float = -10.0
+    max_backing_clipped_ratio: float = 0.001
+    max_backing_true_peak_dbtp: float = 2.0
+    min_backing_lufs: float = -40.0
+    min_duration_s: float = 1.0
+
+
+def settings_from_mapping(cls: type, data: Mapping[str, Any] | None, where: str) -> Any:
+    """Build the frozen dataclass ``cls`` (numeric fields only) from a mapping, reporting unknown keys and bad values.
+
+    Raises:
+        ConfigError: unknown keys (listed with the valid ones) or a non-numeric value.
+    """
+    data = dict(data or {})
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys are {sorted(names)}")
+    try:
+        return cls(**{k: float(v) for k, v in data.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -103,4 +153,3 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> DatasetSe
         raise ConfigError(f"cannot read karaoke settings {path}: {e}") from e
     settings = settings_from_dict(data, where=str(path))
     return replace(settings, **overrides) if overrides else settings
-

@@ -15,14 +15,12 @@ prototypes (the parametrisation used by libebur128: shelf f0 = 1681.97 Hz,
 G = +4.0 dB, Q = 0.7072; high-pass f0 = 38.135 Hz, Q = 0.5003); at 48 kHz they
 reproduce the coefficients tabulated in BS.1770-4 Annex 1 (Tables 1 and 2).
 
-:func:`as_signal` is the shared input check of :mod:`stemflow.measures.quality` and
-:mod:`stemflow.measures.metrics`: every public measure takes ``[channels, samples]``
-arrays (numpy or torch) and never mutates them.
+Both take ``[channels, samples]`` arrays, numpy or torch, full scale = 1.0
+(checked by :func:`stemflow.measures.signals.as_signal`), and never mutate them.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -30,55 +28,20 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import signal as sps
 
-logger = logging.getLogger(__name__)
+from stemflow.measures.signals import as_signal
 
 
 #: BS.1770 block length and hop for gating (400 ms, 75 % overlap).
 BLOCK_S = 0.4
-
-
 BLOCK_HOP_S = 0.1
-
 
 #: Absolute gate (LUFS) and relative gate offset (LU), BS.1770-4 eq. (4)-(6).
 ABSOLUTE_GATE_LUFS = -70.0
-
-
 RELATIVE_GATE_LU = -10.0
-
 
 #: The constant of BS.1770 eq. (2): makes a 1 kHz sine at 0 dBFS peak in both
 #: stereo channels read 0 LUFS (it offsets the K-weighting gain at 1 kHz).
 LOUDNESS_OFFSET_DB = -0.691
-
-
-def as_signal(x: Any, name: str = "signal") -> np.ndarray:
-    """Check and view an audio array as ``np.ndarray`` of shape ``[channels, samples]``.
-
-    Accepts numpy arrays and torch tensors (detached, moved to the CPU; half
-    precision becomes float32). Float arrays keep their dtype (no copy for
-    numpy input); integer arrays become float64 without rescaling (pass PCM
-    as floats scaled to full scale = 1.0). The input is never modified: callers must not
-    write into the returned array.
-
-    Raises:
-        ValueError: not 2-D, no channel or no sample, or NaN/inf values.
-    """
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch here
-        tensor = x.detach().cpu()
-        if tensor.is_floating_point() and tensor.element_size() < 4:  # bf16/fp16: numpy has no bf16
-            tensor = tensor.float()
-        x = tensor.numpy()
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be shaped [channels, samples], got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf samples")
-    return arr
 
 
 def k_weighting_sos(sample_rate: float) -> np.ndarray:
@@ -199,8 +162,6 @@ def interpolation_filter(factor: int, taps_per_phase: int = 32) -> np.ndarray:
 
 #: Samples per block of the true-peak search (blocks that cannot hold the peak are skipped).
 _TRUE_PEAK_BLOCK = 2048
-
-
 _TRUE_PEAK_BATCH = 256
 
 
@@ -262,4 +223,3 @@ def true_peak_dbtp(x: Any, sample_rate: float) -> float:
 def _amplitude_db(amplitude: float) -> float:
     """``20 log10(amplitude)``; ``-inf`` for zero."""
     return 20.0 * math.log10(amplitude) if amplitude > 0 else float("-inf")
-

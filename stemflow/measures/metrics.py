@@ -27,13 +27,12 @@ the silence rule: a frame is NaN for every stem when any stem's reference or
 estimate is silent in it (:func:`framewise_sdr_joint` reproduces that).
 
 ISR, SIR and SAR are not provided (they do need the projections).
-The reference-free measures live in :mod:`stemflow.measures.quality` and are
-re-exported here.
+The reference-free measures live in :mod:`stemflow.measures.quality`, loudness and
+true peak in :mod:`stemflow.measures.loudness`; nothing of theirs is re-exported here.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -41,10 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stemflow.measures.loudness import as_signal
+from stemflow.measures.signals import as_signal
 from stemflow.models.mel_bands import mel_filterbank
-
-logger = logging.getLogger(__name__)
 
 
 #: eps of the MDX 2021 / SDX 2023 challenge SDR (Music-Source-Separation-Training uses 1e-8).
@@ -325,4 +322,3 @@ def l1_freq(reference: Any, estimate: Any, *, n_fft: int = 2048, hop_length: int
     ]
     loss = 10.0 * float((spectra[1] - spectra[0]).abs().mean())
     return 100.0 / (1.0 + loss)
-

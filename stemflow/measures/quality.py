@@ -1,7 +1,7 @@
 """Reference-free quality measures of separated stems: the catalogue's Parquet quality columns.
 
-This is the one implementation the pipeline records (re-exported by
-:mod:`stemflow.measures.metrics`). Two entry points, both returning ``dict[str, float]``
+This is the one implementation the pipeline records (the measures against reference
+stems are :mod:`stemflow.measures.metrics`). Two entry points, both returning ``dict[str, float]``
 with the units in the names:
 
 :func:`stem_quality` -- one stem (``[channels, samples]``, full scale = 1.0):
@@ -46,7 +46,6 @@ Undefined and silent values (never ``+-inf``, which JSON cannot carry; NaN means
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -54,35 +53,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from stemflow.measures.loudness import as_signal, integrated_loudness, true_peak_dbtp
-
-logger = logging.getLogger(__name__)
+from stemflow.measures.loudness import integrated_loudness, true_peak_dbtp
+from stemflow.measures.signals import as_signal, energy, window_energies
 
 
 #: Floor of every level in dB (digital silence); JSON, Parquet and DuckDB all take it.
 DB_FLOOR = -200.0
 
-
 #: A sample is "clipped" when ``|x| >= CLIP_LEVEL``.
 CLIP_LEVEL = 1.0 - 1e-4
 
-
 #: Silence detection: windows of ``SILENCE_WINDOW_S`` whose RMS is below ``SILENCE_THRESHOLD_DBFS``.
 SILENCE_WINDOW_S = 0.1
-
-
 SILENCE_THRESHOLD_DBFS = -60.0
-
 
 #: STFT of the bleed estimate (Hann window, 50 % overlap) and frames per processing chunk.
 BLEED_N_FFT = 2048
-
-
 BLEED_HOP = 1024
-
-
 _BLEED_FRAMES_PER_CHUNK = 512
-
 
 STEM_COLUMNS = (
     "duration_s",
@@ -105,11 +93,6 @@ def _db(ratio: float, *, power: bool) -> float:
     return max(DB_FLOOR, (10.0 if power else 20.0) * math.log10(ratio))
 
 
-def _energy(x: np.ndarray) -> float:
-    """Sum of squares over all channels and samples, accumulated in float64."""
-    return float(np.einsum("cn,cn->", x, x, dtype=np.float64))
-
-
 def clipped_ratio(x: Any) -> float:
     """Fraction of samples, over all channels, with ``|x| >= CLIP_LEVEL`` (0..1)."""
     audio = as_signal(x, "x")
@@ -125,18 +108,9 @@ def silence_ratio(x: Any, sample_rate: float) -> float:
     """
     audio = as_signal(x, "x")
     window = max(1, int(round(SILENCE_WINDOW_S * sample_rate)))
-    channels, n = audio.shape
-    whole = n // window
-    mean_squares = []
-    if whole:
-        frames = audio[:, : whole * window].reshape(channels, whole, window)
-        mean_squares.append(np.einsum("cfw,cfw->f", frames, frames, dtype=np.float64) / (channels * window))
-    if n % window:
-        tail = audio[:, whole * window :]
-        mean_squares.append(np.array([_energy(tail) / tail.size]))
-    ms = np.concatenate(mean_squares)
+    energies, counts = window_energies(audio, window)
     threshold = 10.0 ** (SILENCE_THRESHOLD_DBFS / 10.0)  # mean square of -60 dBFS RMS
-    return float(np.count_nonzero(ms < threshold)) / ms.size
+    return float(np.count_nonzero(energies / counts < threshold)) / energies.size
 
 
 def stereo_correlation(x: Any) -> float:
@@ -166,14 +140,14 @@ def stem_quality(stem: Any, sample_rate: float, mixture: Any | None = None) -> d
     audio = as_signal(stem, "stem")
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    energy = _energy(audio)
+    stem_energy = energy(audio)
     share = float("nan")
     if mixture is not None:
         mix = as_signal(mixture, "mixture")
         if mix.shape != audio.shape:
             raise ValueError(f"mixture {mix.shape} and stem {audio.shape} must have the same shape")
-        mix_energy = _energy(mix)
-        share = energy / mix_energy if mix_energy > 0 else float("nan")
+        mix_energy = energy(mix)
+        share = stem_energy / mix_energy if mix_energy > 0 else float("nan")
     peak = float(np.max(np.abs(audio)))
     true_peak = true_peak_dbtp(audio, sample_rate) if peak > 0 else DB_FLOOR
     return {
@@ -182,7 +156,7 @@ def stem_quality(stem: Any, sample_rate: float, mixture: Any | None = None) -> d
         "peak_dbfs": _db(peak, power=False),
         "true_peak_dbtp": max(DB_FLOOR, true_peak),
         "loudness_lufs": integrated_loudness(audio, sample_rate),
-        "rms_dbfs": _db(energy / audio.size, power=True),
+        "rms_dbfs": _db(stem_energy / audio.size, power=True),
         "clipped_ratio": clipped_ratio(audio),
         "silence_ratio": silence_ratio(audio, sample_rate),
         "stereo_correlation": stereo_correlation(audio),
@@ -267,8 +241,7 @@ def track_quality(mixture: Any, stems: Mapping[str, Any]) -> dict[str, float]:
         if audio.shape != mix.shape:
             raise ValueError(f"stem {name!r} {audio.shape} and mixture {mix.shape} must have the same shape")
         residual -= audio
-    mix_energy = _energy(mix)
-    out = {"residual_db": _db(_energy(residual) / mix_energy, power=True) if mix_energy > 0 else float("nan")}
+    mix_energy = energy(mix)
+    out = {"residual_db": _db(energy(residual) / mix_energy, power=True) if mix_energy > 0 else float("nan")}
     out.update({f"bleed_ratio_{name}": value for name, value in bleed_ratios(stems).items()})
     return out
-
