@@ -22,11 +22,12 @@ never audio. :func:`run_evaluation` is the CLI's backend.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -38,6 +39,9 @@ from stemflow.evaluation.scoring import baseline_rows, error_metrics_row, metric
 from stemflow.hub.model_id import parse_model_id
 
 ENGINES = ("ray", "local")
+
+EstimatesOf = Callable[[ReferenceTrack], tuple[dict[str, np.ndarray], int]]
+"""A model's estimated stems of one track and their sample rate."""
 
 
 def _track_dicts(tracks: Sequence[ReferenceTrack]) -> list[dict[str, Any]]:
@@ -68,8 +72,8 @@ def resolve_task(model: str, checkpoint: str | None, settings: Mapping[str, Any]
             "reported_sdr": reported}
 
 
-def _score_or_error(model: Mapping[str, Any], track: ReferenceTrack, estimates_of, storage_options,
-                    max_duration_s: float | None) -> list[dict[str, Any]]:
+def _score_or_error(model: Mapping[str, Any], track: ReferenceTrack, estimates_of: EstimatesOf,
+                    storage_options: Mapping[str, Any] | None, max_duration_s: float | None) -> list[dict[str, Any]]:
     """Score one track; any failure becomes the track's error row."""
     try:
         estimates, sample_rate = estimates_of(track)
@@ -91,7 +95,7 @@ def local_task(tracks: list[dict[str, Any]], model: Mapping[str, Any], storage_o
 
     separator = build_separator(ModelSpec(**model["spec"]))
 
-    def estimates_of(track: ReferenceTrack):
+    def estimates_of(track: ReferenceTrack) -> tuple[dict[str, np.ndarray], int]:
         result = separate_track(separator, read_bytes(track.mixture_url, storage_options), name=track.mixture_url,
                                 measure_quality=False)
         return result.stems, result.sample_rate
@@ -133,7 +137,7 @@ def score_committed_task(tracks: list[dict[str, Any]], model: Mapping[str, Any],
     from stemflow.store.commit import read_marker, track_url
     from stemflow.store.objects import read_bytes
 
-    def estimates_of(track: ReferenceTrack):
+    def estimates_of(track: ReferenceTrack) -> tuple[dict[str, np.ndarray], int]:
         outcome = outcomes[track.name]
         if outcome["status"] == "error":
             raise StemflowError(outcome["error"] or "separation failed")
@@ -193,37 +197,60 @@ def evaluate(
     :class:`~stemflow.stage.settings.StageSettings` fields. Returns ``eval_id``, the file
     URLs and the leaderboard rows.
     """
-    log = get_run_logger()
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if not models:
         raise ValueError("give at least one model")
     started = time.perf_counter()
-    eval_id = eval_id or new_eval_id()
+    scoring = _Scoring(output_url=output_url, eval_id=eval_id or new_eval_id(), engine=engine,
+                       storage_options=storage_options, stage=dict(stage or {}), max_duration_s=max_duration_s)
     tracks = discover_task(dataset_url, storage_options)
-    log.info("evaluation %s: %d tracks, models %s, engine %s", eval_id, len(tracks), ", ".join(models), engine)
+    get_run_logger().info("evaluation %s: %d tracks, models %s, engine %s", scoring.eval_id, len(tracks),
+                          ", ".join(models), engine)
     rows: list[dict[str, Any]] = []
     resolved = []
     for model in models:
         info = resolve_task(model, (checkpoints or {}).get(model), dict(model_settings or {}))
         resolved.append(info)
-        if engine == "local":
-            rows += local_task(tracks, info, storage_options, max_duration_s)
-        else:
-            outcomes = ray_task(tracks, info, output_url, eval_id, storage_options, dict(stage or {}))
-            rows += score_committed_task(tracks, info, outcomes, output_url, storage_options, max_duration_s)
+        rows += scoring.model_rows(tracks, info)
     rates = [r["sample_rate"] for r in rows if r.get("sample_rate")]
     rows += baseline_task(tracks, rates[0] if rates else baseline_sample_rate, storage_options, max_duration_s)
     info = {"dataset_url": dataset_url, "engine": engine, "tracks": [t["name"] for t in tracks],
             "models": [{k: m[k] for k in ("name", "model_id", "reported_sdr")} for m in resolved],
             "max_duration_s": max_duration_s, "wall_s": time.perf_counter() - started}
-    urls = write_task(output_url, eval_id, rows, info, storage_options)
+    return _publish(scoring, rows, info)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """Where and how one evaluation separates and scores its models."""
+
+    output_url: str
+    eval_id: str
+    engine: str
+    storage_options: Mapping[str, Any] | None
+    stage: Mapping[str, Any]
+    max_duration_s: float | None
+
+    def model_rows(self, tracks: list[dict[str, Any]], model: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The metric rows of one resolved model over every track, with this evaluation's engine."""
+        if self.engine == "local":
+            return local_task(tracks, model, self.storage_options, self.max_duration_s)
+        outcomes = ray_task(tracks, model, self.output_url, self.eval_id, self.storage_options, self.stage)
+        return score_committed_task(tracks, model, outcomes, self.output_url, self.storage_options,
+                                    self.max_duration_s)
+
+
+def _publish(scoring: _Scoring, rows: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
+    """Write the metrics and leaderboard files, publish the leaderboard artifact; the flow's result."""
+    eval_id = scoring.eval_id
+    urls = write_task(scoring.output_url, eval_id, rows, info, scoring.storage_options)
     board = leaderboard(metrics_table(rows))
     markdown = leaderboard_markdown(board, reported_notes(info))
     create_markdown_artifact(f"# stemflow evaluation `{eval_id}`\n\n" + markdown,
                              key="stemflow-leaderboard", description=f"leaderboard of {eval_id}")
     errors = sum(1 for r in rows if r.get("status") == "error")
-    log.info("evaluation %s written to %s (%d error rows)", eval_id, urls["metrics.parquet"], errors)
+    get_run_logger().info("evaluation %s written to %s (%d error rows)", eval_id, urls["metrics.parquet"], errors)
     return {"eval_id": eval_id, "urls": urls, "leaderboard": board.to_pylist(), "errors": errors, "info": info}
 
 

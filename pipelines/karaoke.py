@@ -12,8 +12,8 @@
 
 Then: plan the version (an existing complete one with the same model, settings
 and tracks ends the flow: nothing to do), one task per track (score, gain,
-write; :func:`stemflow.karaoke.dataset.prepare_track`), one task for the manifest, card
-and ``_COMPLETE.json``. Tasks exchange URLs, ids and small row dicts.
+write; :func:`stemflow.karaoke.dataset.prepare_track`), one task for the dataset index
+(``manifest.parquet``), card and ``_COMPLETE.json``. Tasks exchange URLs, ids and small row dicts.
 """
 
 from __future__ import annotations
@@ -22,15 +22,23 @@ import json
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from pipelines.separate_catalogue import resolve_model_task, run_flow_body, separate_catalogue
+from pipelines.separate_catalogue import (
+    RunRequest,
+    SeparationOptions,
+    resolve_model_task,
+    run_flow_body,
+    separate_catalogue,
+)
+from stemflow.catalogue.manifests import MANIFEST_SUFFIXES
 from stemflow.catalogue.planning import iter_catalogue
 from stemflow.catalogue.tracks import TrackRef
 from stemflow.errors import ConfigError, StemflowError
+from stemflow.hub.cache import default_cache_dir
 from stemflow.hub.spec import ModelSpec
 from stemflow.karaoke.dataset import DatasetTrack, finish_dataset, plan_version, prepare_track
 from stemflow.karaoke.settings import DatasetSettings, load_settings
@@ -87,7 +95,7 @@ def plan_version_task(dataset_url: str, model_id: str, settings: DatasetSettings
 def prepare_track_task(track: Mapping[str, Any], output_url: str, model_id: str, version_url: str,
                        settings: DatasetSettings, spec: Mapping[str, Any] | None,
                        storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Score and write one track; its manifest row (an error row for a bad track)."""
+    """Score and write one track; its dataset index row (an error row for a bad track)."""
     separator = _vocal_separator(spec) if spec is not None and settings.residue else None
     return prepare_track(DatasetTrack(**track), output_url=output_url, model_id=model_id, version_url=version_url,
                          settings=settings, vocal_separator=separator, storage_options=storage_options)
@@ -96,7 +104,7 @@ def prepare_track_task(track: Mapping[str, Any], output_url: str, model_id: str,
 @task(name="finish-dataset", retries=1, retry_delay_seconds=2)
 def finish_task(version_url: str, rows: list[dict[str, Any]], model_id: str, settings: DatasetSettings,
                 models: Mapping[str, Any], storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Manifest, card, shards, then the completion marker; the counts."""
+    """The dataset index (``manifest.parquet``), card, shards, then the completion marker; the counts."""
     return finish_dataset(version_url, rows, model_id=model_id, settings=settings, models=models,
                           storage_options=storage_options)
 
@@ -106,13 +114,14 @@ def separate_listed(folder_url: str, output_url: str, track_ids: list[str], mode
                     shard_size: int, workers: int, gpus_per_worker: float, ray_address: str | None,
                     storage_options: dict[str, Any] | None, stage: dict[str, Any] | None,
                     model_settings: dict[str, Any] | None) -> dict[str, Any]:
-    """Separate only the listed tracks of ``folder_url`` (a manifest's tracks), as ``separate-catalogue`` does."""
-    summary = run_flow_body(
-        folder_url, output_url, model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
+    """Separate only the listed tracks of ``folder_url`` (a catalogue manifest's), as ``separate-catalogue`` does."""
+    options = SeparationOptions(
+        model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
         gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options, stage=stage,
-        model_settings=model_settings, only_track_ids=track_ids, flow_name="karaoke-separate-listed",
+        model_settings=model_settings,
     )
-    return summary.as_dict()
+    request = RunRequest(folder_url, output_url, options, "karaoke-separate-listed", only_track_ids=track_ids)
+    return run_flow_body(request).as_dict()
 
 
 def _common_folder(urls: list[str]) -> str:
@@ -158,52 +167,99 @@ def karaoke_dataset(
     separation settings (``cache_dir``, ``batch_size``, ``chunk_size``…; ``cache_dir``
     defaults to ``$STEMFLOW_CACHE`` or ``~/.cache/stemflow``).
     """
-    log = get_run_logger()
     settings = load_settings(config_path, **_overrides(format, loudness, stems4, group_column, splits, seed,
                                                        residue, webdataset))
-    model_settings = dict(model_settings or {})
-    if not (model.endswith((".yaml", ".yml"))):
-        from stemflow.hub.cache import default_cache_dir
+    options = SeparationOptions(
+        model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
+        gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options, stage=stage,
+        model_settings=_with_cache_dir(model, model_settings),
+    )
+    resolved = resolve_model_task(model, checkpoint, options.model_settings)
+    model_id = resolved["model_id"]
+    output_url, separation, tracks = _dataset_tracks(source_url, output_url, model_id, settings, options)
+    build = _VersionBuild(dataset_url=dataset_url, output_url=output_url, model=model, model_id=model_id,
+                          spec=resolved["spec"], settings=settings, storage_options=storage_options)
+    return _build_version(build, tracks, separation)
 
-        model_settings.setdefault("cache_dir", str(default_cache_dir(os.environ)))
-    resolved = resolve_model_task(model, checkpoint, model_settings)
-    model_id, spec = resolved["model_id"], resolved["spec"]
+
+@dataclass(frozen=True)
+class _VersionBuild:
+    """What building one dataset version needs: where it goes, whose stems, which settings."""
+
+    dataset_url: str
+    output_url: str
+    model: str
+    model_id: str
+    spec: Mapping[str, Any]
+    settings: DatasetSettings
+    storage_options: Mapping[str, Any] | None
+
+
+def _with_cache_dir(model: str, model_settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``model_settings`` with the weights cache defaulted for a registry model (``$STEMFLOW_CACHE``)."""
+    settings = dict(model_settings or {})
+    if not model.endswith((".yaml", ".yml")):
+        settings.setdefault("cache_dir", str(default_cache_dir(os.environ)))
+    return settings
+
+
+def _dataset_tracks(source_url: str, output_url: str | None, model_id: str, settings: DatasetSettings,
+                    options: SeparationOptions) -> tuple[str, dict[str, Any], list[DatasetTrack]]:
+    """The output URL, the separation's summary and the committed tracks the dataset is built from.
+
+    A separation output is used as it is; a catalogue is separated first (what is missing).
+    """
+    storage_options = options.storage_options
     if is_separation_output(source_url, storage_options):
-        output_url = source_url
+        tracks = [DatasetTrack(t) for t in committed_task(source_url, model_id, storage_options)]
         separation: dict[str, Any] = {"planned": 0, "source": "output"}
-        tracks = [DatasetTrack(t) for t in committed_task(output_url, model_id, storage_options)]
+        output_url = source_url
     else:
         if output_url is None:
             raise ConfigError("a catalogue needs output_url (where the stems are, or will be, committed)")
         listed = [TrackRef.from_dict(t) for t in list_catalogue_task(source_url, output_url, storage_options)]
         if not listed:
             raise StemflowError(f"no tracks in catalogue {source_url!r}")
-        run = dict(model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
-                   gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options,
-                   stage=stage, model_settings=model_settings)
-        if source_url.lower().endswith((".csv", ".parquet", ".pq")):
-            separation = separate_listed(_common_folder([t.url for t in listed]), output_url,
-                                         sorted({t.track_id for t in listed}), **run)
-        else:
-            separation = separate_catalogue(source_url, output_url, **run)
+        separation = _separate_missing(source_url, output_url, listed, options)
         done = set(committed_task(output_url, model_id, storage_options))
         tracks = [DatasetTrack(t.track_id, t.url, t.extra.get(settings.group_column))
                   for t in listed if t.track_id in done]
-        log.info("%d of %d catalogue tracks are committed for %s", len(tracks), len(listed), model_id)
+        get_run_logger().info("%d of %d catalogue tracks are committed for %s", len(tracks), len(listed), model_id)
     if not tracks:
         raise StemflowError(f"no track is committed for {model_id} under {output_url!r}")
-    version, complete = plan_version_task(dataset_url, model_id, settings, tracks, storage_options)
-    version_url = join_url(dataset_url, version)
-    result = {"version": version, "version_url": version_url, "model_id": model_id, "output_url": output_url,
-              "separation": separation, "created": not complete}
+    return output_url, separation, tracks
+
+
+def _separate_missing(source_url: str, output_url: str, listed: list[TrackRef],
+                      options: SeparationOptions) -> dict[str, Any]:
+    """Separate what the catalogue's model has not committed yet (a subflow); its summary.
+
+    A folder runs ``separate-catalogue``; a manifest runs only its listed tracks of their common folder.
+    """
+    if source_url.lower().endswith(MANIFEST_SUFFIXES):
+        return separate_listed(_common_folder([t.url for t in listed]), output_url,
+                               sorted({t.track_id for t in listed}), **options.flow_kwargs())
+    return separate_catalogue(source_url, output_url, **options.flow_kwargs())
+
+
+def _build_version(build: _VersionBuild, tracks: list[DatasetTrack], separation: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """Plan the version; unless already complete, prepare every track and finish it. The flow's result."""
+    log = get_run_logger()
+    version, complete = plan_version_task(build.dataset_url, build.model_id, build.settings, tracks,
+                                          build.storage_options)
+    version_url = join_url(build.dataset_url, version)
+    result = {"version": version, "version_url": version_url, "model_id": build.model_id,
+              "output_url": build.output_url, "separation": separation, "created": not complete}
     if complete:
         log.info("dataset version %s is already complete: nothing to do", version)
         return result
-    rows = [prepare_track_task(asdict(t), output_url, model_id, version_url, settings, spec, storage_options)
-            for t in tracks]
-    models = {"separation": model, "residue (vocal model on the backing)": model if settings.residue else "off",
-              **_model_facts(model)}
-    counts = finish_task(version_url, rows, model_id, settings, models, storage_options)
+    rows = [prepare_track_task(asdict(t), build.output_url, build.model_id, version_url, build.settings, build.spec,
+                               build.storage_options) for t in tracks]
+    models = {"separation": build.model,
+              "residue (vocal model on the backing)": build.model if build.settings.residue else "off",
+              **_model_facts(build.model)}
+    counts = finish_task(version_url, rows, build.model_id, build.settings, models, build.storage_options)
     log.info("dataset %s: %d tracks, %d accepted", version_url, counts["tracks"], counts["accepted"])
     return {**result, "counts": counts}
 

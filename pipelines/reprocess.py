@@ -14,7 +14,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from pipelines.separate_catalogue import run_flow_body
+from pipelines.separate_catalogue import RunRequest, SeparationOptions, run_flow_body
+from stemflow.errors import ConfigError
+from stemflow.store.records import read_records
 
 
 @task(name="select-by-quality", retries=2, retry_delay_seconds=2)
@@ -27,9 +29,6 @@ def select_by_quality_task(output_url: str, previous_model_id: str, quality_colu
 def select_by_quality(output_url: str, previous_model_id: str, quality_column: str, above: float,
                       storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Track ids of ``previous_model_id`` with some ``ok`` row where ``quality_column > above``."""
-    from stemflow.errors import ConfigError
-    from stemflow.store.records import read_records
-
     table = read_records(output_url, model_id=previous_model_id, storage_options=storage_options)
     if quality_column not in table.column_names:
         raise ConfigError(f"no column {quality_column!r} in the records; have {table.column_names}")
@@ -62,10 +61,9 @@ def reprocess(
                                       storage_options)
         get_run_logger().info("%d tracks of %s have %s > %s", len(only), previous_model_id,
                               quality_column, above)
-    summary = run_flow_body(
-        catalogue_url, output_url, model=model, checkpoint=checkpoint, shard_size=shard_size,
-        workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address,
-        storage_options=storage_options, stage=stage, model_settings=model_settings,
-        only_track_ids=only, flow_name="reprocess",
+    options = SeparationOptions(
+        model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
+        gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options, stage=stage,
+        model_settings=model_settings,
     )
-    return summary.as_dict()
+    return run_flow_body(RunRequest(catalogue_url, output_url, options, "reprocess", only_track_ids=only)).as_dict()

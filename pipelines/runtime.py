@@ -21,14 +21,13 @@ from stemflow.catalogue.planning import plan
 from stemflow.errors import StemflowError
 from stemflow.hub.model_id import output_settings
 from stemflow.hub.spec import ModelSpec, load_spec
+from stemflow.stage.finishing import rows_from_marker
 from stemflow.stage.ray_adapter import run_shard
 from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, StageSettings
-from stemflow.stage.worker import rows_from_marker
 from stemflow.store.commit import committed_tracks, read_marker
 from stemflow.store.objects import read_bytes, write_atomic
 from stemflow.store.paths import filesystem, join_url
 from stemflow.store.records import read_records, write_part
-from stemflow.store.runs import RunManifest, write_run_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ def recorded_track_ids(output_url: str, model_id: str, storage_options: Mapping[
     return {r["track_id"] for r in rows if r["status"] == STATUS_OK}
 
 
-# --- run manifests and status --------------------------------------------------------------
+# --- versions and status -----------------------------------------------------------------
 
 
 def versions() -> dict[str, str]:
@@ -185,11 +184,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
-
-
-def write_manifest(output_url: str, manifest: RunManifest, storage_options: Mapping[str, Any] | None) -> str:
-    """Write (or replace) ``runs/<run_id>.json``."""
-    return write_run_manifest(output_url, manifest, storage_options=storage_options)
 
 
 def catalogue_status(output_url: str, storage_options: Mapping[str, Any] | None = None

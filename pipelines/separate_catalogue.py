@@ -21,7 +21,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ from pipelines import runtime
 from stemflow.hub.cache import default_cache_dir
 from stemflow.stage.settings import StageSettings
 from stemflow.store.commit import utc_now_iso
-from stemflow.store.runs import RunManifest, run_manifest_url
+from stemflow.store.runs import RunManifest, run_manifest_url, write_run_manifest
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (tracks done, tracks planned) after every shard."""
@@ -40,7 +40,11 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What one run did: counts, throughput, where its outputs are."""
+    """What one run did: counts, throughput, where its outputs are.
+
+    ``manifest_url`` is the run manifest's URL (``runs/<run_id>.json``; the field
+    keeps its name because it is a key of the flows' result).
+    """
 
     run_id: str
     model_id: str
@@ -70,6 +74,51 @@ class RunSummary:
         data["tracks_per_hour"] = self.tracks_per_hour
         data["failures"] = [dict(f) for f in self.failures]
         return data
+
+
+@dataclass(frozen=True)
+class SeparationOptions:
+    """The separation parameters every catalogue flow takes, under the flows' own parameter names."""
+
+    model: str = "spleeter-2stems"
+    checkpoint: str | None = None
+    shard_size: int = 50
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    ray_address: str | None = None
+    storage_options: Mapping[str, Any] | None = None
+    stage: Mapping[str, Any] | None = None
+    model_settings: Mapping[str, Any] | None = None
+
+    def flow_kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments of a flow (``separate_catalogue(url, out, **kwargs)``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One separation run as a flow asks for it: what to separate, where to, how, under which flow name.
+
+    ``only_track_ids``: separate only these tracks of the catalogue (``None``: all of them).
+    """
+
+    catalogue_url: str
+    output_url: str
+    options: SeparationOptions
+    flow_name: str
+    only_track_ids: Iterable[str] | None = None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A started run: its ids, its model, its stage settings and the run manifest written so far."""
+
+    run_id: str
+    run_date: str
+    model_id: str
+    spec: Mapping[str, Any]
+    stage: Mapping[str, Any]
+    run_manifest: RunManifest
 
 
 @task(name="resolve-model", retries=1)
@@ -104,104 +153,103 @@ def shard_task(shard_url: str, shard_index: int, spec: Mapping[str, Any], job: M
     return runtime.separate_shard(shard_url, shard_index, spec, job, settings)
 
 
-def _stage_settings(workers: int, gpus_per_worker: float, ray_address: str | None,
-                    overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+def _stage_settings(request: RunRequest) -> dict[str, Any]:
     """Stage settings as a plain dict; ``RAY_ADDRESS`` picks a cluster when none is given."""
+    options = request.options
     settings: dict[str, Any] = {
-        "workers": workers,
-        "gpus_per_worker": gpus_per_worker,
-        "ray_address": ray_address or os.environ.get("RAY_ADDRESS") or None,
+        "workers": options.workers,
+        "gpus_per_worker": options.gpus_per_worker,
+        "ray_address": options.ray_address or os.environ.get("RAY_ADDRESS") or None,
     }
-    settings.update(overrides or {})
+    settings.update(options.stage or {})
     StageSettings(**settings)  # validate early, in the flow, with a clear error
     return settings
 
 
-def run_flow_body(
-    catalogue_url: str,
-    output_url: str,
-    *,
-    model: str,
-    checkpoint: str | None,
-    shard_size: int,
-    workers: int,
-    gpus_per_worker: float,
-    ray_address: str | None,
-    storage_options: Mapping[str, Any] | None,
-    stage: Mapping[str, Any] | None,
-    model_settings: Mapping[str, Any] | None,
-    only_track_ids: Iterable[str] | None,
-    flow_name: str,
-    progress_callback: ProgressCallback | None = None,
-) -> RunSummary:
-    """The body shared by ``separate_catalogue`` and ``reprocess`` (called inside a flow)."""
+def run_flow_body(request: RunRequest, progress_callback: ProgressCallback | None = None) -> RunSummary:
+    """The body shared by ``separate_catalogue``, ``reprocess`` and the karaoke flow (called inside a flow)."""
     log = get_run_logger()
     started = time.perf_counter()
-    started_at = utc_now_iso()
-    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    run_date = f"{datetime.now(UTC):%Y-%m-%d}"
-    settings = _stage_settings(workers, gpus_per_worker, ray_address, stage)
-    model_settings = {"cache_dir": str(default_cache_dir(os.environ)), **(model_settings or {})}
-    resolved = resolve_model_task(model, checkpoint, model_settings)
-    model_id = resolved["model_id"]
-    manifest = RunManifest(
-        run_id=run_id, status="running", started_at=started_at,
-        inputs={"flow": flow_name, "catalogue_url": catalogue_url, "out_url": output_url, "model": model,
-                "checkpoint": checkpoint, "model_id": model_id, "shard_size": shard_size},
-        settings={**settings, **model_settings}, versions=runtime.versions(),
-    )
-    runtime.write_manifest(output_url, manifest, storage_options)
-    log.info("run %s: model %s (model_id %s) -> %s", run_id, model, model_id, output_url)
+    run = _start_run(request)
     try:
-        summary = _run_shards(catalogue_url, output_url, model_id, run_id, run_date, shard_size,
-                              storage_options, resolved["spec"], settings, only_track_ids,
-                              progress_callback, started)
+        summary = _run_shards(request, run, progress_callback, started)
     except BaseException:
-        failed = replace(manifest, status="failed", finished_at=utc_now_iso())
-        runtime.write_manifest(output_url, failed, storage_options)
+        failed = replace(run.run_manifest, status="failed", finished_at=utc_now_iso())
+        write_run_manifest(request.output_url, failed, storage_options=request.options.storage_options)
         raise
-    counts = {k: int(getattr(summary, k)) for k in ("planned", "ok", "errors", "skipped", "recovered", "shards")}
-    summary = replace(summary, status="partial" if summary.errors else "succeeded")
-    finished = replace(manifest, status=summary.status, finished_at=utc_now_iso(), counts=counts)
-    runtime.write_manifest(output_url, finished, storage_options)
+    summary = _finish_run(request, run, summary)
     _publish_summary(summary)
-    log.info("run %s finished: %d ok, %d errors, %d skipped, %.0f tracks/h", run_id,
+    log.info("run %s finished: %d ok, %d errors, %d skipped, %.0f tracks/h", run.run_id,
              summary.ok, summary.errors, summary.skipped, summary.tracks_per_hour)
     return summary
 
 
-def _run_shards(catalogue_url: str, output_url: str, model_id: str, run_id: str, run_date: str,
-                shard_size: int, storage_options: Mapping[str, Any] | None, spec: Mapping[str, Any],
-                settings: Mapping[str, Any], only_track_ids: Iterable[str] | None,
-                progress_callback: ProgressCallback | None, started: float) -> RunSummary:
+def _start_run(request: RunRequest) -> _Run:
+    """Name the run, validate its settings, resolve the model, write the ``running`` run manifest."""
+    options = request.options
+    started_at = utc_now_iso()
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    run_date = f"{datetime.now(UTC):%Y-%m-%d}"
+    settings = _stage_settings(request)
+    model_settings = {"cache_dir": str(default_cache_dir(os.environ)), **(options.model_settings or {})}
+    resolved = resolve_model_task(options.model, options.checkpoint, model_settings)
+    model_id = resolved["model_id"]
+    run_manifest = RunManifest(
+        run_id=run_id, status="running", started_at=started_at,
+        inputs={"flow": request.flow_name, "catalogue_url": request.catalogue_url, "out_url": request.output_url,
+                "model": options.model, "checkpoint": options.checkpoint, "model_id": model_id,
+                "shard_size": options.shard_size},  # stored keys as ever: "out_url" is the output URL
+        settings={**settings, **model_settings}, versions=runtime.versions(),
+    )
+    write_run_manifest(request.output_url, run_manifest, storage_options=options.storage_options)
+    get_run_logger().info("run %s: model %s (model_id %s) -> %s", run_id, options.model, model_id,
+                          request.output_url)
+    return _Run(run_id=run_id, run_date=run_date, model_id=model_id, spec=resolved["spec"], stage=settings,
+                run_manifest=run_manifest)
+
+
+def _run_shards(request: RunRequest, run: _Run, progress_callback: ProgressCallback | None,
+                started: float) -> RunSummary:
     """Recover, plan, run every shard (one task each); the counts."""
     log = get_run_logger()
-    recovered = recover_task(output_url, model_id, run_id, run_date, 0, storage_options)
-    ids = sorted(only_track_ids) if only_track_ids is not None else None
-    shards = plan_task(catalogue_url, output_url, model_id, run_id, shard_size, storage_options, ids)
+    output_url, storage_options = request.output_url, request.options.storage_options
+    recovered = recover_task(output_url, run.model_id, run.run_id, run.run_date, 0, storage_options)
+    ids = sorted(request.only_track_ids) if request.only_track_ids is not None else None
+    shards = plan_task(request.catalogue_url, output_url, run.model_id, run.run_id, request.options.shard_size,
+                       storage_options, ids)
     planned = sum(s["tracks"] for s in shards)
     if shards:
         log.info("planned %d tracks in %d shards", planned, len(shards))
     else:
-        log.info("nothing to do: every track of %s is already committed for %s", catalogue_url, model_id)
-    job = {"output_url": output_url, "model_id": model_id, "run_id": run_id, "run_date": run_date,
+        log.info("nothing to do: every track of %s is already committed for %s", request.catalogue_url,
+                 run.model_id)
+    job = {"output_url": output_url, "model_id": run.model_id, "run_id": run.run_id, "run_date": run.run_date,
            "storage_options": dict(storage_options or {})}
     results: list[dict[str, Any]] = []
     done = 0
     for shard in shards:
-        results.append(shard_task(shard["url"], shard["index"], spec, job, settings))
+        results.append(shard_task(shard["url"], shard["index"], run.spec, job, run.stage))
         done += shard["tracks"]
         if progress_callback is not None:
             progress_callback(done, planned)
     return RunSummary(
-        run_id=run_id, model_id=model_id, output_url=output_url, planned=planned,
+        run_id=run.run_id, model_id=run.model_id, output_url=output_url, planned=planned,
         ok=sum(r["ok"] for r in results), errors=sum(r["errors"] for r in results),
         skipped=sum(r["skipped"] for r in results), recovered=recovered["tracks"],
         shards=len(shards), wall_s=time.perf_counter() - started, status="running",
         failures=tuple(f for r in results for f in r["failures"]),
         parquet_urls=tuple(u for u in [recovered["part_url"], *(r["part_url"] for r in results)] if u),
-        manifest_url=run_manifest_url(output_url, run_id),
+        manifest_url=run_manifest_url(output_url, run.run_id),
     )
+
+
+def _finish_run(request: RunRequest, run: _Run, summary: RunSummary) -> RunSummary:
+    """The summary with its final status, also written to the run manifest with the counts."""
+    counts = {k: int(getattr(summary, k)) for k in ("planned", "ok", "errors", "skipped", "recovered", "shards")}
+    summary = replace(summary, status="partial" if summary.errors else "succeeded")
+    finished = replace(run.run_manifest, status=summary.status, finished_at=utc_now_iso(), counts=counts)
+    write_run_manifest(request.output_url, finished, storage_options=request.options.storage_options)
+    return summary
 
 
 def _publish_summary(summary: RunSummary) -> None:
@@ -245,13 +293,12 @@ def separate_catalogue(
     fields (e.g. ``{"tracks_per_call": 4}``); ``model_settings`` overrides
     separation settings that change the output (and so the model_id).
     """
-    summary = run_flow_body(
-        catalogue_url, output_url, model=model, checkpoint=checkpoint, shard_size=shard_size,
-        workers=workers, gpus_per_worker=gpus_per_worker, ray_address=ray_address,
-        storage_options=storage_options, stage=stage, model_settings=model_settings,
-        only_track_ids=None, flow_name="separate-catalogue",
+    options = SeparationOptions(
+        model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
+        gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options, stage=stage,
+        model_settings=model_settings,
     )
-    return summary.as_dict()
+    return run_flow_body(RunRequest(catalogue_url, output_url, options, "separate-catalogue")).as_dict()
 
 
 def run_catalogue(
@@ -273,16 +320,16 @@ def run_catalogue(
     ``gpus`` > 0 runs ``gpus`` GPU actors (one GPU each) and ignores ``workers``.
     ``cache_dir``: the weights cache (default ``$STEMFLOW_CACHE`` or ``~/.cache/stemflow``).
     """
+    options = SeparationOptions(
+        model=model, checkpoint=checkpoint, shard_size=shard_size, workers=gpus if gpus > 0 else workers,
+        gpus_per_worker=1.0 if gpus > 0 else 0.0, ray_address=None, storage_options=storage_options, stage=stage,
+        model_settings={"cache_dir": cache_dir} if cache_dir else None,
+    )
 
     @flow(name="separate-catalogue", log_prints=False)
     def _cli_flow() -> RunSummary:
-        return run_flow_body(
-            catalogue_url, output_url, model=model, checkpoint=checkpoint, shard_size=shard_size,
-            workers=gpus if gpus > 0 else workers, gpus_per_worker=1.0 if gpus > 0 else 0.0,
-            ray_address=None, storage_options=storage_options, stage=stage,
-            model_settings={"cache_dir": cache_dir} if cache_dir else None,
-            only_track_ids=None, flow_name="separate-catalogue", progress_callback=progress_callback,
-        )
+        return run_flow_body(RunRequest(catalogue_url, output_url, options, "separate-catalogue"),
+                             progress_callback=progress_callback)
 
     return _cli_flow()
 

@@ -30,16 +30,19 @@ models_app = typer.Typer(no_args_is_help=True, help="The model registry and the 
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 out = Console()
-logger = logging.getLogger("stemflow.cli")
 
 
 class OutputFormat(str, Enum):
+    """Stem file formats of ``separate --format``."""
+
     flac = "flac"
     wav = "wav"
     mp3 = "mp3"
 
 
 class Precision(str, Enum):
+    """Inference precisions of ``separate --precision`` (bf16/fp16: autocast on CUDA)."""
+
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
@@ -53,6 +56,7 @@ def cache_dir() -> Path:
 
 
 def offline_requested(flag: bool) -> bool:
+    """Never download weights: ``--offline`` or ``STEMFLOW_OFFLINE=1``."""
     return flag or os.environ.get("STEMFLOW_OFFLINE", "").strip() in {"1", "true", "yes"}
 
 
@@ -92,12 +96,15 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
 
 @dataclass
 class _Outcome:
+    """One input of ``separate``: separated or not, and the message to show."""
+
     path: Path
     ok: bool
     message: str
 
 
 def _load(model: Optional[str], config: Optional[Path], checkpoint: Optional[Path], offline: bool):
+    """The model of ``--model`` (downloaded with a progress bar) or of ``--config``/``--checkpoint``."""
     from stemflow.hub.loading import default_model_name, load_custom, load_registered
 
     if config is not None or checkpoint is not None:
@@ -147,6 +154,24 @@ def separate(
                           batch_size=batch_size, precision=precision.value, compile=compile)
     console.print(f"model [bold]{loaded.name}[/bold] ({loaded.config.model_type}), stems: {', '.join(loaded.stems)}, "
                   f"device {separator.device}, chunk {separator.chunk_size}, overlap {separator.num_overlap}")
+    outcomes = _separate_all(separator, paths, output_dir, _StemFiles(format.value, bit_depth, stream))
+    failed = [o for o in outcomes if not o.ok]
+    console.print(f"{len(outcomes) - len(failed)} separated, {len(failed)} failed -> {output_dir}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@dataclass(frozen=True)
+class _StemFiles:
+    """How ``separate`` writes stems: format, bit depth, and whether to stream file to file."""
+
+    format: str
+    bit_depth: int
+    stream: bool
+
+
+def _separate_all(separator, paths: Sequence[Path], output_dir: Path, files: _StemFiles) -> list[_Outcome]:
+    """Separate every input into ``output_dir/<name>/`` under progress bars; one outcome each."""
     outcomes: list[_Outcome] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
@@ -159,38 +184,29 @@ def separate(
                 bar.update(_task, completed=done, total=total)
 
             try:
-                message = _separate_one(separator, path, output_dir / name, format.value, bit_depth, stream, progress)
+                message = _separate_one(separator, path, output_dir / name, files, progress)
                 outcomes.append(_Outcome(path, True, message))
             except StemflowError as e:
                 outcomes.append(_Outcome(path, False, str(e)))
                 console.print(f"[red]failed[/red] {path}: {e}")
             bar.remove_task(track_task)
             bar.advance(overall)
-    failed = [o for o in outcomes if not o.ok]
-    console.print(f"{len(outcomes) - len(failed)} separated, {len(failed)} failed -> {output_dir}")
-    if failed:
-        raise typer.Exit(1)
+    return outcomes
 
 
-def _separate_one(separator, path: Path, target: Path, format: str, bit_depth: int, stream: bool, progress) -> str:
+def _separate_one(separator, path: Path, target: Path, files: _StemFiles, progress) -> str:
+    """Separate one input into ``target/<stem>.<format>``; the notes worth showing (``"streamed"``)."""
     from stemflow.audio.encode import save_audio
     from stemflow.engine.track import separate_track
 
-    extension = format
     target.mkdir(parents=True, exist_ok=True)
-    if stream:
-        from stemflow.engine.streaming import separate_file
-
-        if format == "mp3":
-            raise StemflowError("--stream writes flac or wav, not mp3")
-        outputs = {stem: target / f"{stem}.{extension}" for stem in separator.stems}
-        separate_file(separator, path, outputs, bit_depth=bit_depth, progress=progress)
-        return "streamed"
+    if files.stream:
+        return _stream_one(separator, path, target, files, progress)
     result = separate_track(separator, path, name=str(path), measure_quality=False, progress=progress)
     clipped = 0
     for stem, audio in result.stems.items():
-        written = save_audio(target / f"{stem}.{extension}", audio, result.sample_rate, format=format,
-                             bit_depth=bit_depth)
+        written = save_audio(target / f"{stem}.{files.format}", audio, result.sample_rate, format=files.format,
+                             bit_depth=files.bit_depth)
         clipped += written.clipped_samples
     notes = list(result.decoded.notes)
     if clipped:
@@ -198,6 +214,17 @@ def _separate_one(separator, path: Path, target: Path, format: str, bit_depth: i
     for note in notes:
         console.print(f"  [yellow]{path.name}[/yellow]: {note}")
     return "; ".join(notes)
+
+
+def _stream_one(separator, path: Path, target: Path, files: _StemFiles, progress) -> str:
+    """The bounded-memory file-to-file path of ``--stream`` (flac or wav)."""
+    from stemflow.engine.streaming import separate_file
+
+    if files.format == "mp3":
+        raise StemflowError("--stream writes flac or wav, not mp3")
+    outputs = {stem: target / f"{stem}.{files.format}" for stem in separator.stems}
+    separate_file(separator, path, outputs, bit_depth=files.bit_depth, progress=progress)
+    return "streamed"
 
 
 @models_app.command("list")

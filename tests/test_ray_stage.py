@@ -22,8 +22,9 @@ from pipeline_fixtures import (
 from stemflow.catalogue.listing import list_audio
 from stemflow.errors import ConfigError
 from stemflow.hub.spec import ModelSpec
+from stemflow.stage.finishing import rows_from_marker
 from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, StageSettings
-from stemflow.stage.worker import TrackWorker, rows_from_marker
+from stemflow.stage.worker import TrackWorker
 from stemflow.store.commit import committed_tracks, read_marker, verify_track
 from stemflow.store.objects import read_bytes
 

@@ -1,4 +1,27 @@
-"""TODO(regroup): docstring. Split out of stemflow.ray_stage."""
+"""The Ray adapter: separate one shard of tracks on a pool of model-holding actors.
+
+This is the only module that imports :mod:`ray`. The flows in ``pipelines/``
+plan and shard a catalogue, then call :func:`run_shard` once per shard; the
+evaluation flow and tests may call it directly. The work on each track is
+:class:`stemflow.stage.worker.TrackWorker`'s; this module only schedules it.
+
+Data path (one Ray Data pipeline per shard)::
+
+    from_items(small track records: url, track_id)
+      -> map_batches(_SeparateActor, ActorPoolStrategy(min, max), num_gpus=1 | CPUs)
+           per actor: model loaded once in __init__ (a TrackWorker)
+           per call:  fetch + decode (I/O threads, prefetched)
+                      ||  separate (caller thread; the call's tracks share batches: pack_tracks)
+                      ||  encode + upload stems + create-only commit marker (I/O threads)
+      -> small outcome records back to the driver (status, error, Parquet rows as JSON)
+
+Only URLs and small records travel through the object store; decoded audio and
+stems live inside one actor for the time one track takes. Memory per actor is
+bounded by ``tracks_per_call`` decoded sources plus ``max_pending_uploads``
+tracks of stems being encoded; ``max_tasks_in_flight_per_actor=1`` keeps Ray Data
+from queueing more work than that on an actor. Each track's failure is an
+``error`` outcome; a batch is never dropped for one bad track.
+"""
 
 from __future__ import annotations
 
@@ -90,17 +113,23 @@ class _SeparateActor:
                 separated = self._worker.separate(track_id, url, fetched)
                 pending.append(self._io.submit(self._worker.finish, separated))
         outcomes.extend(f.result() for f in pending)
-        return {
-            "track_id": [o.track_id for o in outcomes],
-            "source_url": [o.source_url for o in outcomes],
-            "status": [o.status for o in outcomes],
-            "error": [o.error or "" for o in outcomes],
-            "rows_json": [json.dumps(list(o.rows), default=_json_default) for o in outcomes],
-            "seconds": [o.seconds for o in outcomes],
-        }
+        return _outcome_columns(outcomes)
+
+
+def _outcome_columns(outcomes: Sequence[TrackOutcome]) -> dict[str, list[Any]]:
+    """Outcomes as Ray Data columns (rows as JSON text); :func:`_outcome_from_row` reads one back."""
+    return {
+        "track_id": [o.track_id for o in outcomes],
+        "source_url": [o.source_url for o in outcomes],
+        "status": [o.status for o in outcomes],
+        "error": [o.error or "" for o in outcomes],
+        "rows_json": [json.dumps(list(o.rows), default=_json_default) for o in outcomes],
+        "seconds": [o.seconds for o in outcomes],
+    }
 
 
 def _json_default(value: Any) -> Any:
+    """NumPy scalars in the rows as plain Python numbers."""
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
@@ -122,14 +151,28 @@ def run_shard(
     if not tracks:
         return ShardResult(outcomes=(), wall_s=0.0, workers=0)
     connect_ray(settings)
-    num_cpus, num_gpus, threads = _actor_resources(settings)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = settings.show_progress
     ctx.print_on_execution_start = settings.show_progress
     workers = min(settings.workers, len(tracks))
-    min_workers = min(settings.min_workers or workers, workers)
     items = [{"url": str(t["url"]), "track_id": str(t["track_id"])} for t in tracks]
-    dataset = ray.data.from_items(items).map_batches(
+    dataset = _actor_pool_pipeline(items, model_spec, job, settings, workers)
+    try:
+        outcomes = tuple(_outcome_from_row(row) for row in dataset.iter_rows())
+    except Exception as e:  # noqa: BLE001 - Ray wraps everything; surface one type
+        raise StemflowError(f"the Ray stage failed on a shard of {len(tracks)} tracks: {e}") from e
+    _check_complete(items, outcomes)
+    wall_s = time.perf_counter() - started
+    logger.info("shard of %d tracks done in %.1f s on %d workers", len(items), wall_s, workers)
+    return ShardResult(outcomes=outcomes, wall_s=wall_s, workers=workers)
+
+
+def _actor_pool_pipeline(items: Sequence[Mapping[str, str]], model_spec: ModelSpec, job: ShardJob,
+                         settings: StageSettings, workers: int) -> ray.data.Dataset:
+    """The (lazy) Ray Data pipeline of one shard: ``items`` through a pool of up to ``workers`` actors."""
+    num_cpus, num_gpus, threads = _actor_resources(settings)
+    min_workers = min(settings.min_workers or workers, workers)
+    return ray.data.from_items(list(items)).map_batches(
         _SeparateActor,
         batch_size=settings.tracks_per_call,
         batch_format="numpy",
@@ -145,17 +188,10 @@ def run_shard(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )
-    try:
-        outcomes = tuple(_outcome_from_row(row) for row in dataset.iter_rows())
-    except Exception as e:  # noqa: BLE001 - Ray wraps everything; surface one type
-        raise StemflowError(f"the Ray stage failed on a shard of {len(tracks)} tracks: {e}") from e
-    _check_complete(items, outcomes)
-    wall_s = time.perf_counter() - started
-    logger.info("shard of %d tracks done in %.1f s on %d workers", len(items), wall_s, workers)
-    return ShardResult(outcomes=outcomes, wall_s=wall_s, workers=workers)
 
 
 def _outcome_from_row(row: Mapping[str, Any]) -> TrackOutcome:
+    """One row of :func:`_outcome_columns` back as a :class:`TrackOutcome`."""
     return TrackOutcome(
         track_id=str(row["track_id"]),
         source_url=str(row["source_url"]),

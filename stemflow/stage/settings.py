@@ -1,8 +1,16 @@
-"""TODO(regroup): docstring. Split out of stemflow.ray_stage."""
+"""What the stage is told and what it reports: its settings, a shard's job, and the outcomes.
+
+:class:`StageSettings` says how the Ray stage runs (cluster, actors, resources,
+stem format, per-track limits, storage retries); :class:`ShardJob` says where one
+shard writes and under which ids. :class:`TrackOutcome` and :class:`ShardResult`
+are what comes back to the driver: small, JSON-able records, one per track, with
+a status among :data:`STATUS_OK`, :data:`STATUS_ERROR` and :data:`STATUS_SKIPPED`.
+Plain data only: no Ray, no torch, so the flows and the CLI validate settings
+before anything starts.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,28 +18,15 @@ from typing import Any
 from stemflow.errors import ConfigError
 from stemflow.store.retry import DEFAULT_RETRY, RetryPolicy
 
-logger = logging.getLogger(__name__)
-
-
 #: Outcome statuses, as they appear in :class:`ShardResult` and the ``status`` column.
 STATUS_OK = "ok"
-
-
 STATUS_ERROR = "error"
-
-
 STATUS_SKIPPED = "skipped"
 
-
 DEFAULT_MAX_DURATION_S = 7200.0
-
-
 """Longest source a worker decodes (2 h): decoded at 44.1 kHz stereo float32 that is 2.5 GB."""
 
-
 DEFAULT_MAX_SOURCE_BYTES = 2 << 30
-
-
 """Largest source object a worker reads into memory (2 GiB; a 2 h 16-bit stereo WAV is 1.3 GB)."""
 
 

@@ -1,0 +1,145 @@
+"""Finishing one separated track: encode, write the stems, commit the marker, and its Parquet rows.
+
+Exactly once: the stems are written first, the ``_COMMITTED.json`` marker last
+with a create-only write (:func:`stemflow.store.commit.commit_track`). A track
+another run committed first is ``skipped`` (no rows, so two racing runs never
+both record it). The marker's ``extra["record"]`` keeps the track's record
+columns, so rows lost to a crash between the commit and the Parquet part are
+rebuilt without the audio (:func:`rows_from_marker`). :func:`finish_track`
+never raises: a failure at any step is the track's ``error`` outcome and row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import stemflow
+from stemflow.engine.track import TrackResult, encode_stems
+from stemflow.errors import StemflowError, StorageError
+from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, TrackOutcome
+from stemflow.store.commit import CommitMarker, commit_track, stem_url, write_stem
+from stemflow.store.records import error_row, stem_rows
+from stemflow.store.retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class StemOutput:
+    """How a worker stores a track's stems (format, bit depth) and the device its rows name."""
+
+    stem_format: str = "flac"
+    bit_depth: int = 24
+    device: str = "cpu"
+
+
+@dataclass
+class SeparatedTrack:
+    """One track between separation and finishing: its stems and measures, or why it has none.
+
+    ``started``: ``time.perf_counter()`` when its fetch began. ``recorded`` is set
+    when the track was already committed: its rows when this same run committed
+    it (a retried shard), ``()`` when another run did.
+    """
+
+    track_id: str
+    source_url: str
+    started: float
+    result: TrackResult | None = None
+    error: BaseException | None = None
+    recorded: tuple[Mapping[str, Any], ...] | None = None
+
+
+def finish_track(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *,
+                 retry: RetryPolicy | None) -> TrackOutcome:
+    """Store and commit ``sep`` for ``job``, or record its error (never raises)."""
+    if sep.recorded is not None:  # committed before: by this run (a retried shard) or another
+        return track_outcome(sep, STATUS_OK if sep.recorded else STATUS_SKIPPED, None, sep.recorded)
+    if sep.error is None:
+        try:
+            return store_and_commit(sep, job, output, retry=retry)
+        except Exception as e:  # noqa: BLE001 - becomes this track's error row
+            sep.error = e
+    message = f"{type(sep.error).__name__}: {sep.error}"
+    row = error_row(track_columns(sep, output.device), message)
+    return track_outcome(sep, STATUS_ERROR, message, (row,))
+
+
+def store_and_commit(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *,
+                     retry: RetryPolicy | None) -> TrackOutcome:
+    """Encode and write the stems write-once, then create the marker; ``skipped`` if another run won.
+
+    Raises:
+        StemflowError: the track has no separation, or storing it failed.
+    """
+    result = sep.result
+    if result is None:
+        raise StemflowError(f"track {sep.track_id!r} has no separation to store")
+    started = time.perf_counter()
+    stems: dict[str, dict[str, Any]] = {}
+    stored = []
+    for stem, encoded in encode_stems(result, format=output.stem_format, bit_depth=output.bit_depth).items():
+        obj = write_stem(job.output_url, job.model_id, sep.track_id, stem, output.stem_format,
+                         encoded.data, storage_options=job.storage_options, retry=retry)
+        stored.append(obj)
+        stems[stem] = {
+            **result.stem_quality.get(stem, {}),
+            "stem_url": stem_url(job.output_url, job.model_id, sep.track_id, stem, output.stem_format),
+            "stem_bytes": obj.size,
+            "stem_sha256": obj.sha256,
+        }
+    track = {**track_columns(sep, output.device), "encode_s": time.perf_counter() - started}
+    track["processing_s"] = time.perf_counter() - sep.started
+    won = commit_track(job.output_url, job.model_id, sep.track_id, stored, source_url=sep.source_url,
+                       run_id=job.run_id, extra={"record": {"track": track, "stems": stems}},
+                       storage_options=job.storage_options, retry=retry)
+    if not won:
+        return track_outcome(sep, STATUS_SKIPPED, None, ())
+    rows = stem_rows({**track, **partition_columns(job)}, stems)
+    return track_outcome(sep, STATUS_OK, None, tuple(rows))
+
+
+def track_columns(sep: SeparatedTrack, device: str) -> dict[str, Any]:
+    """The track-level record columns of ``sep`` (the separation's measures once it has them)."""
+    columns: dict[str, Any] = {
+        "track_id": sep.track_id, "source_url": sep.source_url, "device": device,
+        "stemflow_version": stemflow.__version__,
+        "processing_s": time.perf_counter() - sep.started,
+    }
+    result = sep.result
+    if result is not None:
+        columns.update(result.track_quality)
+        columns.update({
+            "duration_s": result.duration_s, "sample_rate": result.sample_rate,
+            "source_sample_rate": result.decoded.source_sample_rate,
+            "channels_in": result.decoded.source_channels,
+            "decode_s": result.timings_s.get("decode"), "separate_s": result.timings_s.get("separate"),
+            "quality_s": result.timings_s.get("quality"),
+        })
+    return columns
+
+
+def track_outcome(sep: SeparatedTrack, status: str, error: str | None,
+                  rows: tuple[Mapping[str, Any], ...]) -> TrackOutcome:
+    """The driver's record of ``sep``; ``seconds`` runs from the start of its fetch until now."""
+    return TrackOutcome(sep.track_id, sep.source_url, status, error, tuple(rows),
+                        time.perf_counter() - sep.started)
+
+
+def partition_columns(job: ShardJob) -> dict[str, str]:
+    """The hive partition columns of ``job``'s rows: ``model_id``, ``run_date``, ``run_id``."""
+    return {"model_id": job.model_id, "run_date": job.run_date, "run_id": job.run_id}
+
+
+def rows_from_marker(marker: CommitMarker, job: ShardJob) -> list[dict[str, Any]]:
+    """The ``ok`` rows of a committed track, rebuilt from its marker, for the run of ``job``.
+
+    Raises:
+        StorageError: the marker holds no record columns (not written by this stage).
+    """
+    record = marker.extra.get("record")
+    if not isinstance(record, Mapping) or not record.get("stems"):
+        raise StorageError(f"the marker of track {marker.track_id!r} holds no record columns")
+    order = [s.stem for s in marker.stems if s.stem in record["stems"]]  # the marker keeps commit order
+    return stem_rows({**record["track"], **partition_columns(job)}, {s: record["stems"][s] for s in order})
