@@ -121,8 +121,7 @@ def check(out: str, model_id: str, planned_ids: set[str], options: dict[str, Any
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the soak once; print the figures and write the JSON."""
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracks", type=int, default=200)
     parser.add_argument("--fault-rate", type=float, default=0.05)
@@ -131,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-runs", type=int, default=3)
     parser.add_argument("--output", default=str(RESULTS))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="stemflow-soak-"))
+
+def _prepare_environment(work: Path) -> None:
+    """Prefect, Ray and AWS settings of a local soak; ``tests/`` importable for the fault proxy."""
     os.environ.setdefault("PREFECT_HOME", str(work / "prefect-home"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -143,11 +144,38 @@ def main(argv: list[str] | None = None) -> int:
     sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
+
+def _run_until_clean(args: argparse.Namespace, cat: str, out: str, faulty: dict[str, Any]
+                     ) -> tuple[list[dict[str, Any]], str | None]:
+    """Run the nightly flow until a run ends without errors (at most ``--max-runs``); the runs, the model_id."""
+    from pipelines.separate_catalogue import separate_catalogue
+
+    runs: list[dict[str, Any]] = []
+    model_id = None
+    for _ in range(args.max_runs):
+        try:
+            summary = separate_catalogue(
+                cat, out, model=str(FIXTURE_MODEL / "config.yaml"), checkpoint=str(FIXTURE_MODEL / "model.ckpt"),
+                shard_size=args.shard_size, workers=args.workers, storage_options=faulty,
+                stage={"local_num_cpus": max(2, args.workers), "tracks_per_call": 2, "torch_threads": 1},
+                model_settings={"batch_size": 8})
+        except Exception as e:  # noqa: BLE001 - a failed run is re-run, as the schedule would
+            runs.append({"status": "failed", "error": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        model_id = summary["model_id"]
+        runs.append({k: summary[k] for k in ("run_id", "status", "planned", "ok", "errors", "skipped",
+                                             "recovered", "wall_s")})
+        if summary["errors"] == 0:
+            break
+    return runs, model_id
+
+
+def _soak(args: argparse.Namespace) -> dict[str, Any]:
+    """Catalogue on moto S3, faults through the proxy, runs until clean; the figures."""
     import s3fs
     from fault_proxy import FaultProxy
     from moto.server import ThreadedMotoServer
 
-    from pipelines.separate_catalogue import separate_catalogue
     from stemflow.catalogue.listing import list_audio
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -164,30 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fs = s3fs.S3FileSystem(**direct)
         fs.mkdir("soak")
-        files = make_catalogue(args.tracks, args.seed)
-        for key, data in files.items():
+        for key, data in make_catalogue(args.tracks, args.seed).items():
             fs.pipe_file(f"soak/catalogue/{key}", data)
         cat, out = "s3://soak/catalogue", "s3://soak/out"
         planned_ids = {t.track_id for t in list_audio(cat, storage_options=direct)}
         add_faults(proxy, args.fault_rate)
         started = time.perf_counter()
-        runs: list[dict[str, Any]] = []
-        model_id = None
-        for _ in range(args.max_runs):
-            try:
-                summary = separate_catalogue(
-                    cat, out, model=str(FIXTURE_MODEL / "config.yaml"), checkpoint=str(FIXTURE_MODEL / "model.ckpt"),
-                    shard_size=args.shard_size, workers=args.workers, storage_options=faulty,
-                    stage={"local_num_cpus": max(2, args.workers), "tracks_per_call": 2, "torch_threads": 1},
-                    model_settings={"batch_size": 8})
-            except Exception as e:  # noqa: BLE001 - a failed run is re-run, as the schedule would
-                runs.append({"status": "failed", "error": f"{type(e).__name__}: {e}"[:300]})
-                continue
-            model_id = summary["model_id"]
-            runs.append({k: summary[k] for k in ("run_id", "status", "planned", "ok", "errors", "skipped",
-                                                 "recovered", "wall_s")})
-            if summary["errors"] == 0:
-                break
+        runs, model_id = _run_until_clean(args, cat, out, faulty)
         wall_s = time.perf_counter() - started
         in_workers = worker_retries()
         injected = Counter(r.fault for r in proxy.injected())
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proxy.stop()
         server.stop()
-    result = {
+    return {
         "tracks": args.tracks,
         **figures,
         "duplicates": figures["duplicate_rows"] + figures["tracks_recorded_by_two_runs"],
@@ -218,17 +229,25 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_1min": round(os.getloadavg()[0], 2)},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the soak once; print the figures and write the JSON."""
+    args = _arguments(argv)
+    _prepare_environment(Path(tempfile.mkdtemp(prefix="stemflow-soak-")))
+    result = _soak(args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"tracks {args.tracks}: committed {figures['committed']}, errors {figures['errors']}, "
-          f"duplicates {result['duplicates']}, missing {figures['missing']}, "
-          f"markers not matching stems {figures['markers_not_matching_stems']}")
-    print(f"faults injected {result['faults_injected']} of {requests} requests "
-          f"({100 * result['fault_rate_observed']:.1f}%): {dict(injected)}")
-    print(f"stemflow-layer retries: {retries.count} in the driver, {in_workers} in the Ray workers "
-          f"(the rest were absorbed by botocore/s3fs); runs {len(runs)}; wall {wall_s:.0f} s")
+    print(f"tracks {args.tracks}: committed {result['committed']}, errors {result['errors']}, "
+          f"duplicates {result['duplicates']}, missing {result['missing']}, "
+          f"markers not matching stems {result['markers_not_matching_stems']}")
+    print(f"faults injected {result['faults_injected']} of {result['requests_through_proxy']} requests "
+          f"({100 * result['fault_rate_observed']:.1f}%): {result['faults_by_kind']}")
+    print(f"stemflow-layer retries: {result['stemflow_retries_in_driver']} in the driver, "
+          f"{result['stemflow_retries_in_workers']} in the Ray workers (the rest were absorbed by "
+          f"botocore/s3fs); runs {len(result['runs'])}; wall {result['wall_s']:.0f} s")
     print(f"wrote {args.output}")
-    ok = figures["missing"] == 0 and result["duplicates"] == 0 and figures["markers_not_matching_stems"] == 0
+    ok = result["missing"] == 0 and result["duplicates"] == 0 and result["markers_not_matching_stems"] == 0
     return 0 if ok else 1
 
 

@@ -233,10 +233,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 
 @pytest.fixture
 def fault_proxy(moto_server: str) -> Iterator[Any]:
-    """A running fault-injecting HTTP proxy in front of the moto server (``.url``, ``.add(fault)``, ``.log``)."""
+    """A running fault-injecting HTTP proxy in front of the moto server.
+
+    ``.url``, ``.add(fault, ...)``, ``.clear()``, ``.log``, ``.injected(kind)``, and
+    ``.storage_options``: s3fs options that reach the moto server through it.
+    """
     from fault_proxy import FaultProxy
 
     with FaultProxy(moto_server, seed=7) as running:
+        running.storage_options = _s3_storage_options(running.url)
         yield running
 
 
