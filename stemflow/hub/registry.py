@@ -25,12 +25,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from stemflow.bundled_configs import model_configs_dir, registry_path
 from stemflow.errors import ConfigError
 from stemflow.models.config import parse_yaml
 
 logger = logging.getLogger(__name__)
 
-REGISTRY_FILENAME = "registry.yaml"
 SCHEMA_VERSION = 1
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -61,13 +61,13 @@ class UnknownModelError(ConfigError):
 
 
 def default_configs_dir() -> Path:
-    """``configs/models/`` of this source tree (the registry and the YAML configs live there)."""
-    return Path(__file__).resolve().parents[2] / "configs" / "models"
+    """``configs/models/`` as installed (the registry and the YAML configs; :mod:`stemflow.bundled_configs`)."""
+    return model_configs_dir()
 
 
 def default_registry_path() -> Path:
-    """``configs/models/registry.yaml`` of this source tree."""
-    return default_configs_dir() / REGISTRY_FILENAME
+    """``configs/models/registry.yaml`` as installed (the wheel's copy, or the checkout's)."""
+    return registry_path()
 
 
 @dataclass(frozen=True)
