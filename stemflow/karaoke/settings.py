@@ -83,6 +83,7 @@ class DatasetSettings:
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     residue: bool = True
+    sum_to_mixture: bool = True
     include_rejected: bool = False
     webdataset: bool = False
     tracks_per_shard: int = 100
