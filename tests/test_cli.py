@@ -109,7 +109,9 @@ def test_separate_real_music_with_the_offline_default(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "spleeter-2stems" in result.stderr
     folder = tmp_path / "out" / "The Easton Ellises - Falcon 69"
-    assert sorted(p.name for p in folder.iterdir()) == ["instrumental.flac", "vocals.flac"]
+    # the stems, each with its owner record (input and model: what lets a re-run replace them safely)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".instrumental.flac.stemflow.json", ".vocals.flac.stemflow.json", "instrumental.flac", "vocals.flac"]
     info = sf.info(str(folder / "vocals.flac"))
     assert info.samplerate == 44100 and info.channels == 2 and info.subtype == "PCM_24"
 
