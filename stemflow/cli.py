@@ -18,8 +18,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -82,21 +81,6 @@ def offline_requested(flag: bool) -> bool:
     return flag or os.environ.get("STEMFLOW_OFFLINE", "").strip() in {"1", "true", "yes"}
 
 
-def iter_inputs(inputs: Sequence[Path], exclude: Path | None = None) -> Iterator[Path]:
-    """Input files: files as given, folders searched recursively for audio (sorted; symlinked folders are not
-    followed), leaving out anything under ``exclude`` (the output folder, when it lies inside an input)."""
-    from stemflow.audio.formats import audio_suffix
-
-    skip = exclude.resolve() if exclude is not None else None
-    for item in inputs:
-        if item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file()):
-                if audio_suffix(path.name) is not None and not (skip and path.resolve().is_relative_to(skip)):
-                    yield path
-        else:
-            yield item
-
-
 def unique_names(paths: Sequence[Path]) -> list[str]:
     """``{track}`` names of inputs written to an empty output folder (``-2``, ``-3``... where names repeat)."""
     import tempfile
@@ -140,15 +124,6 @@ def _main(
     """Split music catalogues into stems."""
 
 
-@dataclass
-class _Outcome:
-    """One input of ``separate``: separated or not, and the message to show."""
-
-    path: Path
-    ok: bool
-    message: str
-
-
 def _load(model: Optional[str], config: Optional[Path], checkpoint: Optional[Path], offline: bool):
     """The model of ``--model`` (downloaded with a progress bar) or of ``--config``/``--checkpoint``."""
     from stemflow.hub.loading import default_model_name, load_custom, load_registered
@@ -168,13 +143,6 @@ def _load(model: Optional[str], config: Optional[Path], checkpoint: Optional[Pat
             bar.update(task, completed=done, total=total)
 
         return load_registered(name, cache_dir(), offline=offline_requested(offline), progress=progress)
-
-
-def _library_precision(value: str) -> str:
-    """``--precision``: ``auto`` goes to the library once its Separator resolves it, float32 until then."""
-    from stemflow.engine.separator import PRECISIONS
-
-    return value if value != "auto" or "auto" in PRECISIONS else "float32"
 
 
 @app.command()
@@ -210,7 +178,8 @@ def separate(
     offline: Annotated[bool, typer.Option(help="never download weights")] = False,
 ) -> None:
     """Separate audio files into stems with one model (loaded once)."""
-    from stemflow.commandline.options import resolve_device
+    from stemflow.commandline.batch import iter_inputs, separate_all
+    from stemflow.commandline.options import library_precision, resolve_device
     from stemflow.commandline.outputs import FilenameTemplate, ResultLayout, plan_results
     from stemflow.commandline.writing import StemWriting
     from stemflow.engine.separator import Separator
@@ -226,48 +195,17 @@ def separate(
         raise typer.Exit(2)
     loaded = _load(model, config, checkpoint, offline)
     separator = Separator(loaded.model, device=resolve_device(device), chunk_size=chunk_size, num_overlap=overlap,
-                          batch_size=batch_size, precision=_library_precision(precision.value), compile=compile)
+                          batch_size=batch_size, precision=library_precision(precision.value), compile=compile)
     layout = ResultLayout(output_dir, template, loaded.name, writing.output_stems(tuple(separator.all_stems)),
                           format.value, owner_model=f"{loaded.name}@{loaded.weights_sha256[:12]}")
     planned = plan_results(paths, layout)
     console.print(f"model [bold]{loaded.name}[/bold] ({loaded.config.model_type}), stems: {', '.join(layout.stems)}, "
                   f"device {separator.device}, chunk {separator.chunk_size}, overlap {separator.num_overlap}")
-    outcomes = _separate_all(separator, planned, layout.owner, writing)
+    outcomes = separate_all(separator, planned, layout.owner, writing, console)
     failed = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(failed)} separated, {len(failed)} failed -> {output_dir}")
     if failed:
         raise typer.Exit(1)
-
-
-def _separate_all(separator, planned: Sequence[Any], model: str, writing: Any) -> list[_Outcome]:
-    """Separate every planned input under progress bars; one outcome each (a failure never stops the others)."""
-    from stemflow.commandline.writing import write_result
-
-    outcomes: list[_Outcome] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        overall = bar.add_task("all tracks", total=len(planned))
-        for item in planned:
-            path = item.input.path
-            if item.note:
-                console.print(f"  [yellow]{escape(str(path))}[/yellow]: {escape(item.note)}")
-            track_task = bar.add_task(f"  {escape(item.name)}", total=None)
-
-            def progress(done: int, total: int, _task=track_task) -> None:
-                bar.update(_task, completed=done, total=total)
-
-            try:
-                notes = write_result(separator, item, model, writing, progress)
-                for note in notes if notes != ["streamed"] else []:
-                    console.print(f"  [yellow]{escape(path.name)}[/yellow]: {escape(note)}")
-                outcomes.append(_Outcome(path, True, "; ".join(notes)))
-            except (StemflowError, OSError) as e:
-                outcomes.append(_Outcome(path, False, str(e)))
-                console.print(f"[red]failed[/red] {escape(str(path))}: {escape(str(e))}")
-            bar.remove_task(track_task)
-            bar.advance(overall)
-    return outcomes
 
 
 @models_app.command("list")

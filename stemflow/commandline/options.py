@@ -5,7 +5,8 @@
   ``cuda``, ``cuda:N`` and ``mps`` are checked against what torch sees, so a
   wrong index is a clear message, not a CUDA error deep in a forward pass.
 * ``--precision auto`` is passed to the library, which picks per device
-  (the model runtime's precision policy).
+  (the model runtime's precision policy); float32 while the library does
+  not know ``auto`` yet (:func:`library_precision`).
 * The catalogue commands need optional extras (``pipeline``: Prefect and Ray;
   ``report``: matplotlib); :func:`missing_extra` turns their absence into an
   install hint instead of a traceback.
@@ -51,6 +52,14 @@ def resolve_device(text: str) -> str:
     if value == "mps" and not mps:
         raise ConfigError("--device mps: this torch has no usable MPS backend; use --device auto or cpu")
     return value
+
+
+def library_precision(value: str) -> str:
+    """``--precision``: ``auto`` goes to the library once its Separator resolves it (the model runtime's
+    precision policy); until then ``auto`` means float32, the library's former default."""
+    from stemflow.engine.separator import PRECISIONS
+
+    return value if value != "auto" or "auto" in PRECISIONS else "float32"
 
 
 def missing_extra(extra: str) -> str | None:
