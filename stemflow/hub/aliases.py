@@ -8,13 +8,14 @@ entry when it equals, ignoring case,
 * the registry name;
 * one of the entry's explicit ``aliases`` (registry.yaml: names other tools use,
   e.g. audio-separator's file name for the same weights);
-* the entry's checkpoint ``filename``, with or without its extension, or its
-  ``config`` file name (derived aliases).
+* the entry's checkpoint ``filename``, with or without its extension (derived aliases).
 
-An explicit alias naming two entries, or shadowing another entry's name, is a
-:class:`ConfigError` when the registry loads. A derived alias shared by two
-entries (two entries built on one config file) is *ambiguous*: looking it up
-raises :class:`AmbiguousModelError` listing both. The registry name always
+Config file names are not aliases: a ``.yaml`` is a path to a community config
+everywhere else (``--config``, the flows' ``model``). An explicit alias naming
+two entries, or shadowing another entry's name, is a :class:`ConfigError`
+when the registry loads. A derived alias shared by two entries (two
+checkpoints published under one generic file name, e.g. ``model.ckpt``) is
+*ambiguous*: looking it up raises :class:`AmbiguousModelError` listing both. The registry name always
 goes into ``model_id``, so a model run under any of its names writes to the
 same place.
 """
@@ -44,12 +45,11 @@ class NamedEntry(Protocol):
     name: str
     aliases: tuple[str, ...]
     filename: str | None
-    config: str
 
 
 def derived_aliases(entry: NamedEntry) -> tuple[str, ...]:
-    """The checkpoint file name (with and without extension) and the config file name of ``entry``."""
-    names = [entry.config]
+    """The checkpoint file name of ``entry``, with and without its extension."""
+    names = []
     if entry.filename:
         names += [entry.filename, PurePosixPath(entry.filename).stem]
     return tuple(dict.fromkeys(n for n in names if n and n != entry.name))

@@ -51,7 +51,7 @@ def test_models_list_rows_show_the_aliases(tmp_path: Path) -> None:
     assert rows["bs-roformer-viperx-1297"].aliases[:2] == (
         "Roformer Model: BS-Roformer-Viperx-1297", "BS-Roformer-Viperx-1297")
     assert "model_bs_roformer_ep_317_sdr_12.9755.ckpt" in rows["bs-roformer-viperx-1297"].aliases
-    assert rows["spleeter-2stems"].as_dict()["aliases"] == ["spleeter:2stems", "spleeter_2stems.yaml"]
+    assert rows["spleeter-2stems"].as_dict()["aliases"] == ["spleeter:2stems"]
 
 
 def test_a_model_loaded_by_alias_gets_the_registry_name_and_model_id(tmp_path: Path) -> None:
@@ -74,12 +74,14 @@ def _registry(tmp_path: Path, *entries: dict[str, Any]) -> Any:
                               configs_dir=tmp_path)
 
 
-def test_two_entries_on_one_config_make_its_name_ambiguous(tmp_path: Path) -> None:
-    registry = _registry(tmp_path, _entry("a", config="shared.yaml"), _entry("b", config="shared.yaml"))
-    with pytest.raises(AmbiguousModelError, match="'shared.yaml' is ambiguous: it names a, b"):
-        registry.get_model("shared.yaml")
-    assert not registry.has_model("SHARED.yaml")
-    assert registry.resolve("a.ckpt") == "a" and registry.resolve("b") == "b"
+def test_a_checkpoint_file_name_shared_by_two_entries_is_ambiguous(tmp_path: Path) -> None:
+    registry = _registry(tmp_path, _entry("a", filename="model.ckpt", urls=["https://example.org/a/model.ckpt"]),
+                         _entry("b", filename="model.ckpt", urls=["https://example.org/b/model.ckpt"]))
+    with pytest.raises(AmbiguousModelError, match="'model.ckpt' is ambiguous: it names a, b"):
+        registry.get_model("model.ckpt")
+    assert not registry.has_model("MODEL") and registry.resolve("a") == "a" and registry.resolve("b") == "b"
+    with pytest.raises(UnknownModelError):
+        registry.get_model("a.yaml")  # config file names are paths, never aliases
 
 
 def test_an_explicit_alias_must_name_one_entry(tmp_path: Path) -> None:
