@@ -60,6 +60,8 @@ def test_version_and_models_list_json(capsys: pytest.CaptureFixture[str]) -> Non
     assert set(rows["spleeter-2stems"]) >= {"architecture", "stems", "reported_sdr", "license", "cached", "aliases"}
     code, stdout, _ = run(capsys, "models", "list")
     assert code == 0 and "also known as" in stdout and "spleeter:2stems" in stdout
+    code, stdout, _ = run(capsys, "--show-completion", "bash")  # completion is on (--install-completion)
+    assert code == 0 and "_stemflow_completion()" in stdout and "_STEMFLOW_COMPLETE" in stdout
 
 
 def test_device_auto_is_the_default_and_a_missing_gpu_is_a_clear_error(
