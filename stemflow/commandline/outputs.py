@@ -219,7 +219,7 @@ def plan_results(inputs: Sequence[Path], layout: ResultLayout) -> list[PlannedRe
             if all(_free_for(item, f, layout.owner, root) for f in files.values()):
                 break
         taken.add(name.casefold())
-        note = "" if name == base else f"{layout.files(base)[layout.stems[0]].parent} is another input's: using {name}"
+        note = "" if name == base else f"{layout.files(base)[layout.stems[0]]} is another input's: using {name}"
         planned.append(PlannedResult(item, name, files, note))
     return planned
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stemflow.audio.encode import ClipPolicy, save_audio
+from stemflow.audio.formats import LOSSY_CODECS
 from stemflow.audio.resample import resample
 from stemflow.commandline.outputs import PlannedResult, write_owner
 from stemflow.engine.separator import Separator
@@ -45,6 +46,22 @@ class StemWriting:
     two_stems: str | None = None
     sum_to_mixture: bool = False
     stream: bool = False
+
+    def __post_init__(self) -> None:
+        """Usage errors before any model is loaded: a bitrate for a lossless format or out of range, a bad rate.
+
+        Raises:
+            ConfigError: naming the option.
+        """
+        codec = LOSSY_CODECS.get(self.format)
+        if self.bitrate_kbps is not None:
+            if codec is None:
+                raise ConfigError(f"--bitrate applies to {', '.join(LOSSY_CODECS)}, not to {self.format}")
+            low, high = codec.kbps_range
+            if not low <= self.bitrate_kbps <= high:
+                raise ConfigError(f"--bitrate: {self.format} takes {low}-{high} kb/s, got {self.bitrate_kbps}")
+        if self.sample_rate is not None and not 8000 <= self.sample_rate <= 384000:
+            raise ConfigError(f"--sample-rate must be 8000-384000 Hz, got {self.sample_rate}")
 
     def output_stems(self, model_stems: tuple[str, ...]) -> tuple[str, ...]:
         """The stems written for a model giving ``model_stems``.
@@ -74,6 +91,7 @@ class StemWriting:
                                          ("--two-stems", bool(self.two_stems)),
                                          ("--sum-to-mixture", self.sum_to_mixture),
                                          ("--sample-rate", self.sample_rate is not None),
+                                         ("--bitrate", self.bitrate_kbps is not None),
                                          ("--clip-mode " + self.clip, self.clip != "none")) if on]
         if blocked:
             raise ConfigError(f"--stream writes the model's stems as flac or wav in bounded memory; it does not "
