@@ -20,7 +20,9 @@ BS = ROOT.parent / "shared" / "fixtures" / "roformer" / "bs_roformer_4stem"
 
 
 def run_cli(*args: str, cache: Path, script: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STEMFLOW_CACHE": str(cache), "COLUMNS": "200"}
+    # the ephemeral Prefect server may need more than its 20 s default to start on a loaded machine
+    env = {**os.environ, "STEMFLOW_CACHE": str(cache), "COLUMNS": "200",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     command = [str(Path(sys.executable).parent / "stemflow")] if script else [sys.executable, "-m", "stemflow"]
     return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=600)
 
