@@ -149,7 +149,7 @@ def encode(
     if clip not in get_args(ClipPolicy):
         raise AudioEncodeError(f"{name}: unknown clip policy {clip!r}; use one of {', '.join(get_args(ClipPolicy))}")
     subtype = _subtype(format, bit_depth)
-    codec = _lossy_codec(format, bitrate_kbps, name)
+    codec = lossy_codec(format, bitrate_kbps, name)
     rows = np.atleast_2d(np.asarray(samples, dtype=np.float32))
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] == 0:
         raise AudioEncodeError(f"{name}: expected non-empty [channels, samples], got shape {np.shape(samples)}")
@@ -185,8 +185,12 @@ def encode(
     return EncodedAudio(data=payload, result=result)
 
 
-def _lossy_codec(format: AudioFormat, bitrate_kbps: int | None, name: str) -> LossyCodec | None:
-    """The codec of a lossy ``format`` (``None`` for lossless ones), after checking the bitrate asked."""
+def lossy_codec(format: AudioFormat, bitrate_kbps: int | None, name: str) -> LossyCodec | None:
+    """The codec of a lossy ``format`` (``None`` for lossless ones), after checking the bitrate asked.
+
+    Raises:
+        AudioEncodeError: a bitrate for a lossless format, or one the codec does not take (``name`` first).
+    """
     codec = LOSSY_CODECS.get(format)
     if bitrate_kbps is None:
         return codec

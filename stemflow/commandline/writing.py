@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stemflow.audio.encode import ClipPolicy, save_audio
-from stemflow.audio.formats import LOSSY_CODECS
+from stemflow.audio.encode import ClipPolicy, lossy_codec, save_audio
 from stemflow.audio.resample import resample
 from stemflow.commandline.outputs import PlannedResult, write_owner
 from stemflow.engine.separator import Separator
@@ -51,15 +50,9 @@ class StemWriting:
         """Usage errors before any model is loaded: a bitrate for a lossless format or out of range, a bad rate.
 
         Raises:
-            ConfigError: naming the option.
+            AudioEncodeError, ConfigError: naming the option.
         """
-        codec = LOSSY_CODECS.get(self.format)
-        if self.bitrate_kbps is not None:
-            if codec is None:
-                raise ConfigError(f"--bitrate applies to {', '.join(LOSSY_CODECS)}, not to {self.format}")
-            low, high = codec.kbps_range
-            if not low <= self.bitrate_kbps <= high:
-                raise ConfigError(f"--bitrate: {self.format} takes {low}-{high} kb/s, got {self.bitrate_kbps}")
+        lossy_codec(self.format, self.bitrate_kbps, "--bitrate")  # type: ignore[arg-type]
         if self.sample_rate is not None and not 8000 <= self.sample_rate <= 384000:
             raise ConfigError(f"--sample-rate must be 8000-384000 Hz, got {self.sample_rate}")
 

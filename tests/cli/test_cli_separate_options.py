@@ -123,8 +123,9 @@ def test_formats_bitrate_sample_rate_and_clip_mode(capsys: pytest.CaptureFixture
     assert rate == 48000 and np.abs(rescaled).max() <= 0.9991 and "samples clipped" not in err
     code, _, err = run(capsys, "separate", str(tmp_path / "hot.wav"), "-o", str(tmp_path / "sat"), *model)
     assert code == 0 and "samples clipped to full scale" in err  # the default saturates and says so
-    for bad, message in ((("--format", "flac", "--bitrate", "128"), "--bitrate applies to mp3, ogg, opus, m4a"),
-                         (("--format", "mp3", "--bitrate", "999"), "mp3 takes 32-320 kb/s, got 999"),
+    for bad, message in ((("--format", "flac", "--bitrate", "128"), "--bitrate: a bitrate applies to the lossy "
+                                                                    "formats (mp3, ogg, opus, m4a), not to flac"),
+                         (("--format", "mp3", "--bitrate", "999"), "mp3 takes a bitrate of 32-320 kb/s, got 999"),
                          (("--sample-rate", "-5"), "--sample-rate must be 8000-384000 Hz")):
         code, _, err = run(capsys, "separate", str(tmp_path / "hot.wav"), "-o", str(tmp_path / "x"), *model, *bad)
         assert code == 2 and message in err and not (tmp_path / "x").exists(), (bad, err)
