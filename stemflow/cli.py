@@ -1,31 +1,40 @@
 """The ``stemflow`` command line (typer + rich). ``python -m stemflow`` is the same program.
 
 Commands: ``separate`` (files and folders, one model load), ``models list`` /
-``models fetch``, and the catalogue commands ``run`` / ``status`` (which need the
-``pipeline`` extra: Prefect and Ray). Environment variables are read here and
-nowhere in the library: ``STEMFLOW_CACHE`` (weights cache, default
-``~/.cache/stemflow``) and ``STEMFLOW_OFFLINE=1`` (never download).
+``models fetch``, and the catalogue commands ``run`` / ``status`` /
+``evaluate`` / ``report`` / ``karaoke`` (which need the ``pipeline`` or
+``report`` extra; without it they print an install hint). Environment
+variables are read here and nowhere in the library: ``STEMFLOW_CACHE``
+(weights cache, default ``~/.cache/stemflow``), ``STEMFLOW_OFFLINE=1`` (never
+download) and ``STEMFLOW_LOG_LEVEL``. Shell completion: ``stemflow
+--install-completion``. Helpers (output layout, option values, writing one
+input) are in :mod:`stemflow.commandline`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from stemflow.commandline.outputs import DEFAULT_TEMPLATE, track_name
 from stemflow.errors import StemflowError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Split music catalogues into stems.")
+__all__ = ["app", "main", "track_name", "unique_names"]
+
+app = typer.Typer(no_args_is_help=True, help="Split music catalogues into stems.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry and the weights cache.")
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
@@ -33,19 +42,31 @@ out = Console()
 
 
 class OutputFormat(str, Enum):
-    """Stem file formats of ``separate --format``."""
+    """Stem file formats of ``separate --format`` (the lossy ones take ``--bitrate``)."""
 
     flac = "flac"
     wav = "wav"
     mp3 = "mp3"
+    ogg = "ogg"
+    opus = "opus"
+    m4a = "m4a"
 
 
 class Precision(str, Enum):
-    """Inference precisions of ``separate --precision`` (bf16/fp16: autocast on CUDA)."""
+    """Inference precisions of ``separate --precision`` (auto: the library's choice for the device)."""
 
+    auto = "auto"
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
+
+
+class ClipMode(str, Enum):
+    """What happens to samples beyond full scale (:data:`stemflow.audio.encode.ClipPolicy`)."""
+
+    none = "none"
+    clamp = "clamp"
+    rescale = "rescale"
 
 
 def cache_dir() -> Path:
@@ -60,47 +81,47 @@ def offline_requested(flag: bool) -> bool:
     return flag or os.environ.get("STEMFLOW_OFFLINE", "").strip() in {"1", "true", "yes"}
 
 
-def track_name(path: Path) -> str:
-    """The output folder name of an input file: its name without audio extensions."""
-    name = path.name
-    for suffix in (".stem.mp4", ".stem.m4a"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def iter_inputs(inputs: Sequence[Path]) -> Iterator[Path]:
-    """Input files: files as given, folders searched recursively for audio, sorted."""
-    from stemflow.audio.formats import audio_suffix
-
-    for item in inputs:
-        if item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file()):
-                if audio_suffix(path.name) is not None:
-                    yield path
-        else:
-            yield item
-
-
 def unique_names(paths: Sequence[Path]) -> list[str]:
-    """Output folder names, suffixed ``-2``, ``-3``... where two inputs share a name."""
-    seen: dict[str, int] = {}
-    names = []
-    for path in paths:
-        base = track_name(path)
-        count = seen.get(base, 0) + 1
-        seen[base] = count
-        names.append(base if count == 1 else f"{base}-{count}")
-    return names
+    """``{track}`` names of inputs written to an empty output folder (``-2``, ``-3``... where names repeat)."""
+    import tempfile
+
+    from stemflow.commandline.outputs import FilenameTemplate, ResultLayout, plan_results
+
+    with tempfile.TemporaryDirectory() as empty:
+        layout = ResultLayout(Path(empty), FilenameTemplate.parse(DEFAULT_TEMPLATE), "model", ("stem",), "flac")
+        return [planned.name for planned in plan_results(paths, layout)]
 
 
-@dataclass
-class _Outcome:
-    """One input of ``separate``: separated or not, and the message to show."""
+def needs_extra(extra: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command that needs a pip extra: without it, an install hint and exit code 2, no traceback."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            from stemflow.commandline.options import missing_extra
 
-    path: Path
-    ok: bool
-    message: str
+            hint = missing_extra(extra)
+            if hint is not None:
+                console.print(f"[red]error:[/red] {escape(hint)}")
+                raise typer.Exit(2)
+            return command(*args, **kwargs)
+        return checked
+    return decorate
+
+
+def _version(value: bool) -> None:
+    if value:
+        from stemflow.commandline.options import version_text
+
+        out.print(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version (and torch's, Python's) and exit")] = False,
+) -> None:
+    """Split music catalogues into stems."""
 
 
 def _load(model: Optional[str], config: Optional[Path], checkpoint: Optional[Path], offline: bool):
@@ -127,129 +148,96 @@ def _load(model: Optional[str], config: Optional[Path], checkpoint: Optional[Pat
 @app.command()
 def separate(
     inputs: Annotated[list[Path], typer.Argument(help="audio files or folders (searched recursively)")],
-    output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="stems go to OUTDIR/<input name>/<stem>.<ext>")],
-    model: Annotated[Optional[str], typer.Option(help="registry name (see `stemflow models list`)")] = None,
+    output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="every file goes under OUTDIR")],
+    model: Annotated[Optional[str], typer.Option(help="registry name or a checkpoint file name it knows "
+                                                      "(see `stemflow models list`)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="community-format YAML config")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="checkpoint (.ckpt/.pth/.safetensors)")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, mps")] = "auto",
     overlap: Annotated[Optional[int], typer.Option(help="chunks covering each sample (num_overlap)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="chunks per forward pass (output does not depend on it)")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="chunk length in samples (default: the config's)")] = None,
     format: Annotated[OutputFormat, typer.Option("--format", help="output format")] = OutputFormat.flac,
     bit_depth: Annotated[int, typer.Option(help="16 or 24 (flac/wav), 32 = float wav")] = 24,
-    precision: Annotated[Precision, typer.Option(help="float32, or bf16/fp16 autocast")] = Precision.float32,
+    bitrate: Annotated[Optional[int], typer.Option(help="kb/s of mp3/ogg/opus/m4a (default 320/192/160/256)")] = None,
+    sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", help="output sample rate in Hz (default: "
+                                                       "the model's)")] = None,
+    clip_mode: Annotated[ClipMode, typer.Option("--clip-mode", help="beyond full scale: none (saturate, "
+                                                "reported), clamp, rescale (whole stem)")] = ClipMode.none,
+    stem: Annotated[Optional[list[str]], typer.Option("--stem", help="write only this stem (repeatable)")] = None,
+    two_stems: Annotated[Optional[str], typer.Option("--two-stems", help="write STEM and no_STEM (the sum of the "
+                                                     "others), e.g. vocals")] = None,
+    sum_to_mixture: Annotated[bool, typer.Option("--sum-to-mixture/--no-sum-to-mixture", help="put what the model "
+                                                 "left out into instrumental/other, so the stems sum to the "
+                                                 "input")] = False,
+    filename: Annotated[str, typer.Option("--filename", help="path of each file under OUTDIR: {track} {stem} {ext} "
+                                          "{model}")] = DEFAULT_TEMPLATE,
+    precision: Annotated[Precision, typer.Option(help="auto, float32, or bf16/fp16 autocast")] = Precision.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU; eager fallback)")] = False,
     stream: Annotated[bool, typer.Option(help="bounded-memory file-to-file path for very long inputs")] = False,
     offline: Annotated[bool, typer.Option(help="never download weights")] = False,
 ) -> None:
     """Separate audio files into stems with one model (loaded once)."""
+    from stemflow.commandline.batch import iter_inputs, separate_all
+    from stemflow.commandline.options import library_precision, resolve_device
+    from stemflow.commandline.outputs import FilenameTemplate, ResultLayout, plan_results
+    from stemflow.commandline.writing import StemWriting
     from stemflow.engine.separator import Separator
 
-    paths = list(iter_inputs(inputs))
+    writing = StemWriting(format=format.value, bit_depth=bit_depth, bitrate_kbps=bitrate, clip=clip_mode.value,
+                          sample_rate=sample_rate, only=tuple(stem or ()), two_stems=two_stems,
+                          sum_to_mixture=sum_to_mixture, stream=stream)
+    writing.check_stream()
+    template = FilenameTemplate.parse(filename)
+    paths = list(iter_inputs(inputs, exclude=output_dir))
     if not paths:
         console.print("[red]no audio files found[/red]")
         raise typer.Exit(2)
     loaded = _load(model, config, checkpoint, offline)
-    separator = Separator(loaded.model, device=device, chunk_size=chunk_size, num_overlap=overlap,
-                          batch_size=batch_size, precision=precision.value, compile=compile)
-    console.print(f"model [bold]{loaded.name}[/bold] ({loaded.config.model_type}), stems: {', '.join(loaded.stems)}, "
+    separator = Separator(loaded.model, device=resolve_device(device), chunk_size=chunk_size, num_overlap=overlap,
+                          batch_size=batch_size, precision=library_precision(precision.value), compile=compile)
+    layout = ResultLayout(output_dir, template, loaded.name, writing.output_stems(tuple(separator.all_stems)),
+                          format.value, owner_model=f"{loaded.name}@{loaded.weights_sha256[:12]}")
+    planned = plan_results(paths, layout)
+    console.print(f"model [bold]{loaded.name}[/bold] ({loaded.config.model_type}), stems: {', '.join(layout.stems)}, "
                   f"device {separator.device}, chunk {separator.chunk_size}, overlap {separator.num_overlap}")
-    outcomes = _separate_all(separator, paths, output_dir, _StemFiles(format.value, bit_depth, stream))
+    outcomes = separate_all(separator, planned, layout.owner, writing, console)
     failed = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(failed)} separated, {len(failed)} failed -> {output_dir}")
     if failed:
         raise typer.Exit(1)
 
 
-@dataclass(frozen=True)
-class _StemFiles:
-    """How ``separate`` writes stems: format, bit depth, and whether to stream file to file."""
-
-    format: str
-    bit_depth: int
-    stream: bool
-
-
-def _separate_all(separator, paths: Sequence[Path], output_dir: Path, files: _StemFiles) -> list[_Outcome]:
-    """Separate every input into ``output_dir/<name>/`` under progress bars; one outcome each."""
-    outcomes: list[_Outcome] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        overall = bar.add_task("all tracks", total=len(paths))
-        for path, name in zip(paths, unique_names(paths)):
-            track_task = bar.add_task(f"  {name}", total=None)
-
-            def progress(done: int, total: int, _task=track_task) -> None:
-                bar.update(_task, completed=done, total=total)
-
-            try:
-                message = _separate_one(separator, path, output_dir / name, files, progress)
-                outcomes.append(_Outcome(path, True, message))
-            except StemflowError as e:
-                outcomes.append(_Outcome(path, False, str(e)))
-                console.print(f"[red]failed[/red] {path}: {e}")
-            bar.remove_task(track_task)
-            bar.advance(overall)
-    return outcomes
-
-
-def _separate_one(separator, path: Path, target: Path, files: _StemFiles, progress) -> str:
-    """Separate one input into ``target/<stem>.<format>``; the notes worth showing (``"streamed"``)."""
-    from stemflow.audio.encode import save_audio
-    from stemflow.engine.track import separate_track
-
-    target.mkdir(parents=True, exist_ok=True)
-    if files.stream:
-        return _stream_one(separator, path, target, files, progress)
-    result = separate_track(separator, path, name=str(path), measure_quality=False, progress=progress)
-    clipped = 0
-    for stem, audio in result.stems.items():
-        written = save_audio(target / f"{stem}.{files.format}", audio, result.sample_rate, format=files.format,
-                             bit_depth=files.bit_depth)
-        clipped += written.clipped_samples
-    notes = list(result.decoded.notes)
-    if clipped:
-        notes.append(f"{clipped} samples clipped to full scale (use --bit-depth 32 --format wav to keep them)")
-    for note in notes:
-        console.print(f"  [yellow]{path.name}[/yellow]: {note}")
-    return "; ".join(notes)
-
-
-def _stream_one(separator, path: Path, target: Path, files: _StemFiles, progress) -> str:
-    """The bounded-memory file-to-file path of ``--stream`` (flac or wav)."""
-    from stemflow.engine.streaming import separate_file
-
-    if files.format == "mp3":
-        raise StemflowError("--stream writes flac or wav, not mp3")
-    outputs = {stem: target / f"{stem}.{files.format}" for stem in separator.stems}
-    separate_file(separator, path, outputs, bit_depth=files.bit_depth, progress=progress)
-    return "streamed"
-
-
 @models_app.command("list")
-def models_list() -> None:
-    """The registry: architecture, stems, reported SDR, license, and whether the weights are here."""
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON (one object per model)")] = False,
+) -> None:
+    """The registry: architecture, stems, reported SDR, license, cached?, and the other names each model answers to."""
     from stemflow.hub.model_list import list_model_rows
 
+    rows = list_model_rows(cache_dir())
+    if as_json:
+        out.print_json(json.dumps([row.as_dict() for row in rows]))
+        return
     table = Table(title=f"stemflow models (cache: {cache_dir()})")
     table.add_column("name", no_wrap=True)
-    for column in ("architecture", "stems", "reported SDR", "license", "cached"):
+    for column in ("architecture", "stems", "reported SDR", "license", "cached", "also known as"):
         table.add_column(column)
-    for row in list_model_rows(cache_dir()):
+    for row in rows:
         table.add_row(row.name, row.architecture, ", ".join(row.stems), row.reported_sdr, row.license,
-                      "yes" if row.cached else "no")
+                      "yes" if row.cached else "no", ", ".join(row.aliases))
     out.print(table)
 
 
 @models_app.command("fetch")
-def models_fetch(name: Annotated[str, typer.Argument(help="registry name")]) -> None:
+def models_fetch(name: Annotated[str, typer.Argument(help="registry name (or a checkpoint file name it knows)")]) -> None:
     """Download (or convert) a model's weights into the cache and verify them."""
     loaded = _load(name, None, None, offline=False)
     out.print(f"{loaded.name}: ready, weights sha256 {loaded.weights_sha256}")
 
 
 @app.command()
+@needs_extra("pipeline")
 def run(
     catalogue_url: Annotated[str, typer.Argument(help="folder, s3://bucket/prefix, ... or a CSV/Parquet manifest")],
     output_url: Annotated[str, typer.Argument(help="where stems/, metadata/ and runs/ go")],
@@ -290,6 +278,7 @@ def run(
 
 
 @app.command()
+@needs_extra("pipeline")
 def status(output_url: Annotated[str, typer.Argument(help="an output URL of `stemflow run`")]) -> None:
     """What is committed per model_id (markers) and recorded (Parquet rows, errors)."""
     from pipelines.separate_catalogue import catalogue_status
@@ -309,6 +298,7 @@ def status(output_url: Annotated[str, typer.Argument(help="an output URL of `ste
 
 
 @app.command()
+@needs_extra("pipeline")
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="MUSDB18-style folder (<track>/mixture.wav + <stem>.wav) or .stem.mp4 file/folder")],
     output: Annotated[str, typer.Option("-o", "--output", help="output URL; results go to OUTPUT/evaluation/<eval_id>/")],
@@ -316,11 +306,12 @@ def evaluate(
     config: Annotated[Optional[Path], typer.Option(help="community-format YAML config (one more model)")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="its checkpoint")] = None,
     engine: Annotated[str, typer.Option(help="ray (the catalogue's Ray stage, stems committed) or local (in-process)")] = "ray",
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, mps")] = "auto",
     workers: Annotated[int, typer.Option(help="Ray actors (engine ray)")] = 1,
     max_seconds: Annotated[Optional[float], typer.Option(help="score only the first seconds of each track")] = None,
 ) -> None:
     """Score models against reference stems: per-track metrics and a leaderboard (with the mixture baseline)."""
+    from stemflow.commandline.options import resolve_device
     from stemflow.evaluation.leaderboard import LEADERBOARD_HEADERS
 
     try:
@@ -339,7 +330,7 @@ def evaluate(
 
         models = [default_model_name(cache_dir())]
     result = run_evaluation(dataset, output, models, checkpoints=checkpoints, engine=engine,
-                            model_settings={"cache_dir": str(cache_dir()), "device": device},
+                            model_settings={"cache_dir": str(cache_dir()), "device": resolve_device(device)},
                             stage={"workers": workers}, max_duration_s=max_seconds)
     table = Table(title=f"leaderboard {result['eval_id']} (cSDR: median of 1 s frames, median over tracks; "
                         "uSDR: whole track, mean over tracks)")
@@ -355,6 +346,7 @@ def evaluate(
 
 
 @app.command()
+@needs_extra("report")
 def report(
     output: Annotated[str, typer.Argument(help="output URL of a catalogue run or an evaluation")],
     name: Annotated[str, typer.Option(help="writes OUTPUT/reports/<name>.html and <name>/*.png")] = "report",
@@ -370,6 +362,7 @@ def report(
 
 
 @app.command()
+@needs_extra("pipeline")
 def karaoke(
     source: Annotated[str, typer.Argument(help="catalogue (folder/prefix or CSV/Parquet manifest) or a separation output URL")],
     dataset: Annotated[str, typer.Argument(help="dataset URL; the version goes to DATASET/<version>/")],
@@ -383,7 +376,9 @@ def karaoke(
     seed: Annotated[Optional[int], typer.Option(help="split seed")] = None,
     residue: Annotated[Optional[bool], typer.Option("--residue/--no-residue", help="second vocal pass on the backing")] = None,
     webdataset: Annotated[Optional[bool], typer.Option("--webdataset/--no-webdataset", help="also write tar shards")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="karaoke settings YAML (default configs/karaoke.yaml)")] = None,
+    sum_to_mixture: Annotated[Optional[bool], typer.Option("--sum-to-mixture/--no-sum-to-mixture", help="full-band "
+                                                           "backing: the stems sum to the mixture (default on)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="karaoke settings YAML (default: the installed configs/karaoke.yaml)")] = None,
     workers: Annotated[int, typer.Option(help="Ray actors for the separation")] = 1,
 ) -> None:
     """Build a versioned karaoke dataset (backing + guide vocal, scores, splits, card) from a catalogue."""
@@ -398,6 +393,7 @@ def karaoke(
     result = karaoke_dataset(source, dataset, model=model, output_url=output_url, format=format, loudness=loudness,
                              stems4=stems4, group_column=group_column, splits=fractions, seed=seed, residue=residue,
                              webdataset=webdataset, config_path=str(config) if config else None, workers=workers,
+                             sum_to_mixture=sum_to_mixture,
                              model_settings={"cache_dir": str(cache_dir()), "offline": offline_requested(False)})
     if not result["created"]:
         console.print(f"version {result['version']} already complete: nothing to do")
@@ -415,5 +411,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         app(args=list(argv) if argv is not None else None, prog_name="stemflow", standalone_mode=True)
     except StemflowError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(2)

@@ -41,6 +41,7 @@ NEVER_IMPORTS: dict[str, tuple[str, ...]] = {
     "stemflow.stage": ("prefect",),
     "stemflow.evaluation": ("ray", "prefect"),
     "stemflow.karaoke": ("ray", "prefect"),
+    "stemflow.commandline": ("ray", "prefect", "pipelines"),  # the CLI's helpers; cli.py imports flows lazily
 }
 """Subpackage -> top-level packages or package prefixes it never imports (DESIGN.md's layer table)."""
 

@@ -1,10 +1,19 @@
 """Encoding: float32 stems to file bytes or files, with an explicit clipping policy.
 
 Formats (:data:`stemflow.audio.formats.AudioFormat`): FLAC and AIFF 16/24-bit,
-WAV 16/24-bit PCM or 32-bit float, MP3 and OGG Vorbis. :func:`encode` returns
-the bytes and an :class:`EncodeResult`; :func:`encode_audio` only the bytes;
-:func:`save_audio` writes a path atomically (:func:`stemflow.files.write_file_atomic`)
-or a binary file object, taking the format from the path's extension.
+WAV 16/24-bit PCM or 32-bit float, and the lossy MP3, Ogg Vorbis, Opus (in Ogg)
+and AAC (M4A) with a bitrate (:data:`stemflow.audio.formats.LOSSY_CODECS`).
+:func:`encode` returns the bytes and an :class:`EncodeResult`; :func:`encode_audio`
+only the bytes; :func:`save_audio` writes a path atomically
+(:func:`stemflow.files.write_file_atomic`) or a binary file object, taking the
+format from the path's extension.
+
+Lossy formats go through ffmpeg with ``-b:a <bitrate_kbps>k`` (the codec's
+default when none is asked); MP3 and Ogg Vorbis without a bitrate are written
+by libsndfile when it has them (MP3 at 320 kb/s, Vorbis at its default
+quality), so they need no ffmpeg. Opus always runs at 48 kHz: other rates are
+resampled first (soxr, :func:`stemflow.audio.resample.resample`) and the result
+says so (``EncodeResult.sample_rate``).
 
 The clipping policy is explicit (:data:`ClipPolicy`): float WAV is never
 altered under ``"none"``; every other format saturates at full scale and
@@ -36,7 +45,8 @@ import numpy as np
 import soundfile as sf
 
 from stemflow.audio import ffmpeg
-from stemflow.audio.formats import AudioFormat, format_for_path
+from stemflow.audio.formats import LOSSY_CODECS, AudioFormat, LossyCodec, format_for_path
+from stemflow.audio.resample import resample
 from stemflow.errors import AudioEncodeError
 from stemflow.files import write_file_atomic
 
@@ -50,8 +60,8 @@ _PCM_SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
 
 def _subtype(format: AudioFormat, bit_depth: int) -> str:
     """The libsndfile subtype written for ``format`` at ``bit_depth`` (ignored by the lossy formats)."""
-    if format in ("mp3", "ogg"):
-        return "MPEG_LAYER_III" if format == "mp3" else "VORBIS"
+    if format in LOSSY_CODECS:
+        return LOSSY_CODECS[format].ffmpeg_codec
     if format == "wav" and bit_depth == 32:
         return "FLOAT"
     if bit_depth not in _PCM_SUBTYPES:
@@ -72,7 +82,9 @@ class EncodeResult:
     saturation or clamping; ``over_full_scale`` counts samples beyond [-1, 1]
     in the signal as written (non-zero only for float WAV under ``"none"``);
     ``gain`` is the linear factor ``"rescale"`` applied (1.0 otherwise); ``peak``
-    is the input's absolute peak.
+    is the input's absolute peak; ``sample_rate`` is the file's (Opus: 48000);
+    ``bitrate_kbps`` is the lossy bitrate asked of ffmpeg (``None``: lossless, or
+    libsndfile's default quality).
     """
 
     format: str
@@ -85,6 +97,7 @@ class EncodeResult:
     gain: float
     peak: float
     num_bytes: int
+    bitrate_kbps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -120,19 +133,23 @@ def encode(
     bit_depth: Literal[16, 24, 32] = 24,
     clip: ClipPolicy = "none",
     name: str = "<audio>",
+    bitrate_kbps: int | None = None,
 ) -> EncodedAudio:
     """Encode ``[channels, samples]`` (or ``[samples]``) float audio to file bytes.
 
     ``bit_depth`` applies to FLAC/AIFF (16, 24) and WAV (16, 24, 32 = float);
-    MP3 (highest bitrate) and OGG Vorbis ignore it. See the module docstring
-    for the clipping policy. Raises :class:`AudioEncodeError` on NaN/inf input,
-    an unsupported combination, or an encoder failure.
+    the lossy formats ignore it and take ``bitrate_kbps`` instead (see the
+    module docstring). See the module docstring for the clipping policy.
+    Raises :class:`AudioEncodeError` on NaN/inf input, an unsupported
+    combination (a bitrate for a lossless format, a bitrate or sample rate the
+    codec does not take), or an encoder failure.
     """
     if format not in get_args(AudioFormat):
         raise AudioEncodeError(f"{name}: unknown format {format!r}; use one of {', '.join(get_args(AudioFormat))}")
     if clip not in get_args(ClipPolicy):
         raise AudioEncodeError(f"{name}: unknown clip policy {clip!r}; use one of {', '.join(get_args(ClipPolicy))}")
     subtype = _subtype(format, bit_depth)
+    codec = lossy_codec(format, bitrate_kbps, name)
     rows = np.atleast_2d(np.asarray(samples, dtype=np.float32))
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] == 0:
         raise AudioEncodeError(f"{name}: expected non-empty [channels, samples], got shape {np.shape(samples)}")
@@ -143,10 +160,15 @@ def encode(
     if clip == "rescale" and peak > RESCALE_PEAK:
         gain = RESCALE_PEAK / peak
         rows = rows * np.float32(gain)
+    if codec is not None and codec.resample_to is not None and sample_rate != codec.resample_to:
+        rows, sample_rate = resample(rows, sample_rate, codec.resample_to), codec.resample_to
     data, clipped = _limit(rows, subtype, clip)
     if clipped and clip == "none":
         logger.warning("%s: %d samples beyond full scale saturated in %s %s", name, clipped, format, subtype)
-    payload = _write_bytes(data, sample_rate, format, subtype, name)
+    if codec is not None:
+        payload, bitrate_kbps = _write_lossy(data, sample_rate, format, codec, bitrate_kbps, name)
+    else:
+        payload = _write_bytes(data, sample_rate, format, subtype, name)
     result = EncodeResult(
         format=format,
         subtype=subtype,
@@ -158,8 +180,45 @@ def encode(
         gain=gain,
         peak=peak,
         num_bytes=len(payload),
+        bitrate_kbps=bitrate_kbps,
     )
     return EncodedAudio(data=payload, result=result)
+
+
+def lossy_codec(format: AudioFormat, bitrate_kbps: int | None, name: str) -> LossyCodec | None:
+    """The codec of a lossy ``format`` (``None`` for lossless ones), after checking the bitrate asked.
+
+    Raises:
+        AudioEncodeError: a bitrate for a lossless format, or one the codec does not take (``name`` first).
+    """
+    codec = LOSSY_CODECS.get(format)
+    if bitrate_kbps is None:
+        return codec
+    if codec is None:
+        lossy = ", ".join(LOSSY_CODECS)
+        raise AudioEncodeError(f"{name}: a bitrate applies to the lossy formats ({lossy}), not to {format}")
+    low, high = codec.kbps_range
+    if isinstance(bitrate_kbps, bool) or not isinstance(bitrate_kbps, int) or not low <= bitrate_kbps <= high:
+        raise AudioEncodeError(f"{name}: {format} takes a bitrate of {low}-{high} kb/s, got {bitrate_kbps!r}")
+    return codec
+
+
+def _write_lossy(data: np.ndarray, sample_rate: int, format: AudioFormat, codec: LossyCodec,
+                 bitrate_kbps: int | None, name: str) -> tuple[bytes, int | None]:
+    """Encode float32 ``[channels, samples]`` to a lossy format; the bytes and the bitrate asked of ffmpeg.
+
+    libsndfile writes MP3/Vorbis when no bitrate is asked and it has the format; ffmpeg the rest.
+    """
+    if codec.sample_rates is not None and sample_rate not in codec.sample_rates:
+        rates = ", ".join(str(r) for r in codec.sample_rates)
+        raise AudioEncodeError(f"{name}: cannot encode {format} ({codec.ffmpeg_codec}) at {sample_rate} Hz; "
+                               f"it takes {rates} Hz")
+    subtype = codec.libsndfile_subtype
+    if bitrate_kbps is None and subtype is not None and format.upper() in sf.available_formats():
+        return _write_bytes(data, sample_rate, format, subtype, name), None
+    kbps = bitrate_kbps if bitrate_kbps is not None else codec.default_kbps
+    args = ["-c:a", codec.ffmpeg_codec, "-b:a", f"{kbps}k", "-f", codec.container]
+    return ffmpeg.encode_with_ffmpeg(data.astype(np.float32), sample_rate, output_args=args, name=name), kbps
 
 
 def _limit(rows: np.ndarray, subtype: str, clip: ClipPolicy) -> tuple[np.ndarray, int]:
@@ -175,10 +234,7 @@ def _limit(rows: np.ndarray, subtype: str, clip: ClipPolicy) -> tuple[np.ndarray
 
 
 def _write_bytes(data: np.ndarray, sample_rate: int, format: AudioFormat, subtype: str, name: str) -> bytes:
-    """Write ``[channels, samples]`` (float32 or integer PCM) with libsndfile, ffmpeg for MP3 if needed."""
-    if format == "mp3" and "MP3" not in sf.available_formats():
-        args = ["-c:a", "libmp3lame", "-b:a", "320k", "-f", "mp3"]
-        return ffmpeg.encode_with_ffmpeg(data.astype(np.float32), sample_rate, output_args=args, name=name)
+    """Write ``[channels, samples]`` (float32 or integer PCM) with libsndfile."""
     buffer = io.BytesIO()
     options: dict[str, object] = {}
     if format == "mp3":
@@ -198,9 +254,11 @@ def encode_audio(
     bit_depth: Literal[16, 24, 32] = 24,
     clip: ClipPolicy = "none",
     name: str = "<audio>",
+    bitrate_kbps: int | None = None,
 ) -> bytes:
     """The bytes of :func:`encode` (use :func:`encode` to also get the clipping report)."""
-    return encode(samples, sample_rate, format=format, bit_depth=bit_depth, clip=clip, name=name).data
+    return encode(samples, sample_rate, format=format, bit_depth=bit_depth, clip=clip, name=name,
+                  bitrate_kbps=bitrate_kbps).data
 
 
 def save_audio(
@@ -211,6 +269,7 @@ def save_audio(
     format: AudioFormat | None = None,
     bit_depth: Literal[16, 24, 32] = 24,
     clip: ClipPolicy = "none",
+    bitrate_kbps: int | None = None,
 ) -> EncodeResult:
     """Encode ``[channels, samples]`` float audio and write it to a path or binary file object.
 
@@ -223,7 +282,8 @@ def save_audio(
     label = str(target) if is_path else str(getattr(target, "name", "<file object>"))
     if format is None:
         format = format_for_path(label)
-    encoded = encode(samples, sample_rate, format=format, bit_depth=bit_depth, clip=clip, name=label)
+    encoded = encode(samples, sample_rate, format=format, bit_depth=bit_depth, clip=clip, name=label,
+                     bitrate_kbps=bitrate_kbps)
     try:
         if is_path:
             write_file_atomic(target, encoded.data)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
 
-AudioFormat = Literal["flac", "wav", "aiff", "mp3", "ogg"]
+AudioFormat = Literal["flac", "wav", "aiff", "mp3", "ogg", "opus", "m4a"]
 """Formats :func:`stemflow.audio.encode.encode` writes."""
 
 Decoder = Literal["soundfile", "ffmpeg"]
@@ -44,9 +44,9 @@ EXTENSIONS: dict[str, Extension] = {
     ".aifc": Extension("soundfile"),
     ".ogg": Extension("soundfile", "ogg"),
     ".oga": Extension("soundfile", "ogg"),
-    ".opus": Extension("soundfile"),
+    ".opus": Extension("soundfile", "opus"),
     ".mp3": Extension("soundfile", "mp3"),
-    ".m4a": Extension("ffmpeg"),
+    ".m4a": Extension("ffmpeg", "m4a"),
     ".mp4": Extension("ffmpeg"),
     ".aac": Extension("ffmpeg"),
     ".m4b": Extension("ffmpeg"),
@@ -56,6 +56,37 @@ EXTENSIONS: dict[str, Extension] = {
     ".mka": Extension("ffmpeg"),
 }
 """Lower-case extension (with the dot) -> how it is read and written."""
+
+@dataclass(frozen=True)
+class LossyCodec:
+    """How a lossy format is written with ffmpeg: codec, container, bitrates and sample rates.
+
+    ``default_kbps`` is used when no bitrate is asked; ``kbps_range`` bounds what
+    may be asked. ``sample_rates`` are the rates the codec takes (``None``: any);
+    ``resample_to``, when set, is the rate every input is converted to first (Opus
+    always runs at 48 kHz). ``libsndfile_subtype``: the libsndfile subtype that
+    writes the format at libsndfile's default quality, used instead of ffmpeg
+    when no bitrate is asked and libsndfile has the format.
+    """
+
+    ffmpeg_codec: str
+    container: str
+    default_kbps: int
+    kbps_range: tuple[int, int]
+    sample_rates: tuple[int, ...] | None = None
+    resample_to: int | None = None
+    libsndfile_subtype: str | None = None
+
+
+LOSSY_CODECS: dict[str, LossyCodec] = {
+    "mp3": LossyCodec("libmp3lame", "mp3", 320, (32, 320), (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100,
+                                                            48000), libsndfile_subtype="MPEG_LAYER_III"),
+    "ogg": LossyCodec("libvorbis", "ogg", 192, (48, 480), libsndfile_subtype="VORBIS"),
+    "opus": LossyCodec("libopus", "opus", 160, (16, 510), (48000,), resample_to=48000),
+    "m4a": LossyCodec("aac", "ipod", 256, (32, 512),
+                      (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)),
+}
+"""The lossy formats (MP3, Ogg Vorbis, Opus in Ogg, AAC in MP4/M4A) and how they are encoded."""
 
 STEM_MP4_SUFFIX = ".stem.mp4"
 """A multi-stream stems file (stream 0 = the mixture); one track, read with ffmpeg."""

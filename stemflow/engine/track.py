@@ -5,6 +5,16 @@ separation engine and the quality measures, so a file separated from the
 command line and the same object separated by the catalogue pipeline give the
 same stems and the same numbers. Encoding is separate (:func:`encode_stems`)
 because the CLI writes files while the pipeline uploads bytes.
+
+**Stems that sum to the mixture** (``sum_to_mixture=True``): a model's stems
+rarely add up to its input exactly (Spleeter's are zero above 11 kHz, so
+vocals + instrumental lose the mixture's cymbals and air). With the option,
+the residual ``mixture - sum(stems)`` is added to the stem that stands for
+"everything else" (:func:`residual_stem_for`: ``instrumental``, else
+``other``), so the stems sum to the mixture to float rounding. The track's
+``residual_db`` is still the model's own residual (measured before), and
+:attr:`TrackResult.residual_stem` names the stem that took it. It changes the
+output, so a catalogue run that uses it gets another ``model_id``.
 """
 
 from __future__ import annotations
@@ -21,8 +31,11 @@ from stemflow.audio.encode import ClipPolicy, EncodedAudio, encode
 from stemflow.audio.formats import AudioFormat
 from stemflow.audio.source import AudioSource
 from stemflow.engine.separator import Separator
-from stemflow.errors import StemflowError
+from stemflow.errors import ConfigError, StemflowError
 from stemflow.measures.quality import stem_quality, track_quality
+
+RESIDUAL_STEMS = ("instrumental", "other")
+"""Stems that may take the residual under ``sum_to_mixture``, in order of preference."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class TrackResult:
     stem_quality: dict[str, dict[str, float]] = field(default_factory=dict)
     track_quality: dict[str, float] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    residual_stem: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -56,6 +70,45 @@ def decode_track(separator: Separator, source: AudioSource, *, name: str) -> Dec
     return load_audio(source, sample_rate=separator.sample_rate, channels=2, name=name)
 
 
+def residual_stem_for(stems: Sequence[str]) -> str:
+    """The stem that takes the residual under ``sum_to_mixture``: ``instrumental``, else ``other``.
+
+    Raises:
+        ConfigError: the model has neither (e.g. a vocals-only selection).
+    """
+    for stem in RESIDUAL_STEMS:
+        if stem in stems:
+            return stem
+    raise ConfigError(f"stems {list(stems)} have neither 'instrumental' nor 'other' to take the residual "
+                      "(sum_to_mixture needs one)")
+
+
+def add_residual(mixture: np.ndarray, stems: dict[str, np.ndarray], into: str) -> dict[str, np.ndarray]:
+    """``stems`` with ``mixture - sum(stems)`` added to ``stems[into]`` (a new dict; the inputs are not modified).
+
+    ``mixture`` and every stem are float32 ``[2, N]``; afterwards the stems sum to the mixture to float rounding.
+    """
+    residual = mixture.astype(np.float32, copy=True)
+    for audio in stems.values():
+        residual -= audio
+    return {stem: (audio + residual if stem == into else audio) for stem, audio in stems.items()}
+
+
+def sum_to_mixture_stem(separator: Separator, sum_to_mixture: bool) -> str | None:
+    """The stem that takes the residual for ``separator`` (``None`` when the option is off).
+
+    Raises:
+        ConfigError: the option is on but the separator returns only some of the model's stems
+            (their sum is not meant to be the mixture), or none that can take the residual.
+    """
+    if not sum_to_mixture:
+        return None
+    if tuple(separator.stems) != tuple(separator.all_stems):
+        raise ConfigError(f"sum_to_mixture needs all of the model's stems {list(separator.all_stems)}, "
+                          f"not a selection {list(separator.stems)}")
+    return residual_stem_for(separator.stems)
+
+
 def measure_track(
     decoded: DecodedAudio,
     stems: dict[str, np.ndarray],
@@ -63,15 +116,22 @@ def measure_track(
     name: str,
     timings_s: dict[str, float],
     measure_quality: bool = True,
+    residual_stem: str | None = None,
 ) -> TrackResult:
-    """Wrap separated stems into a :class:`TrackResult`, with the reference-free quality measures."""
+    """Wrap separated stems into a :class:`TrackResult`, with the reference-free quality measures.
+
+    ``residual_stem``: add the residual to this stem (``sum_to_mixture``; see the module docstring).
+    """
     started = time.perf_counter()
     per_stem: dict[str, dict[str, float]] = {}
     per_track: dict[str, float] = {}
     if measure_quality:
-        per_stem = {stem: stem_quality(audio, decoded.sample_rate, decoded.samples) for stem, audio in stems.items()}
         # all stems, the complement of a single-target model included, should add up to the mixture
         per_track = track_quality(decoded.samples, stems)
+    if residual_stem is not None:
+        stems = add_residual(decoded.samples, stems, residual_stem)
+    if measure_quality:
+        per_stem = {stem: stem_quality(audio, decoded.sample_rate, decoded.samples) for stem, audio in stems.items()}
     return TrackResult(
         name=name,
         sample_rate=decoded.sample_rate,
@@ -81,6 +141,7 @@ def measure_track(
         stem_quality=per_stem,
         track_quality=per_track,
         timings_s={**timings_s, "quality": time.perf_counter() - started},
+        residual_stem=residual_stem,
     )
 
 
@@ -91,19 +152,22 @@ def separate_track(
     name: str,
     measure_quality: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    sum_to_mixture: bool = False,
 ) -> TrackResult:
     """Decode ``source`` at the model's rate (stereo), separate it, and measure the stems.
 
     Raises :class:`stemflow.errors.AudioDecodeError` for empty, undecodable or
     NaN/inf input (the message names ``name``). ``progress(done_samples,
-    total_samples)`` follows the separation.
+    total_samples)`` follows the separation. ``sum_to_mixture``: see the module docstring.
     """
+    residual_stem = sum_to_mixture_stem(separator, sum_to_mixture)
     started = time.perf_counter()
     decoded = decode_track(separator, source, name=name)
     decoded_at = time.perf_counter()
     stems = separator.separate(decoded.samples, decoded.sample_rate, progress=progress)
     timings = {"decode": decoded_at - started, "separate": time.perf_counter() - decoded_at}
-    return measure_track(decoded, stems, name=name, timings_s=timings, measure_quality=measure_quality)
+    return measure_track(decoded, stems, name=name, timings_s=timings, measure_quality=measure_quality,
+                         residual_stem=residual_stem)
 
 
 def separate_decoded(
@@ -111,6 +175,7 @@ def separate_decoded(
     tracks: Sequence[tuple[DecodedAudio, str, float]],
     *,
     measure_quality: bool = True,
+    sum_to_mixture: bool = False,
 ) -> list[TrackResult]:
     """Separate already decoded tracks together: chunks of all of them share the model's batches.
 
@@ -123,12 +188,13 @@ def separate_decoded(
     """
     if not tracks:
         return []
+    residual_stem = sum_to_mixture_stem(separator, sum_to_mixture)
     started = time.perf_counter()
     separated = separator.separate_many([decoded.samples for decoded, _, _ in tracks], decoded_rate(tracks))
     elapsed = time.perf_counter() - started
     total = sum(decoded.samples.shape[-1] for decoded, _, _ in tracks)
     return [
-        measure_track(decoded, stems, name=name, measure_quality=measure_quality,
+        measure_track(decoded, stems, name=name, measure_quality=measure_quality, residual_stem=residual_stem,
                       timings_s={"decode": decode_s, "separate": elapsed * decoded.samples.shape[-1] / total})
         for (decoded, name, decode_s), stems in zip(tracks, separated)
     ]

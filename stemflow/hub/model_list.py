@@ -1,13 +1,15 @@
-"""The backend of ``stemflow models list``: one row per registry model, with where its weights are.
+"""The backend of ``stemflow models list``: one row per registry model, with its other names and where its weights are.
 
 Cheap to call: it reads the registry and looks for files and installed packages,
-but never hashes or downloads anything.
+but never hashes or downloads anything. :meth:`ModelRow.as_dict` is the JSON
+form (``stemflow models list --json``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from stemflow.hub.cache import is_cached, package_version, weights_path
 from stemflow.hub.registry import Registry, load_registry
@@ -24,10 +26,15 @@ class ModelRow:
     license: str
     cached: bool
     location: str
+    aliases: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form: tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def list_model_rows(cache_dir: str | Path, registry: Registry | None = None) -> list[ModelRow]:
-    """Rows for ``stemflow models list``: name, architecture, stems, SDR, license, cached?"""
+    """Rows for ``stemflow models list``: name, architecture, stems, SDR, license, cached?, other names."""
     registry = registry or load_registry()
     rows = []
     for entry in registry.entries.values():
@@ -45,6 +52,7 @@ def list_model_rows(cache_dir: str | Path, registry: Registry | None = None) -> 
                 license=entry.license,
                 cached=is_cached(entry, cache_dir),
                 location=location,
+                aliases=entry.known_as,
             )
         )
     return rows

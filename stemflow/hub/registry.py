@@ -25,12 +25,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from stemflow.bundled_configs import model_configs_dir, registry_path
 from stemflow.errors import ConfigError
+from stemflow.hub.aliases import AmbiguousModelError, UnknownModelError, build_index, known_as, resolve_name
 from stemflow.models.config import parse_yaml
+
+__all__ = ["AmbiguousModelError", "ModelEntry", "Registry", "UnknownModelError", "load_registry"]
 
 logger = logging.getLogger(__name__)
 
-REGISTRY_FILENAME = "registry.yaml"
 SCHEMA_VERSION = 1
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -51,23 +54,20 @@ _OPTIONAL_KEYS = frozenset(
         "stem_aliases",
         "notes",
         "package",
+        "aliases",
     }
 )
 _SDR_KEYS = frozenset({"value", "metric", "dataset"})
 
 
-class UnknownModelError(ConfigError):
-    """A model name that the registry does not list; the message lists the valid names."""
-
-
 def default_configs_dir() -> Path:
-    """``configs/models/`` of this source tree (the registry and the YAML configs live there)."""
-    return Path(__file__).resolve().parents[2] / "configs" / "models"
+    """``configs/models/`` as installed (the registry and the YAML configs; :mod:`stemflow.bundled_configs`)."""
+    return model_configs_dir()
 
 
 def default_registry_path() -> Path:
-    """``configs/models/registry.yaml`` of this source tree."""
-    return default_configs_dir() / REGISTRY_FILENAME
+    """``configs/models/registry.yaml`` as installed (the wheel's copy, or the checkout's)."""
+    return registry_path()
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,12 @@ class ModelEntry:
     stem_aliases: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     notes: str = ""
     package: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def known_as(self) -> tuple[str, ...]:
+        """Other names this model answers to (explicit aliases, checkpoint and config file names)."""
+        return known_as(self)
 
     def canonical_stem(self, stem: str) -> str:
         """The stemflow name of a stem the model (or its config) calls ``stem``."""
@@ -121,24 +127,31 @@ class Registry:
     entries: Mapping[str, ModelEntry]
     source: Path
     configs_dir: Path
+    index: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            object.__setattr__(self, "index", build_index(self.entries.values(), source=self.source))
 
     def list_models(self) -> tuple[str, ...]:
         """Registry names, in file order."""
         return tuple(self.entries)
 
     def has_model(self, name: str) -> bool:
-        """True when ``name`` is a registry name."""
-        return name in self.entries
+        """True when ``name`` is a registry name or designates exactly one model by an alias."""
+        return isinstance(name, str) and len(self.index.get(name.strip().casefold(), ())) == 1
+
+    def resolve(self, name: str) -> str:
+        """The registry name of ``name`` (a registry name or an alias; :mod:`stemflow.hub.aliases`).
+
+        Raises:
+            UnknownModelError: unknown (valid names listed) or ambiguous (:class:`AmbiguousModelError`).
+        """
+        return resolve_name(name, self.index, self.entries, source=self.source)
 
     def get_model(self, name: str) -> ModelEntry:
-        """The entry called ``name``; an unknown name raises :class:`UnknownModelError`."""
-        try:
-            return self.entries[name]
-        except KeyError as e:
-            valid = ", ".join(self.entries) or "(none)"
-            raise UnknownModelError(
-                f"unknown model {name!r}; the registry {self.source} lists: {valid}"
-            ) from e
+        """The entry ``name`` designates (registry name or alias); unknown names raise :class:`UnknownModelError`."""
+        return self.entries[self.resolve(name)]
 
     def missing_configs(self) -> tuple[str, ...]:
         """Names of entries whose config file is absent from ``configs_dir``."""
@@ -273,6 +286,7 @@ def entry_from_dict(data: Mapping[str, Any], *, configs_dir: Path, index: int = 
     if not stems:
         raise ConfigError(f"{where}: 'stems' must not be empty")
     notes = data.get("notes") or ""
+    other_names = _string_list(data.get("aliases") or [], "aliases", where)
     return ModelEntry(
         name=name,
         architecture=_string(data["architecture"], "architecture", where),
@@ -284,6 +298,7 @@ def entry_from_dict(data: Mapping[str, Any], *, configs_dir: Path, index: int = 
         reported_sdr=_parse_sdr(data["reported_sdr"], where),
         stem_aliases=aliases,
         notes=_string(notes, "notes", where, allow_empty=True).strip(),
+        aliases=other_names,
         **_parse_weights(data, where),
     )
 

@@ -33,6 +33,7 @@ class ModelSpec:
     precision: str = "float32"
     chunk_size: int | None = None
     num_overlap: int | None = None
+    sum_to_mixture: bool = False  # residual into instrumental/other (stemflow.engine.track); changes the output
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.config_path is None):

@@ -112,6 +112,11 @@ def _models_section(rows: Sequence[Mapping[str, Any]], info: Mapping[str, Any]) 
     backing = Counter(str(r.get("backing_source")) for r in rows if r.get("backing_source"))
     lines = ["", "## Models", "", f"- model_id: `{info.get('model_id')}`",
              f"- backing source: {', '.join(f'`{k}` ({v})' for k, v in sorted(backing.items())) or 'n/a'}"]
+    full_band = (info.get("settings") or {}).get("sum_to_mixture")
+    if full_band is not None:
+        lines.append("- stems sum to the mixture: " + (
+            "yes (whatever the separation left out, e.g. Spleeter's band above 11 kHz, is in the backing: full band)"
+            if full_band else "no (the stems as the model gave them)"))
     lines += [f"- {name}: `{value}`" for name, value in sorted((info.get("models") or {}).items())]
     return lines
 

@@ -18,10 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from stemflow.bundled_configs import karaoke_config_path
 from stemflow.errors import ConfigError
-
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "karaoke.yaml"
-"""``configs/karaoke.yaml`` of the source tree (``stemflow/karaoke/settings.py`` is two folders below it)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +83,7 @@ class DatasetSettings:
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     residue: bool = True
+    sum_to_mixture: bool = True
     include_rejected: bool = False
     webdataset: bool = False
     tracks_per_shard: int = 100
@@ -141,12 +140,10 @@ def settings_from_dict(data: Mapping[str, Any] | None, *, where: str = "karaoke 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> DatasetSettings:
     """Read ``configs/karaoke.yaml`` (or ``path``), then replace top-level dataset fields by ``overrides``.
 
-    Without ``path`` and without the repository's ``configs/`` (an installed
-    package), the built-in defaults (the same values) are used.
+    The default file is the installed one (the wheel's copy, or the checkout's:
+    :func:`stemflow.bundled_configs.karaoke_config_path`).
     """
-    if path is None and not DEFAULT_CONFIG_PATH.is_file():
-        return replace(DatasetSettings(), **overrides)
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    path = Path(path) if path is not None else karaoke_config_path()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:

@@ -115,7 +115,7 @@ def track_columns(sep: SeparatedTrack, device: str) -> dict[str, Any]:
             "source_sample_rate": result.decoded.source_sample_rate,
             "channels_in": result.decoded.source_channels,
             "decode_s": result.timings_s.get("decode"), "separate_s": result.timings_s.get("separate"),
-            "quality_s": result.timings_s.get("quality"),
+            "quality_s": result.timings_s.get("quality"), "residual_stem": result.residual_stem,
         })
     return columns
 

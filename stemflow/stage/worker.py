@@ -28,7 +28,7 @@ from concurrent.futures import Future
 import torch
 
 from stemflow.engine.separator import Separator
-from stemflow.engine.track import measure_track, separate_decoded
+from stemflow.engine.track import measure_track, separate_decoded, sum_to_mixture_stem
 from stemflow.hub.spec import ModelSpec, load_spec
 from stemflow.stage.fetching import FetchedSource, SourceLimits, fetch_source
 from stemflow.stage.finishing import SeparatedTrack, StemOutput, finish_track, rows_from_marker
@@ -72,6 +72,8 @@ class TrackWorker:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.separator = build_separator(spec, torch_threads)
+        self.sum_to_mixture = spec.sum_to_mixture
+        self.residual_stem = sum_to_mixture_stem(self.separator, spec.sum_to_mixture)
         self.job = job
         self.retry = retry
         self.limits = SourceLimits(max_duration_s=max_duration_s, max_source_bytes=max_source_bytes)
@@ -90,7 +92,8 @@ class TrackWorker:
                 started = time.perf_counter()
                 stems = self.separator.separate(got.decoded.samples, got.decoded.sample_rate)
                 timings = {"decode": got.decode_s, "separate": time.perf_counter() - started}
-                sep.result = measure_track(got.decoded, stems, name=url, timings_s=timings)
+                sep.result = measure_track(got.decoded, stems, name=url, timings_s=timings,
+                                           residual_stem=self.residual_stem)
             except Exception as e:  # noqa: BLE001 - becomes this track's error row
                 sep.error = e
         return sep
@@ -104,7 +107,8 @@ class TrackWorker:
         if len(ready) > 1:
             try:
                 results = separate_decoded(
-                    self.separator, [(got.decoded, sep.source_url, got.decode_s) for sep, got in ready])
+                    self.separator, [(got.decoded, sep.source_url, got.decode_s) for sep, got in ready],
+                    sum_to_mixture=self.sum_to_mixture)
             except Exception as e:  # noqa: BLE001 - e.g. out of memory for the packed batch
                 logger.warning("packed separation of %d tracks failed (%s); one at a time", len(ready), e)
             else:

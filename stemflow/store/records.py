@@ -121,6 +121,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("device", pa.string(), "", "track", "device that separated, e.g. 'cpu', 'cuda:0'"),
     _c("stemflow_version", pa.string(), "", "run", "stemflow version that wrote the row"),
     _c("created_at", pa.timestamp("us", tz="UTC"), "UTC", "row", "time the row was built"),
+    _c("residual_stem", pa.string(), "", "track",
+       "stem the residual was added to (sum_to_mixture: stems sum to the mixture); null: stems as the model gave them"),
 )
 """Every record column, in stored order (the README's table is :func:`schema_markdown`)."""
 

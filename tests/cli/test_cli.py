@@ -20,7 +20,9 @@ BS = ROOT.parent / "shared" / "fixtures" / "roformer" / "bs_roformer_4stem"
 
 
 def run_cli(*args: str, cache: Path, script: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STEMFLOW_CACHE": str(cache), "COLUMNS": "200"}
+    # the ephemeral Prefect server may need more than its 20 s default to start on a loaded machine
+    env = {**os.environ, "STEMFLOW_CACHE": str(cache), "COLUMNS": "200",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     command = [str(Path(sys.executable).parent / "stemflow")] if script else [sys.executable, "-m", "stemflow"]
     return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=600)
 
@@ -109,7 +111,9 @@ def test_separate_real_music_with_the_offline_default(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "spleeter-2stems" in result.stderr
     folder = tmp_path / "out" / "The Easton Ellises - Falcon 69"
-    assert sorted(p.name for p in folder.iterdir()) == ["instrumental.flac", "vocals.flac"]
+    # the stems, each with its owner record (input and model: what lets a re-run replace them safely)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".instrumental.flac.stemflow.json", ".vocals.flac.stemflow.json", "instrumental.flac", "vocals.flac"]
     info = sf.info(str(folder / "vocals.flac"))
     assert info.samplerate == 44100 and info.channels == 2 and info.subtype == "PCM_24"
 

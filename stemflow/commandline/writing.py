@@ -1,0 +1,145 @@
+"""One input of ``stemflow separate``, start to finish: separate, pick the stems, convert, write, record the owner.
+
+The separation itself is :func:`stemflow.engine.track.separate_track` (the same
+function the catalogue workers use) or, with ``stream``, the bounded-memory
+:func:`stemflow.engine.streaming.separate_file`. Then, in memory:
+
+* stem selection: ``only`` keeps some of the model's stems; ``two_stems=S``
+  writes ``S`` and ``no_S``, the sum of every other stem (demucs'
+  ``--two-stems``; with ``sum_to_mixture`` that is exactly ``mixture - S``);
+* ``sample_rate``: the stems are resampled (soxr) before encoding;
+* encoding: format, bit depth, bitrate and clipping policy of
+  :func:`stemflow.audio.encode.save_audio`; each file is written atomically,
+  then its owner record (:mod:`stemflow.commandline.outputs`).
+
+Returns human-readable notes (input policy, resampling, clipping) for the CLI to show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from stemflow.audio.encode import ClipPolicy, lossy_codec, save_audio
+from stemflow.audio.resample import resample
+from stemflow.commandline.outputs import PlannedResult, write_owner
+from stemflow.engine.separator import Separator
+from stemflow.engine.track import separate_track
+from stemflow.errors import ConfigError
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class StemWriting:
+    """How ``separate`` turns a model's stems into files (see the module docstring)."""
+
+    format: str = "flac"
+    bit_depth: int = 24
+    bitrate_kbps: int | None = None
+    clip: ClipPolicy = "none"
+    sample_rate: int | None = None
+    only: tuple[str, ...] = ()
+    two_stems: str | None = None
+    sum_to_mixture: bool = False
+    stream: bool = False
+
+    def __post_init__(self) -> None:
+        """Usage errors before any model is loaded: a bitrate for a lossless format or out of range, a bad rate.
+
+        Raises:
+            AudioEncodeError, ConfigError: naming the option.
+        """
+        lossy_codec(self.format, self.bitrate_kbps, "--bitrate")  # type: ignore[arg-type]
+        if self.sample_rate is not None and not 8000 <= self.sample_rate <= 384000:
+            raise ConfigError(f"--sample-rate must be 8000-384000 Hz, got {self.sample_rate}")
+
+    def output_stems(self, model_stems: tuple[str, ...]) -> tuple[str, ...]:
+        """The stems written for a model giving ``model_stems``.
+
+        Raises:
+            ConfigError: a stem the model does not give, or options that do not combine.
+        """
+        if self.only and self.two_stems:
+            raise ConfigError("give either --stem or --two-stems, not both")
+        asked = (*self.only, *([self.two_stems] if self.two_stems else []))
+        unknown = [s for s in asked if s not in model_stems]
+        if unknown:
+            raise ConfigError(f"the model gives {', '.join(model_stems)}; no {', '.join(unknown)}")
+        if self.two_stems:
+            return (self.two_stems, f"no_{self.two_stems}")
+        return tuple(s for s in model_stems if s in self.only) if self.only else model_stems
+
+    def check_stream(self) -> None:
+        """``--stream`` writes the model's stems as they come: flac or wav, no conversion.
+
+        Raises:
+            ConfigError: naming the options that do not combine with it.
+        """
+        if not self.stream:
+            return
+        blocked = [name for name, on in (("--format " + self.format, self.format not in ("flac", "wav")),
+                                         ("--two-stems", bool(self.two_stems)),
+                                         ("--sum-to-mixture", self.sum_to_mixture),
+                                         ("--sample-rate", self.sample_rate is not None),
+                                         ("--bitrate", self.bitrate_kbps is not None),
+                                         ("--clip-mode " + self.clip, self.clip != "none")) if on]
+        if blocked:
+            raise ConfigError(f"--stream writes the model's stems as flac or wav in bounded memory; it does not "
+                              f"combine with {', '.join(blocked)}")
+
+
+def write_result(separator: Separator, planned: PlannedResult, owner_model: str, writing: StemWriting,
+                 progress: Progress | None = None) -> list[str]:
+    """Separate ``planned.input`` and write its files (owner records name ``owner_model``); the notes to show."""
+    owner = planned.input.owner(owner_model)
+    if writing.stream:
+        from stemflow.engine.streaming import separate_file
+
+        _make_folders(planned)
+        separate_file(separator, planned.input.path, planned.files, bit_depth=writing.bit_depth, progress=progress)
+        for file in planned.files.values():
+            write_owner(file, owner)
+        return ["streamed"]
+    result = separate_track(separator, planned.input.path, name=str(planned.input.path), measure_quality=False,
+                            progress=progress, sum_to_mixture=writing.sum_to_mixture)
+    stems = _chosen(result.stems, writing)
+    notes = list(result.decoded.notes)
+    rate = result.sample_rate
+    if writing.sample_rate is not None and writing.sample_rate != rate:
+        stems = {stem: resample(audio, rate, writing.sample_rate) for stem, audio in stems.items()}
+        notes.append(f"stems resampled {rate} -> {writing.sample_rate} Hz")
+        rate = writing.sample_rate
+    clipped = 0
+    _make_folders(planned)
+    for stem, audio in stems.items():
+        written = save_audio(planned.files[stem], audio, rate, format=writing.format,  # type: ignore[arg-type]
+                             bit_depth=writing.bit_depth, clip=writing.clip,  # type: ignore[arg-type]
+                             bitrate_kbps=writing.bitrate_kbps)
+        write_owner(planned.files[stem], owner)
+        clipped += written.clipped_samples
+        if written.sample_rate != rate:
+            notes.append(f"{writing.format} runs at {written.sample_rate} Hz: {stem} resampled")
+    if clipped:
+        notes.append(f"{clipped} samples clipped to full scale (--clip-mode rescale, or --format wav --bit-depth 32, "
+                     "keeps them)")
+    return notes
+
+
+def _make_folders(planned: PlannedResult) -> None:
+    """The folders of ``planned``'s files (made only once there is something to write)."""
+    for file in planned.files.values():
+        file.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _chosen(stems: dict[str, np.ndarray], writing: StemWriting) -> dict[str, np.ndarray]:
+    """The stems to write: all, the ``only`` ones, or ``two_stems`` and the sum of the others."""
+    if writing.two_stems:
+        others = [audio for stem, audio in stems.items() if stem != writing.two_stems]
+        rest = np.sum(others, axis=0, dtype=np.float32) if others else np.zeros_like(stems[writing.two_stems])
+        return {writing.two_stems: stems[writing.two_stems], f"no_{writing.two_stems}": rest}
+    if writing.only:
+        return {stem: audio for stem, audio in stems.items() if stem in writing.only}
+    return stems
