@@ -344,10 +344,17 @@ def sha256_object(url: str, storage_options: StorageOptions = None, *, retry: Re
         FileNotFoundError: nothing at ``url``.
         StorageError: the read failed, its deadline passed, or a local path is not a regular file.
     """
+    return size_and_sha256(url, storage_options, retry=retry)[1]
+
+
+def size_and_sha256(url: str, storage_options: StorageOptions = None, *,
+                    retry: RetryPolicy | None = None) -> tuple[int, str]:
+    """``(bytes, hex sha256)`` of an object, from one streamed read; raises as :func:`sha256_object`."""
     from stemflow.store.streams import read_blocks  # streams builds on this module
 
-    digest = hashlib.sha256()
+    digest, size = hashlib.sha256(), 0
     for block in read_blocks(url, storage_options, retry=retry):
         digest.update(block)
-    return digest.hexdigest()
+        size += len(block)
+    return size, digest.hexdigest()
 
