@@ -27,6 +27,7 @@ from stemflow.errors import StorageError
 from stemflow.evaluation.leaderboard import leaderboard, leaderboard_markdown, reported_notes
 from stemflow.store.objects import read_bytes, write_atomic
 from stemflow.store.paths import StorageOptions, filesystem, join_url
+from stemflow.store.redact import redact
 
 
 def _json_safe(value: Any) -> Any:
@@ -49,7 +50,8 @@ def write_evaluation(
 ) -> dict[str, str]:
     """Write ``metrics.parquet`` and the leaderboard (``.parquet``, ``.json``, ``.md``), each atomically.
 
-    ``info`` (data set, models, settings) is stored in ``leaderboard.json`` next to the rows;
+    ``info`` (data set, models, settings) is stored in ``leaderboard.json`` next to the rows,
+    secrets masked (:func:`stemflow.store.redact.redact`);
     its ``models`` entries' ``reported_sdr`` texts are quoted under the Markdown table.
     Returns the URLs written, keyed by file name.
     """
@@ -60,7 +62,7 @@ def write_evaluation(
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         payloads[name] = buffer.getvalue()
-    body = {"eval_id": eval_id, "info": dict(info or {}),
+    body = {"eval_id": eval_id, "info": redact(dict(info or {})),
             "rows": [{k: _json_safe(v) for k, v in row.items()} for row in board.to_pylist()]}
     payloads["leaderboard.json"] = json.dumps(body, indent=1, default=str).encode()
     payloads["leaderboard.md"] = leaderboard_markdown(board, reported_notes(info)).encode()

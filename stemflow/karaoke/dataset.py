@@ -64,6 +64,7 @@ from stemflow.karaoke.settings import DatasetSettings
 from stemflow.store.commit import read_marker, track_url
 from stemflow.store.objects import exists, read_bytes, write_create_only
 from stemflow.store.paths import StorageOptions, filesystem, join_url
+from stemflow.store.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def finish_dataset(
         shards = write_webdataset_shards(version_url, rows, tracks_per_shard=settings.tracks_per_shard,
                                          storage_options=storage_options)
     counts = split_counts(rows)
-    info = {"model_id": model_id, "models": dict(models or {}), "settings": settings.as_dict()}
+    info = redact({"model_id": model_id, "models": dict(models or {}), "settings": settings.as_dict()})
     write_card(version_url, version, rows, info, storage_options=storage_options)
     marker = {"format": COMPLETE_FORMAT, "version": version, "model_id": model_id,
               "completed_at": datetime.now(timezone.utc).isoformat(), "counts": counts,
