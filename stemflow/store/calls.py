@@ -20,15 +20,13 @@ goes through :func:`call`:
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Callable
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem, sync
 
-from stemflow.errors import StorageError
+from stemflow.files import describe_mode, open_regular_file
 from stemflow.store.paths import is_local_fs, is_memory_fs
 from stemflow.store.retry import DEFAULT_RETRY, Deadline, RetryPolicy, call_with_retry
 
@@ -76,38 +74,4 @@ def run(fs: AbstractFileSystem, what: str, operation: Callable[[Deadline], T], r
     return call_with_retry(lambda: operation(limit), what=what, policy=policy, deadline=limit)
 
 
-def open_regular_file(path: str) -> IO[bytes]:
-    """Open a local path for reading, refusing whatever is not a regular file (never blocking).
-
-    The path is opened with ``O_NONBLOCK`` (a FIFO without a writer then opens
-    at once instead of waiting for one) and checked with ``fstat`` on the open
-    descriptor, so the check and the read concern the same file.
-
-    Raises:
-        FileNotFoundError: nothing at ``path``.
-        IsADirectoryError: a folder.
-        StorageError: a FIFO, socket, device or anything else that is not a regular file.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-    descriptor = os.open(path, flags)
-    try:
-        mode = os.fstat(descriptor).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(f"{path} is a folder")
-        if not stat.S_ISREG(mode):
-            raise StorageError(f"{path} is not a regular file ({describe_mode(mode)}); not read")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(descriptor, True)
-        return os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-
-
-def describe_mode(mode: int) -> str:
-    """``"a FIFO"``, ``"a socket"``, ``"a character device"``… for a ``st_mode``."""
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a link")):
-        if test(mode):
-            return name
-    return "not a regular file"
+__all__ = ["call", "describe_mode", "invoke", "is_remote", "open_regular_file", "run"]
