@@ -51,7 +51,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem, sync
 
 from stemflow.errors import StorageError
-from stemflow.files import write_file_atomic
+from stemflow.files import HASH_BLOCK_BYTES, write_file_atomic
 from stemflow.store.calls import call, open_regular_file, run
 from stemflow.store.paths import StorageOptions, filesystem, is_local_fs, is_memory_fs, url_of
 from stemflow.store.retry import Deadline, RetryPolicy
@@ -150,8 +150,7 @@ def read_bytes(url: str, storage_options: StorageOptions = None, *, retry: Retry
     fs, path = filesystem(url, storage_options)
     try:
         if is_local_fs(fs):
-            with open_regular_file(path) as handle:
-                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+            data = _read_local(path, max_bytes)
         elif max_bytes is None:
             data = call(fs, f"read {url}", "cat_file", path, retry=retry)
         else:
@@ -163,6 +162,25 @@ def read_bytes(url: str, storage_options: StorageOptions = None, *, retry: Retry
     if max_bytes is not None and len(data) > max_bytes:
         raise StorageError(f"{url!r} is larger than the {max_bytes} bytes allowed; not read")
     return data
+
+
+def _read_local(path: str, max_bytes: int | None) -> bytes:
+    """A local regular file's bytes; with ``max_bytes``, never more than ``max_bytes + 1`` of them.
+
+    Raises:
+        StorageError: the file is larger than ``max_bytes`` (said by its size, before reading).
+    """
+    with open_regular_file(path) as handle:
+        if max_bytes is None:
+            return handle.read()
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            raise StorageError(f"{path!r} is larger than the {max_bytes} bytes allowed ({size}); not read")
+        parts, total = [], 0
+        while total <= max_bytes and (block := handle.read(min(HASH_BLOCK_BYTES, max_bytes + 1 - total))):
+            parts.append(block)
+            total += len(block)
+        return b"".join(parts)
 
 
 def exists(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> bool:
