@@ -12,6 +12,7 @@ torch, soundfile, Ray or Prefect).
 - ``marker``: the ``_COMMITTED.json`` format, read back strictly.
 - ``commit``: exactly-once stems: write-once stem objects and ``_COMMITTED.json`` markers.
 - ``redact``: secrets masked out of settings before they are written anywhere.
+- ``sources``: reading a URL that stored data names only under the roots the caller expects.
 - ``records``: the quality records (Parquet schema, rows, parts, reading them back).
 - ``runs``: the run manifest ``runs/<run_id>.json``.
 """
