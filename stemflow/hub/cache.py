@@ -210,10 +210,12 @@ def _download(
 
 
 def weights_sha256(entry: ModelEntry, cache_dir: str | Path, *, offline: bool = True) -> str:
-    """The verified sha256 of ``entry``'s cached checkpoint: the input :func:`stemflow.hub.model_id.model_id` needs.
+    """The sha256 of ``entry``'s cached checkpoint, as checked by :func:`fetch_weights` (for listings and display).
 
-    Cheap after the first call (sidecar). With ``offline=False`` the file is
-    downloaded first if missing.
+    Cheap after the first call (sidecar, re-hashed when size or mtime change).
+    With ``offline=False`` the file is downloaded first if missing. A run's
+    ``model_id`` comes from the weights it actually loads
+    (:attr:`stemflow.hub.loading.LoadedModel.weights_sha256`, hashed from the bytes loaded).
     """
     return cached_sha256(fetch_weights(entry, cache_dir, offline=offline))
 
