@@ -31,7 +31,6 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from stemflow.audio.decode import load_audio
 from stemflow.evaluation.leaderboard import leaderboard, leaderboard_markdown, reported_notes
 from stemflow.evaluation.references import MIXTURE_BASELINE, ReferenceTrack, discover_dataset, load_references
 from stemflow.evaluation.results import new_eval_id, write_evaluation
@@ -132,21 +131,19 @@ def score_committed_task(tracks: list[dict[str, Any]], model: Mapping[str, Any],
                          outcomes: Mapping[str, Mapping[str, Any]], output_url: str,
                          storage_options: Mapping[str, Any] | None,
                          max_duration_s: float | None) -> list[dict[str, Any]]:
-    """Score the committed stems of every track (read back from the output store)."""
+    """Score the committed stems of every track (read back from the output store, verified by their markers)."""
     from stemflow.errors import StemflowError
-    from stemflow.store.commit import read_marker, track_url
-    from stemflow.store.objects import read_bytes
+    from stemflow.evaluation.committed import read_committed
 
     def estimates_of(track: ReferenceTrack) -> tuple[dict[str, np.ndarray], int]:
         outcome = outcomes[track.name]
         if outcome["status"] == "error":
             raise StemflowError(outcome["error"] or "separation failed")
-        marker = read_marker(output_url, model["model_id"], outcome["track_id"], storage_options=storage_options)
-        if marker is None:
+        committed = read_committed(output_url, model["model_id"], outcome["track_id"],
+                                   storage_options=storage_options)
+        if committed is None:
             raise StemflowError(f"track {outcome['track_id']} is not committed for {model['model_id']}")
-        base = track_url(output_url, model["model_id"], outcome["track_id"])
-        decoded = {s.stem: load_audio(read_bytes(f"{base}/{s.file_name}", storage_options), sample_rate=None,
-                                      name=f"{base}/{s.file_name}") for s in marker.stems}
+        decoded = committed.stems
         return {s: d.samples for s, d in decoded.items()}, next(iter(decoded.values())).sample_rate
 
     return [row for t in tracks for row in _score_or_error(model, _track(t), estimates_of, storage_options,

@@ -10,6 +10,11 @@ survives a power cut. Whatever goes wrong, the temporary file is removed.
 Temporary siblings are named ``.<name>.<random>.tmp``: hidden, and recognisable
 as leftovers of a crash.
 
+Reads of local files that may be hostile go through :func:`open_regular_file`:
+opened without blocking and checked on the open descriptor, so a FIFO, a socket
+or a device (``/dev/zero``) is refused instead of blocking or feeding a reader
+for ever.
+
 Object stores have their own atomic writes (:mod:`stemflow.store.objects`); this
 module is for local paths only (the weights cache, stems written by the CLI, the
 local backend of the store).
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,9 +124,51 @@ def write_file_atomic(path: str | os.PathLike[str], data: bytes | str, *, create
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a local file, read in :data:`HASH_BLOCK_BYTES` blocks."""
-    with open(path, "rb") as handle:
+    """Hex sha256 of a local regular file, read in :data:`HASH_BLOCK_BYTES` blocks (see :func:`open_regular_file`)."""
+    with open_regular_file(path) as handle:
         return sha256_stream(handle)
+
+
+class NotARegularFileError(OSError):
+    """A path names a FIFO, socket, device or other special file: it is never read."""
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a local path for reading, refusing whatever is not a regular file (never blocking).
+
+    The path is opened with ``O_NONBLOCK`` (a FIFO without a writer then opens
+    at once instead of waiting for one) and checked with ``fstat`` on the open
+    descriptor, so the check and the read concern the same file.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        IsADirectoryError: a folder.
+        NotARegularFileError: a FIFO, socket, device or anything else that is not a regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    descriptor = os.open(path, flags)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{path} is a folder")
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(f"{path} is not a regular file ({describe_mode(mode)}); not read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def describe_mode(mode: int) -> str:
+    """``"a FIFO"``, ``"a socket"``, ``"a character device"``… for a ``st_mode``."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
 
 
 def sha256_stream(handle: BinaryIO) -> str:

@@ -21,6 +21,10 @@ Fault kinds (what the client sees):
 ``truncate``
     Forwarded; the response headers promise the full body but only half of it is
     sent before a reset (a connection reset mid-body on a read).
+``trickle``
+    Forwarded; the body is sent ``trickle_bytes`` at a time, one piece every
+    ``trickle_interval_s`` seconds: each read gets bytes well within any read
+    timeout, yet the whole body takes for ever (a store that trickles).
 
 A rule matches on method, a regular expression searched in the request path
 (``/bucket/key``) and a window of its own match count (``first``-th to
@@ -42,7 +46,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-KINDS = ("slowdown", "error500", "reset", "reset_after", "stall", "truncate")
+KINDS = ("slowdown", "error500", "reset", "reset_after", "stall", "truncate", "trickle")
 
 _SLOWDOWN_XML = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -68,6 +72,7 @@ class Fault:
         times: how many consecutive matching requests fail from ``first`` on.
         probability: if set, each matching request fails with this probability instead.
         stall_s: seconds a ``stall`` waits before closing the connection.
+        trickle_bytes, trickle_interval_s: how a ``trickle`` sends its body.
     """
 
     kind: str
@@ -77,6 +82,8 @@ class Fault:
     times: int = 1
     probability: float | None = None
     stall_s: float = 5.0
+    trickle_bytes: int = 64
+    trickle_interval_s: float = 0.5
     seen: int = field(default=0, init=False)
     fired: int = field(default=0, init=False)
 
@@ -230,7 +237,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         finally:
             conn.close()
 
-    def _send(self, status: int, headers: list[tuple[str, str]], data: bytes, *, cut: bool = False) -> None:
+    def _send(self, status: int, headers: list[tuple[str, str]], data: bytes, *, cut: bool = False,
+              trickle: Fault | None = None) -> None:
         self.send_response(status)
         for key, value in headers:
             self.send_header(key, value)
@@ -245,6 +253,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             self._reset()
+            return
+        if trickle is not None:
+            try:
+                for start in range(0, len(data), trickle.trickle_bytes):
+                    self.wfile.write(data[start : start + trickle.trickle_bytes])
+                    self.wfile.flush()
+                    time.sleep(trickle.trickle_interval_s)
+            except OSError:  # the client gave up
+                self.close_connection = True
             return
         self.wfile.write(data)
 
@@ -275,6 +292,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._reset()
             return
         self.owner.record(self.command, self.path, kind, status)
-        self._send(status, headers, data, cut=kind == "truncate" and len(data) > 1)
+        self._send(status, headers, data, cut=kind == "truncate" and len(data) > 1,
+                   trickle=fault if kind == "trickle" else None)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815

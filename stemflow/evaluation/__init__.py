@@ -3,6 +3,7 @@
 - ``references``: data sets with references (MUSDB18 folders, ``.stem.mp4``), decoding, what a stem is scored on;
 - ``scoring``: the metrics rows of one model on one track (``metrics.parquet``) and the mixture baseline;
 - ``leaderboard``: the model x stem summary (cSDR median, uSDR mean, …) as a table and as Markdown;
+- ``committed``: a committed track's stems, found and verified through its marker only;
 - ``results``: writing and reading ``<out>/evaluation/<eval_id>/``;
 - ``flags``: thresholds on the quality columns and the stems they flag;
 - ``report``: the HTML report of an output (records and evaluations);

@@ -15,7 +15,10 @@ The page holds: the flag thresholds and the flagged stems
 comparison when several models ran (table + box plots per stem), each evaluation's
 leaderboard with cSDR/uSDR box plots per stem, and spectrogram strips (mixture
 and each stem, log magnitude) with players for a few flagged tracks, read from
-committed stems only (the ``_COMMITTED.json`` marker and the source URL it records).
+committed stems only, found and verified by their ``_COMMITTED.json`` marker
+(:mod:`stemflow.evaluation.committed`); the mixture the marker names is read
+only when it lies in the catalogue the committing run was given
+(:mod:`stemflow.store.sources`), so a hostile marker gets a note, never a read.
 This module composes the sections; the HTML building blocks are
 :mod:`stemflow.evaluation.page`, the plots :mod:`stemflow.evaluation.plots`.
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,10 +43,14 @@ from stemflow.evaluation.page import Figures, audio_player, escape, html_table, 
 from stemflow.evaluation.plots import box_plot_png, finite_summary, histogram_png, spectrogram_strip_png
 from stemflow.evaluation.references import MIXTURE_BASELINE
 from stemflow.evaluation.results import read_evaluations, read_leaderboard_json
-from stemflow.store.commit import CommitMarker, read_marker, track_url
-from stemflow.store.objects import read_bytes, write_atomic
+from stemflow.catalogue.manifests import MANIFEST_SUFFIXES
+from stemflow.evaluation.committed import read_committed
+from stemflow.store.commit import CommitMarker
+from stemflow.store.objects import write_atomic
 from stemflow.store.paths import StorageOptions, check_component, join_url
 from stemflow.store.records import COLUMNS, read_records
+from stemflow.store.runs import read_run_manifest
+from stemflow.store.sources import catalogue_roots, read_source
 
 logger = logging.getLogger(__name__)
 
@@ -165,26 +172,63 @@ def _evaluation_section(eval_id: str, metrics: Any, plots: Figures, notes: Seque
             + "estimate (the floor any model should beat).</p>" + '<div class="grid">' + "".join(figures) + "</div>")
 
 
-def _committed_signals(output_url: str, model_id: str, track_id: str, marker: CommitMarker,
-                       storage_options: StorageOptions) -> tuple[dict[str, np.ndarray], int, list[str]]:
-    """Decoded ``{"mixture": …, <stem>: …}`` of a committed track, its sample rate, and notes on what is missing.
+MAX_MIXTURE_BYTES = 2 << 30
+"""Largest mixture the report reads to draw an excerpt (2 GiB, the stage's default source limit)."""
 
-    The stems are read at their stored rate; the mixture (the marker's source URL)
-    is resampled to it, and left out with a note when it cannot be read.
+
+@dataclass
+class SourcePolicy:
+    """Where the report may read the mixtures markers name: the given catalogues, else each run's own.
+
+    ``catalogue_urls`` None: a marker's ``source_url`` must lie under the catalogue
+    recorded in the run manifest of the run that committed it (``runs/<run_id>.json``,
+    ``inputs.catalogue_url``); with no readable manifest the mixture is not read.
     """
-    base = track_url(output_url, model_id, track_id)
-    stems = {s.stem: load_audio(read_bytes(f"{base}/{s.file_name}", storage_options), sample_rate=None,
-                                name=s.file_name) for s in marker.stems}
-    sample_rate = next(iter(stems.values())).sample_rate
+
+    output_url: str
+    catalogue_urls: Sequence[str] | None
+    storage_options: StorageOptions
+    _by_run: dict[str, list[str]] = field(default_factory=dict)
+
+    def roots(self, run_id: str) -> list[str]:
+        """The roots a mixture committed by ``run_id`` may be read from."""
+        if self.catalogue_urls is not None:
+            return catalogue_roots(self.catalogue_urls, MANIFEST_SUFFIXES)
+        if run_id not in self._by_run:
+            try:
+                inputs = read_run_manifest(self.output_url, run_id, storage_options=self.storage_options).inputs
+                found = [str(inputs["catalogue_url"])] if inputs.get("catalogue_url") else []
+            except (OSError, StemflowError, KeyError, TypeError) as e:
+                logger.info("report: no catalogue known for run %s (%s)", run_id, e)
+                found = []
+            self._by_run[run_id] = catalogue_roots(found, MANIFEST_SUFFIXES)
+        return self._by_run[run_id]
+
+
+def _committed_signals(output_url: str, model_id: str, track_id: str, sources: SourcePolicy,
+                       ) -> tuple[dict[str, np.ndarray], int, list[str], CommitMarker] | None:
+    """Decoded ``{"mixture": …, <stem>: …}`` of a committed track, its sample rate, notes, and its marker.
+
+    ``None`` when the track is not committed. The stems are read at their stored
+    rate, by their marker only (:func:`stemflow.evaluation.committed.read_committed`);
+    the mixture (the marker's source URL) only when it lies where ``sources``
+    allows, resampled to the stems' rate, and left out with a note otherwise.
+    """
+    committed = read_committed(output_url, model_id, track_id, storage_options=sources.storage_options)
+    if committed is None:
+        return None
+    marker = committed.marker
+    sample_rate = next(iter(committed.stems.values())).sample_rate
     signals: dict[str, np.ndarray] = {}
     notes = []
     try:
-        signals["mixture"] = load_audio(read_bytes(marker.source_url, storage_options), sample_rate=sample_rate,
-                                        name=marker.source_url).samples
+        data = read_source(marker.source_url, sources.roots(marker.run_id), max_bytes=MAX_MIXTURE_BYTES,
+                           storage_options=sources.storage_options)
+        signals["mixture"] = load_audio(data, sample_rate=sample_rate, name=marker.source_url).samples
     except (StemflowError, OSError) as e:
-        notes.append(f"mixture not readable ({e}); stems only")
-    signals.update({name: decoded.samples for name, decoded in stems.items()})
-    return signals, sample_rate, notes
+        notes.append(f"mixture not read ({e}); stems only")
+    signals.update({name: decoded.samples for name, decoded in committed.stems.items()})
+    return signals, sample_rate, notes, marker
 
 
 def _centre_excerpt(signals: Mapping[str, np.ndarray], sample_rate: int, excerpt_s: float,
@@ -197,15 +241,15 @@ def _centre_excerpt(signals: Mapping[str, np.ndarray], sample_rate: int, excerpt
 
 
 def _track_section(output_url: str, model_id: str, track_id: str, reasons: Sequence[Flag], excerpt_s: float,
-                   plots: Figures, storage_options: StorageOptions) -> str:
+                   plots: Figures, sources: SourcePolicy) -> str:
     """Spectrogram strip and players of one committed track (a note instead when it is not committed)."""
-    marker = read_marker(output_url, model_id, track_id, storage_options=storage_options)
     tags = "".join(f'<span class="flag">{escape(f.kind)} {escape(f.stem or "")}</span> '
                    for f in reasons) or "(not flagged)"
     header = f"<h3>{escape(track_id)} <small>{escape(model_id)}</small></h3><p>{tags}</p>"
-    if marker is None:
+    found = _committed_signals(output_url, model_id, track_id, sources)
+    if found is None:
         return f'<div class="track">{header}<p class="note">not committed: no stems to show.</p></div>'
-    signals, sample_rate, notes = _committed_signals(output_url, model_id, track_id, marker, storage_options)
+    signals, sample_rate, notes, marker = found
     excerpt, start, span = _centre_excerpt(signals, sample_rate, excerpt_s)
     title = f"{track_id}: {start / sample_rate:.1f}-{(start + span) / sample_rate:.1f} s"
     figure = plots.figure(f"spectrogram_{model_id}_{track_id}.png",
@@ -229,13 +273,13 @@ def _tracks_to_show(rows: Sequence[Mapping[str, Any]], flags: Sequence[Flag], co
 
 
 def _tracks_section(output_url: str, rows: Sequence[Mapping[str, Any]], flags: Sequence[Flag], count: int,
-                    excerpt_s: float, plots: Figures, storage_options: StorageOptions) -> str:
+                    excerpt_s: float, plots: Figures, sources: SourcePolicy) -> str:
     """Up to ``count`` tracks, flagged ones first; a track that cannot be read gets a note, not a failure."""
     shown = []
     for model_id, track_id in _tracks_to_show(rows, flags, count):
         reasons = [f for f in flags if (f.model_id, f.track) == (model_id, track_id)]
         try:
-            shown.append(_track_section(output_url, model_id, track_id, reasons, excerpt_s, plots, storage_options))
+            shown.append(_track_section(output_url, model_id, track_id, reasons, excerpt_s, plots, sources))
         except (StemflowError, OSError) as e:
             logger.warning("report: cannot show track %s of %s: %s", track_id, model_id, e)
             shown.append(f'<div class="track"><h3>{escape(track_id)}</h3>'
@@ -275,11 +319,15 @@ def build_report(
     excerpt_s: float = 10.0,
     storage_options: StorageOptions = None,
     now: datetime | None = None,
+    catalogue_urls: Sequence[str] | None = None,
 ) -> ReportResult:
     """Write ``<out>/reports/<name>.html`` and ``<out>/reports/<name>/*.png`` for the output at ``output_url``.
 
     Spectrogram strips are drawn for up to ``spectrogram_tracks`` tracks, flagged
     ones first (then others, marked "not flagged", so a clean run still shows some).
+    A track's mixture is read only under ``catalogue_urls`` (by default: the
+    catalogue of the run that committed it, from its run manifest); a marker
+    naming anything else gets a note, never a read (:class:`SourcePolicy`).
 
     Raises:
         StemflowError: the output holds neither records nor evaluations.
@@ -295,7 +343,8 @@ def build_report(
     sections = [_flags_section(flags, thresholds)]
     if rows:
         sections += [_quality_section(rows, thresholds, plots), _comparison_section(rows, flags, plots),
-                     _tracks_section(output_url, rows, flags, spectrogram_tracks, excerpt_s, plots, storage_options)]
+                     _tracks_section(output_url, rows, flags, spectrogram_tracks, excerpt_s, plots,
+                                     SourcePolicy(output_url, catalogue_urls, storage_options))]
     for eval_id, metrics in evaluations.items():
         sections.append(_evaluation_section(eval_id, metrics, plots, _evaluation_notes(output_url, eval_id,
                                                                                        storage_options)))

@@ -7,7 +7,9 @@ One evaluation is one folder, every file written atomically::
     <out>/evaluation/<eval_id>/leaderboard.json      the same rows plus ``info`` (data set, models, settings)
     <out>/evaluation/<eval_id>/leaderboard.md        the Markdown table with the SDR definitions
 
-``eval_id`` is ``eval-YYYYMMDDTHHMMSSZ`` (:func:`new_eval_id`), so folders sort by time.
+``eval_id`` is ``eval-YYYYMMDDTHHMMSSffffffZ-<8 hex>`` (:func:`new_eval_id`): UTC to the
+microsecond, so folders sort by time, plus 32 random bits, so two evaluations
+started at the same instant (two flows, two machines) never share a folder.
 Non-finite floats are null in ``leaderboard.json`` (JSON has no NaN or infinity).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import secrets
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -27,6 +30,7 @@ from stemflow.errors import StorageError
 from stemflow.evaluation.leaderboard import leaderboard, leaderboard_markdown, reported_notes
 from stemflow.store.objects import read_bytes, write_atomic
 from stemflow.store.paths import StorageOptions, filesystem, join_url
+from stemflow.store.redact import redact
 
 
 def _json_safe(value: Any) -> Any:
@@ -34,8 +38,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def new_eval_id(now: datetime | None = None) -> str:
-    """``eval-YYYYMMDDTHHMMSSZ`` (UTC), a sortable name for one evaluation."""
-    return (now or datetime.now(timezone.utc)).strftime("eval-%Y%m%dT%H%M%SZ")
+    """``eval-YYYYMMDDTHHMMSSffffffZ-<8 hex>`` (UTC, microseconds, random suffix): sortable and collision-free."""
+    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"eval-{stamp}-{secrets.token_hex(4)}"
 
 
 def evaluation_url(output_url: str, eval_id: str) -> str:
@@ -49,7 +54,8 @@ def write_evaluation(
 ) -> dict[str, str]:
     """Write ``metrics.parquet`` and the leaderboard (``.parquet``, ``.json``, ``.md``), each atomically.
 
-    ``info`` (data set, models, settings) is stored in ``leaderboard.json`` next to the rows;
+    ``info`` (data set, models, settings) is stored in ``leaderboard.json`` next to the rows,
+    secrets masked (:func:`stemflow.store.redact.redact`);
     its ``models`` entries' ``reported_sdr`` texts are quoted under the Markdown table.
     Returns the URLs written, keyed by file name.
     """
@@ -60,7 +66,7 @@ def write_evaluation(
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         payloads[name] = buffer.getvalue()
-    body = {"eval_id": eval_id, "info": dict(info or {}),
+    body = {"eval_id": eval_id, "info": redact(dict(info or {})),
             "rows": [{k: _json_safe(v) for k, v in row.items()} for row in board.to_pylist()]}
     payloads["leaderboard.json"] = json.dumps(body, indent=1, default=str).encode()
     payloads["leaderboard.md"] = leaderboard_markdown(board, reported_notes(info)).encode()

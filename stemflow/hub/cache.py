@@ -19,9 +19,14 @@ Guarantees:
   :class:`ChecksumError` naming both hashes and the URL. Nothing is ever
   silently re-downloaded: a corrupted cached file is reported with the
   instruction to delete it.
-* A cached file is re-hashed (full sha256, 1 MiB reads) only when its size or
-  modification time differ from its sidecar, so a run does not re-read
-  gigabytes each time it starts.
+* :func:`fetch_weights` re-hashes a cached file (full sha256, 1 MiB reads) only
+  when its size or modification time differ from its sidecar. That is a
+  cheap presence check, not the verification: every *load* reads the file
+  once, hashes those bytes and parses the same bytes
+  (:func:`stemflow.models.checkpoint.load_verified_state`), so a same-size
+  tampered file with its mtime restored passes here and is refused there.
+* Downloads are capped: never more bytes than the registry's ``size_bytes``,
+  else ``max_bytes`` (8 GiB by default).
 * Mirrors are tried in order on network errors; offline (``offline=True``, or
   no URL works) raises :class:`ModelNotAvailableError` saying which file to put
   where, where to download it from, and its sha256.
@@ -38,7 +43,13 @@ from pathlib import Path
 
 from stemflow.errors import ChecksumError, ConfigError, ModelNotAvailableError, StorageError
 from stemflow.files import sha256_file, write_file_atomic
-from stemflow.hub.download import DEFAULT_TIMEOUT_S, ProgressCallback, TransferError, download_first
+from stemflow.hub.download import (
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_TIMEOUT_S,
+    ProgressCallback,
+    TransferError,
+    download_first,
+)
 from stemflow.hub.locks import file_lock
 from stemflow.hub.pins import PINS_FILENAME, expected_sha256, record_pin
 from stemflow.hub.registry import ModelEntry
@@ -131,15 +142,21 @@ def fetch_weights(
     offline: bool = False,
     progress: ProgressCallback | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
 ) -> Path:
-    """Path of ``entry``'s verified checkpoint in the cache, downloading it if needed.
+    """Path of ``entry``'s checkpoint in the cache, downloading (and verifying) it if needed.
 
     A cached, verified file is returned without network access. Otherwise the
     entry's URLs are tried in order (mirrors) on network errors; ``offline``
     skips the network. Raises :class:`ChecksumError` on a hash mismatch (fatal,
     nothing kept), :class:`ModelNotAvailableError` when no copy can be had, with
     the instructions of :func:`offline_instructions`, and :class:`StorageError`
-    when the cache folder cannot be written.
+    when the cache folder cannot be written. A download never writes more than
+    the entry's ``size_bytes``, else ``max_bytes``.
+
+    A cached file is checked against its sidecar (size and mtime) only: the
+    load itself hashes the bytes it loads (:mod:`stemflow.hub.loading`), so this
+    path must not be taken for verified weights by anything that reads them.
     """
     cache = Path(cache_dir)
     final = weights_path(entry, cache)
@@ -156,7 +173,7 @@ def fetch_weights(
             if final.is_file():  # another process finished it while we waited
                 return _verify_cached(entry, final, cache)
             _remove_stale_temporaries(final)
-            return _download(entry, final, cache, progress, timeout_s)
+            return _download(entry, final, cache, progress, timeout_s, max_bytes)
     except OSError as e:
         raise StorageError(f"{entry.name}: cannot write to the weights cache {final.parent}: {e}") from e
 
@@ -171,14 +188,15 @@ def _remove_stale_temporaries(final: Path) -> None:
 
 
 def _download(
-    entry: ModelEntry, final: Path, cache: Path, progress: ProgressCallback | None, timeout_s: float
+    entry: ModelEntry, final: Path, cache: Path, progress: ProgressCallback | None, timeout_s: float,
+    max_bytes: int,
 ) -> Path:
     """Download ``entry`` from its first working mirror, then record its sidecar (and pin)."""
     expected = expected_sha256(entry, cache)
     try:
         url, actual = download_first(
             entry.urls, final, name=entry.name, expected_sha256=expected, size_bytes=entry.size_bytes,
-            progress=progress, timeout_s=timeout_s,
+            progress=progress, timeout_s=timeout_s, max_bytes=max_bytes,
         )
     except TransferError as e:
         raise ModelNotAvailableError(
@@ -192,10 +210,12 @@ def _download(
 
 
 def weights_sha256(entry: ModelEntry, cache_dir: str | Path, *, offline: bool = True) -> str:
-    """The verified sha256 of ``entry``'s cached checkpoint: the input :func:`stemflow.hub.model_id.model_id` needs.
+    """The sha256 of ``entry``'s cached checkpoint, as checked by :func:`fetch_weights` (for listings and display).
 
-    Cheap after the first call (sidecar). With ``offline=False`` the file is
-    downloaded first if missing.
+    Cheap after the first call (sidecar, re-hashed when size or mtime change).
+    With ``offline=False`` the file is downloaded first if missing. A run's
+    ``model_id`` comes from the weights it actually loads
+    (:attr:`stemflow.hub.loading.LoadedModel.weights_sha256`, hashed from the bytes loaded).
     """
     return cached_sha256(fetch_weights(entry, cache_dir, offline=offline))
 

@@ -8,6 +8,13 @@ nothing half-written ever appears under the final name. Network trouble is a
 :class:`TransferError`, worth trying the next mirror for; a checksum mismatch is
 a :class:`~stemflow.errors.ChecksumError`, never retried.
 
+**Size cap.** A download never writes more than it may: the registry's
+``size_bytes`` when known, else ``max_bytes`` (:data:`DEFAULT_MAX_DOWNLOAD_BYTES`).
+A ``Content-Length`` over the cap is refused before the body is read; a body
+that runs past it (no ``Content-Length``, or a lying one) is cut off there.
+Both are :class:`~stemflow.errors.ChecksumError` (not the published file; the
+temporary file is deleted), so a hostile or broken mirror cannot fill the disk.
+
 Only http(s) through ``urllib`` (redirects followed); no credentials.
 """
 
@@ -28,6 +35,9 @@ from stemflow.files import HASH_BLOCK_BYTES, atomic_open
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
+
+DEFAULT_MAX_DOWNLOAD_BYTES = 8 << 30
+"""Largest weights file downloaded when the registry gives no size (8 GiB; published Roformers are < 2 GiB)."""
 
 ProgressCallback = Callable[[int, "int | None"], None]
 """Called as ``progress(bytes_done, bytes_total)``; ``bytes_total`` is None when unknown."""
@@ -51,12 +61,18 @@ def _content_length(response: Any) -> int | None:
         return None
 
 
-def _stream(url: str, sink: IO[bytes], progress: ProgressCallback | None, timeout_s: float) -> str:
-    """Stream ``url`` into ``sink``; return the sha256 of the bytes written.
+def _over_cap(name: str, url: str, size: int, cap: int) -> ChecksumError:
+    return ChecksumError(f"{name}: {url} sends {size} bytes, more than the {cap} allowed; the file was discarded")
+
+
+def _stream(url: str, sink: IO[bytes], progress: ProgressCallback | None, timeout_s: float,
+            max_bytes: int, name: str = "weights") -> str:
+    """Stream ``url`` into ``sink``, at most ``max_bytes``; return the sha256 of the bytes written.
 
     Errors while connecting or reading (refused, DNS, TLS, timeouts, HTTP
     status, truncated body) become :class:`TransferError`; errors writing
-    ``sink`` (disk full) propagate as ``OSError``.
+    ``sink`` (disk full) propagate as ``OSError``; more than ``max_bytes``
+    (announced or sent) is a :class:`ChecksumError`.
     """
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     digest = hashlib.sha256()
@@ -67,15 +83,19 @@ def _stream(url: str, sink: IO[bytes], progress: ProgressCallback | None, timeou
         raise TransferError(f"{url}: {e!r}") from e
     with response:
         total = _content_length(response)
+        if total is not None and total > max_bytes:
+            raise _over_cap(name, url, total, max_bytes)
         if progress is not None:
             progress(0, total)
         while True:
             try:
-                block = response.read(HASH_BLOCK_BYTES)
+                block = response.read(min(HASH_BLOCK_BYTES, max_bytes - done + 1))
             except _NETWORK_ERRORS as e:
                 raise TransferError(f"{url}: {e!r} after {done} bytes") from e
             if not block:
                 break
+            if done + len(block) > max_bytes:
+                raise _over_cap(name, url, done + len(block), max_bytes)
             sink.write(block)
             digest.update(block)
             done += len(block)
@@ -102,11 +122,11 @@ def _check(name: str, url: str, size: int, actual: str, expected_sha256: str | N
 
 def _download_one(
     url: str, final: Path, name: str, expected_sha256: str | None, size_bytes: int | None,
-    progress: ProgressCallback | None, timeout_s: float,
+    progress: ProgressCallback | None, timeout_s: float, max_bytes: int,
 ) -> str:
     """Download ``url`` to ``final`` (verified, then renamed into place); return its sha256."""
     with atomic_open(final) as handle:
-        actual = _stream(url, handle, progress, timeout_s)
+        actual = _stream(url, handle, progress, timeout_s, size_bytes if size_bytes is not None else max_bytes, name)
         _check(name, url, handle.tell(), actual, expected_sha256, size_bytes)
     return actual
 
@@ -120,19 +140,21 @@ def download_first(
     size_bytes: int | None = None,
     progress: ProgressCallback | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
 ) -> tuple[str, str]:
     """Download to ``final`` from the first of the mirrors ``urls`` that works; return ``(url, sha256)``.
 
     ``name`` labels the messages; ``expected_sha256`` None accepts any content
     (the caller pins it). A network error moves on to the next URL; a size or
-    hash mismatch is a :class:`ChecksumError` at once, ``final`` untouched. When
-    every URL fails, :class:`TransferError` lists each failure, one per line.
+    hash mismatch, or more bytes than ``size_bytes`` (else ``max_bytes``), is a
+    :class:`ChecksumError` at once, ``final`` untouched. When every URL fails,
+    :class:`TransferError` lists each failure, one per line.
     """
     failures: list[str] = []
     for url in urls:
         logger.info("downloading %s from %s", name, url)
         try:
-            sha256 = _download_one(url, final, name, expected_sha256, size_bytes, progress, timeout_s)
+            sha256 = _download_one(url, final, name, expected_sha256, size_bytes, progress, timeout_s, max_bytes)
         except TransferError as e:
             logger.warning("download of %s failed, trying the next source: %s", name, e)
             failures.append(str(e))

@@ -9,6 +9,16 @@ Three ways in, one result (:class:`LoadedModel`):
 
 Stem names are made canonical here (the registry's ``stem_aliases``, e.g. Spleeter's
 ``accompaniment`` becomes ``instrumental``), so every caller sees the same names.
+
+Every load is verified, in every process that loads: the weights file is read
+once, its bytes hashed and the same bytes parsed
+(:func:`stemflow.models.checkpoint.load_verified_state`; Spleeter:
+:func:`stemflow.models.spleeter.convert.load_spleeter_verified`), and
+:attr:`LoadedModel.weights_sha256` is the hash of the bytes loaded. A registry
+model's bytes must have its published (or pinned) sha256 whatever the cache's
+records say; ``expected_sha256`` (a full hash or a prefix of >= 12 hex digits,
+e.g. from the run's ``model_id``) adds the run's own check, so a worker refuses
+weights other than the ones the driver named.
 """
 
 from __future__ import annotations
@@ -22,13 +32,14 @@ from typing import Any
 
 from torch import nn
 
-from stemflow.errors import ConfigError
-from stemflow.files import sha256_file
-from stemflow.hub.cache import cached_sha256, fetch_weights, is_cached
+from stemflow.errors import ChecksumError, ConfigError
+from stemflow.hub.cache import fetch_weights, is_cached
 from stemflow.hub.download import ProgressCallback
 from stemflow.hub.model_id import model_id as make_model_id
+from stemflow.hub.pins import expected_sha256 as registry_sha256
 from stemflow.hub.registry import ModelEntry, Registry, load_registry
-from stemflow.models import build_model, load_checkpoint_state, load_state_strict
+from stemflow.models import build_model, load_state_strict
+from stemflow.models.checkpoint import VerifiedState, load_verified_state, verify_sha256
 from stemflow.models.config import ModelConfig, load_config
 
 OFFLINE_DEFAULT = "spleeter-2stems"
@@ -86,33 +97,55 @@ def load_registered(
     offline: bool = False,
     registry: Registry | None = None,
     progress: ProgressCallback | None = None,
+    expected_sha256: str | None = None,
 ) -> LoadedModel:
-    """Load a registry model, downloading (and verifying) its weights if they are not cached."""
+    """Load a registry model, downloading it if it is not cached; the bytes loaded are verified (module docstring).
+
+    Raises:
+        ChecksumError: the weights' sha256 is not the registry's (or pinned), or not ``expected_sha256``.
+    """
     registry = registry or load_registry()
     entry = registry.get_model(name)
     config = canonical_config(load_config(entry.config_path, model_type=entry.architecture), entry.stem_aliases)
     if entry.source == "package":
         if entry.architecture != "spleeter":
             raise ConfigError(f"{entry.name}: no loader for package-shipped {entry.architecture!r} weights")
-        from stemflow.models.spleeter.convert import checkpoint_sha256, find_spleeter_checkpoint, load_spleeter_2stems
+        from stemflow.models.spleeter.convert import find_spleeter_checkpoint, load_spleeter_verified
 
-        prefix = find_spleeter_checkpoint()
-        model = load_spleeter_2stems(Path(cache_dir), prefix=prefix)
-        return LoadedModel(entry.name, _attach(model, config), config, checkpoint_sha256(prefix), entry)
+        model, sha256 = load_spleeter_verified(Path(cache_dir), prefix=find_spleeter_checkpoint(),
+                                               expected_sha256=expected_sha256)
+        return LoadedModel(entry.name, _attach(model, config), config, sha256, entry)
     path = fetch_weights(entry, cache_dir, offline=offline, progress=progress)
+    verified = _load_cached(entry, path, cache_dir, expected_sha256)
     model = build_model(config)
-    load_state_strict(model, load_checkpoint_state(path), path)
-    return LoadedModel(entry.name, _attach(model, config), config, cached_sha256(path), entry)
+    load_state_strict(model, verified.state, path)
+    return LoadedModel(entry.name, _attach(model, config), config, verified.sha256, entry)
 
 
-def load_custom(config_path: str | Path, checkpoint_path: str | Path, *, model_type: str | None = None) -> LoadedModel:
-    """Load a community-format config plus checkpoint given by path (strict, weights only)."""
+def _load_cached(entry: ModelEntry, path: Path, cache_dir: str | Path, expected_sha256: str | None) -> VerifiedState:
+    """The cached checkpoint's state, from bytes whose sha256 is the registry's (or pinned) and the run's."""
+    published = registry_sha256(entry, cache_dir)
+    try:
+        verified = load_verified_state(path, expected_sha256=published)
+    except ChecksumError as e:
+        raise ChecksumError(f"{entry.name}: {e}. The cached file is corrupted or was replaced: delete it "
+                            f"(rm '{path}') and run again to download it anew.") from e
+    verify_sha256(verified.sha256, expected_sha256, f"{entry.name}: the weights {path}")
+    return verified
+
+
+def load_custom(
+    config_path: str | Path, checkpoint_path: str | Path, *, model_type: str | None = None,
+    expected_sha256: str | None = None,
+) -> LoadedModel:
+    """Load a community-format config plus checkpoint given by path (strict, weights only, verified)."""
     checkpoint = Path(checkpoint_path)
     config = load_config(config_path, model_type=model_type)
     model = build_model(config)
-    load_state_strict(model, load_checkpoint_state(checkpoint), checkpoint)
+    verified = load_verified_state(checkpoint, expected_sha256=expected_sha256)
+    load_state_strict(model, verified.state, checkpoint)
     slug = re.sub(r"[^a-z0-9._-]+", "-", checkpoint.name.lower().removesuffix(checkpoint.suffix)).strip("-._")
-    return LoadedModel(f"custom-{slug or 'model'}", _attach(model, config), config, sha256_file(checkpoint))
+    return LoadedModel(f"custom-{slug or 'model'}", _attach(model, config), config, verified.sha256)
 
 
 def default_model_name(cache_dir: str | Path, registry: Registry | None = None) -> str:

@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 
-from stemflow.audio.decode import load_audio
 from stemflow.audio.encode import encode
 from stemflow.errors import ConfigError, StemflowError, StorageError
 from stemflow.hub.model_id import parse_model_id
@@ -61,9 +60,10 @@ from stemflow.karaoke.card import write_card
 from stemflow.karaoke.index import FOUR_STEMS, SPLIT_NAMES, write_index, write_webdataset_shards
 from stemflow.karaoke.scores import VocalSeparator, judge, karaoke_scores, loudness_gain_db, residue_vocals
 from stemflow.karaoke.settings import DatasetSettings
-from stemflow.store.commit import read_marker, track_url
+from stemflow.evaluation.committed import read_committed
 from stemflow.store.objects import exists, read_bytes, write_create_only
 from stemflow.store.paths import StorageOptions, filesystem, join_url
+from stemflow.store.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -145,23 +145,22 @@ def read_committed_stems(
 ) -> tuple[dict[str, np.ndarray], int, str]:
     """Decode a committed track's stems: ``({stem: [2, N] float32}, sample_rate, source_url)``.
 
+    The stems are found and checked by their marker only
+    (:func:`stemflow.evaluation.committed.read_committed`): a hostile or corrupt
+    marker or stem is an error for this track, never a read elsewhere.
+
     Raises:
-        StorageError: the track is not committed (no marker), or stems disagree in rate or length.
+        StorageError: the track is not committed (no marker), its marker or a stem is
+            not what it should be, or stems disagree in rate or length.
     """
-    marker = read_marker(output_url, model_id, track_id, storage_options=storage_options)
-    if marker is None:
+    committed = read_committed(output_url, model_id, track_id, storage_options=storage_options)
+    if committed is None:
         raise StorageError(f"track {track_id!r} is not committed for {model_id!r} under {output_url!r}")
-    base = track_url(output_url, model_id, track_id)
-    stems: dict[str, np.ndarray] = {}
-    rates = set()
-    for stem in marker.stems:
-        decoded = load_audio(read_bytes(f"{base}/{stem.file_name}", storage_options), sample_rate=None,
-                             name=f"{track_id}/{stem.file_name}")
-        stems[stem.stem] = decoded.samples
-        rates.add(decoded.sample_rate)
+    stems = {name: decoded.samples for name, decoded in committed.stems.items()}
+    rates = {decoded.sample_rate for decoded in committed.stems.values()}
     if len(rates) != 1 or len({s.shape for s in stems.values()}) != 1:
         raise StorageError(f"track {track_id!r}: stems differ in sample rate or length")
-    return stems, rates.pop(), marker.source_url
+    return stems, rates.pop(), committed.marker.source_url
 
 
 def backing_of(stems: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
@@ -298,7 +297,7 @@ def finish_dataset(
         shards = write_webdataset_shards(version_url, rows, tracks_per_shard=settings.tracks_per_shard,
                                          storage_options=storage_options)
     counts = split_counts(rows)
-    info = {"model_id": model_id, "models": dict(models or {}), "settings": settings.as_dict()}
+    info = redact({"model_id": model_id, "models": dict(models or {}), "settings": settings.as_dict()})
     write_card(version_url, version, rows, info, storage_options=storage_options)
     marker = {"format": COMPLETE_FORMAT, "version": version, "model_id": model_id,
               "completed_at": datetime.now(timezone.utc).isoformat(), "counts": counts,

@@ -44,15 +44,16 @@ import json
 import math
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stemflow.errors import StorageError
 from stemflow.karaoke.scores import SCORE_COLUMNS
-from stemflow.store.objects import read_bytes, write_atomic
-from stemflow.store.paths import StorageOptions, join_url
+from stemflow.store.objects import object_info, read_bytes, write_atomic
+from stemflow.store.paths import StorageOptions, check_component, join_url
+from stemflow.store.streams import BlockReader, open_atomic_writer
 
 INDEX_NAME = "manifest.parquet"
 """File name of the dataset index in a version folder (stored name: unchanged since the first versions)."""
@@ -137,7 +138,11 @@ def write_webdataset_shards(
     Each sample ``<track_id>`` holds ``<track_id>.backing.<ext>``,
     ``<track_id>.vocals.<ext>`` (and the 4 stems when written) plus
     ``<track_id>.json`` (the index row without paths). The audio bytes are
-    read back from the version folder. Returns the shards' relative paths.
+    streamed back from the version folder straight into the tar, which is
+    streamed to its object (:func:`stemflow.store.streams.open_atomic_writer`):
+    memory holds one block, never a shard, and a shard appears only complete.
+    A row's paths must be safe relative paths inside the version folder.
+    Returns the shards' relative paths.
     """
     if tracks_per_shard < 1:
         raise StorageError(f"tracks_per_shard must be >= 1, got {tracks_per_shard}")
@@ -149,29 +154,32 @@ def write_webdataset_shards(
     for split, members in sorted(by_split.items()):
         for first in range(0, len(members), tracks_per_shard):
             name = f"{split}-{first // tracks_per_shard:06d}.tar"
-            payload = _tar_of(version_url, members[first : first + tracks_per_shard], storage_options)
-            write_atomic(join_url(version_url, "shards", name), payload, storage_options)
+            with open_atomic_writer(join_url(version_url, "shards", name), storage_options) as sink:
+                _write_tar(sink, version_url, members[first : first + tracks_per_shard], storage_options)
             written.append(f"shards/{name}")
     return written
 
 
-def _tar_of(version_url: str, members: Sequence[Mapping[str, Any]], storage_options: StorageOptions) -> bytes:
-    """One uncompressed tar of the members' files and JSON, in WebDataset key order."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+def _member_url(version_url: str, relative: str) -> str:
+    """``<version>/<relative>``, every component of ``relative`` checked (no ``..``, no absolute path)."""
+    return join_url(version_url, *relative.split("/"))
+
+
+def _write_tar(sink: BinaryIO, version_url: str, members: Sequence[Mapping[str, Any]],
+               storage_options: StorageOptions) -> None:
+    """Stream one uncompressed tar of the members' files and JSON, in WebDataset key order, into ``sink``."""
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for row in members:
-            key = str(row["track_id"])
-            files: list[tuple[str, bytes]] = []
+            key = check_component(str(row["track_id"]), "track_id")
             for column in ("backing_path", "vocals_path", *[f"{s}_path" for s in FOUR_STEMS]):
                 path = row.get(column)
                 if path:
-                    data = read_bytes(f"{version_url}/{path}", storage_options)
-                    files.append((f"{key}.{column[: -len('_path')]}.{path.rsplit('.', 1)[-1]}", data))
+                    url = _member_url(version_url, str(path))
+                    info = tarfile.TarInfo(f"{key}.{column[: -len('_path')]}.{str(path).rsplit('.', 1)[-1]}")
+                    info.size, info.mode = object_info(url, storage_options).size, 0o644
+                    tar.addfile(info, BlockReader(url, storage_options))
             meta = {k: _cell(v) for k, v in row.items() if not k.endswith("_path")}
-            files.append((f"{key}.json", json.dumps(meta, sort_keys=True, default=list).encode()))
-            for name, data in files:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+            data = json.dumps(meta, sort_keys=True, default=list).encode()
+            info = tarfile.TarInfo(f"{key}.json")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))

@@ -20,7 +20,7 @@ import stemflow
 from stemflow.engine.track import TrackResult, encode_stems
 from stemflow.errors import StemflowError, StorageError
 from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, TrackOutcome
-from stemflow.store.commit import CommitMarker, commit_track, stem_url, write_stem
+from stemflow.store.commit import CommitMarker, commit_track, stored_stem_url, write_stem
 from stemflow.store.records import error_row, stem_rows
 from stemflow.store.retry import RetryPolicy
 
@@ -85,7 +85,7 @@ def store_and_commit(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *,
         stored.append(obj)
         stems[stem] = {
             **result.stem_quality.get(stem, {}),
-            "stem_url": stem_url(job.output_url, job.model_id, sep.track_id, stem, output.stem_format),
+            "stem_url": stored_stem_url(job.output_url, job.model_id, sep.track_id, obj),
             "stem_bytes": obj.size,
             "stem_sha256": obj.sha256,
         }

@@ -8,18 +8,24 @@ Layout (the storage contract)::
 A track is done for a ``model_id`` only when its marker exists; readers trust
 nothing else. The protocol, and why it holds under crashes and races:
 
-1. **Stems are write-once.** :func:`write_stem` creates each stem object with a
-   create-only write (S3 ``If-None-Match: *``, local ``link``). If the object is
-   already there it was left by an earlier attempt with the *same* ``model_id``
-   (a crashed run, or a run racing with us): every write is atomic, so it is a
-   complete output of the same weights and settings. We *adopt* it: hash the
-   stored bytes and report those, instead of overwriting. Adopting costs one
-   extra read, only after a crash or during a race.
+1. **Stems are write-once, and only our own bytes are adopted.** :func:`write_stem`
+   creates each stem object with a create-only write (S3 ``If-None-Match: *``,
+   local ``link``). If ``<stem>.<ext>`` is already there (a crashed attempt, a
+   racing run, or junk someone left in the folder), it is *adopted* only when it
+   holds exactly the bytes this attempt encoded (same sha256 and size): then it
+   provably is this model's complete output for this track. Anything else is
+   never trusted and never overwritten (an overwrite could not be made safe
+   against a racing writer): this attempt's bytes go, create-only, to a
+   per-attempt name ``<stem>.<attempt>.<ext>`` (``attempt``: 12 random hex
+   digits), which the marker records as the stem's ``file_name``. Adopting
+   costs one extra read, only after a crash or during a race.
 2. **The marker is created last, create-only**, listing each stem's size and
    sha256. :func:`commit_track` first checks that every stem exists with the
    recorded size. Of several racing runs exactly one marker write succeeds
    (``True``); the others get ``False`` and must count the track as done by
    someone else.
+   A racer that finds a stem gone (the winner removed a superseded object, rule
+   5) while the marker exists has simply lost: ``False``, not an error.
 3. Because no stem object is ever overwritten, the hashes in the marker always
    equal the stored objects, whoever won, even when the racing runs produced
    different bytes (e.g. different GPU kernels). Overwriting instead would
@@ -35,132 +41,52 @@ nothing else. The protocol, and why it holds under crashes and races:
    :func:`write_stem`, :func:`commit_track` and :func:`read_marker` take the
    policy as ``retry=`` (default :data:`stemflow.store.retry.DEFAULT_RETRY`).
 
+5. **Superseded objects are removed.** When the winner stored a stem under a
+   per-attempt name, the object at ``<stem>.<ext>`` (junk, or a leftover that is
+   not its bytes) is deleted right after the marker is created: no marker lists
+   it, so nothing can depend on it.
+
 A crash before the marker leaves stems without a marker: the track is planned
-again and the next attempt adopts those stems. The consequence to know: stems
-of a ``model_id`` are never replaced; producing different stems needs a new
-``model_id`` (which is what new weights or settings give, see DESIGN.md).
+again and the next attempt adopts those stems when its output is byte-identical
+(the same weights and settings on the same kind of device), and otherwise
+stores its own. Readers follow the marker's ``file_name`` (never a name they
+build): :func:`committed_stem_urls` gives the URLs, after checking that the
+marker names its own track and only plain file names inside the track folder.
+Markers are read by :meth:`CommitMarker.from_json`, which refuses anything but
+a well-formed ``stemflow.commit/1`` marker (``..``, ``/``, another folder, an
+absent or malformed hash).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from stemflow.errors import StorageError
-from stemflow.store.objects import exists, object_info, read_bytes, sha256_hex, sha256_object, write_create_only
+from stemflow.store.objects import (
+    exists,
+    object_info,
+    read_bytes,
+    remove,
+    sha256_hex,
+    sha256_object,
+    size_and_sha256,
+    write_create_only,
+)
+from stemflow.store.marker import MARKER_NAME, MAX_MARKER_BYTES, CommitMarker, StemObject
 from stemflow.store.paths import StorageOptions, check_component, filesystem, join_url
 from stemflow.store.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
-MARKER_NAME = "_COMMITTED.json"
-"""File name of the commit marker inside a track's folder."""
-
-MARKER_FORMAT = "stemflow.commit/1"
-"""The ``format`` value of every marker; a stored value (named after the module it began in), never renamed."""
-
-
-@dataclass(frozen=True)
-class StemObject:
-    """One stored stem, as listed in a commit marker.
-
-    Attributes:
-        stem: stem name (``vocals``, ``drums``, ``bass``, ``other``, ``instrumental``…).
-        file_name: object name inside the track folder, ``<stem>.<ext>``.
-        size: bytes.
-        sha256: hex sha256 of the stored bytes.
-    """
-
-    stem: str
-    file_name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class CommitMarker:
-    """Contents of ``_COMMITTED.json`` (JSON object with these keys plus ``format``).
-
-    Attributes:
-        model_id, track_id: which output this is.
-        source_url: normalised URL of the mixture the stems were separated from.
-        run_id: the run that committed.
-        stems: the stored stems, in the order given to :func:`commit_track`.
-        committed_at: ISO 8601 UTC time of the commit.
-        started_at: ISO 8601 UTC time the track's processing started, if known.
-        extra: small JSON-serialisable facts the caller wants kept (device, versions).
-    """
-
-    model_id: str
-    track_id: str
-    source_url: str
-    run_id: str
-    stems: tuple[StemObject, ...]
-    committed_at: str
-    started_at: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-    def to_json(self) -> bytes:
-        """Serialise as UTF-8 JSON."""
-        body = {
-            "format": MARKER_FORMAT,
-            "model_id": self.model_id,
-            "track_id": self.track_id,
-            "source_url": self.source_url,
-            "run_id": self.run_id,
-            "started_at": self.started_at,
-            "committed_at": self.committed_at,
-            "stems": [
-                {"stem": s.stem, "file_name": s.file_name, "size": s.size, "sha256": s.sha256}
-                for s in self.stems
-            ],
-            "extra": dict(self.extra),
-        }
-        try:
-            text = json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False, default=_plain)
-        except (TypeError, ValueError) as e:
-            raise StorageError(f"commit marker of {self.track_id!r} is not JSON-serialisable: {e}") from e
-        return text.encode("utf-8")
-
-    @classmethod
-    def from_json(cls, data: bytes) -> CommitMarker:
-        """Parse a marker written by :meth:`to_json`.
-
-        Raises:
-            StorageError: not a stemflow commit marker.
-        """
-        try:
-            body = json.loads(data.decode("utf-8"))
-            if body.get("format") != MARKER_FORMAT:
-                raise ValueError(f"format is {body.get('format')!r}, expected {MARKER_FORMAT!r}")
-            stems = tuple(
-                StemObject(str(s["stem"]), str(s["file_name"]), int(s["size"]), str(s["sha256"]))
-                for s in body["stems"]
-            )
-            return cls(
-                model_id=str(body["model_id"]),
-                track_id=str(body["track_id"]),
-                source_url=str(body["source_url"]),
-                run_id=str(body["run_id"]),
-                stems=stems,
-                committed_at=str(body["committed_at"]),
-                started_at=body.get("started_at"),
-                extra=dict(body.get("extra") or {}),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise StorageError(f"malformed commit marker: {e}") from e
-
-
-def _plain(value: Any) -> Any:
-    """JSON fallback for numpy scalars and arrays in ``extra`` (``.tolist()`` / ``.item()``)."""
-    for method in ("tolist", "item"):
-        if callable(getattr(value, method, None)):
-            return getattr(value, method)()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+__all__ = [  # the marker types are part of this module's interface (they were defined here)
+    "MARKER_NAME", "CommitMarker", "StemObject", "commit_track", "committed_stem_urls", "committed_tracks",
+    "is_committed", "marker_url", "read_marker", "stem_url", "stored_stem_url", "track_url", "verify_track",
+    "write_stem",
+]
 
 
 def utc_now_iso() -> str:
@@ -190,6 +116,35 @@ def marker_url(output_url: str, model_id: str, track_id: str) -> str:
     return f"{track_url(output_url, model_id, track_id)}/{MARKER_NAME}"
 
 
+def stored_stem_url(output_url: str, model_id: str, track_id: str, stem: StemObject) -> str:
+    """Where ``stem`` is stored: ``<out>/stems/<model_id>/<track_id>/<file_name>`` (the name checked)."""
+    return f"{track_url(output_url, model_id, track_id)}/{check_component(stem.file_name, 'stem file name')}"
+
+
+def committed_stem_urls(output_url: str, model_id: str, track_id: str, marker: CommitMarker) -> dict[str, str]:
+    """``{stem: URL}`` of the stems a marker lists: the only way readers should find committed stems.
+
+    Raises:
+        StorageError: the marker names another model or track than the folder it was read from.
+    """
+    if (marker.model_id, marker.track_id) != (model_id, track_id):
+        raise StorageError(
+            f"the marker of {model_id}/{track_id} names {marker.model_id}/{marker.track_id}: "
+            "not this track's marker; its stems are not read")
+    return {s.stem: stored_stem_url(output_url, model_id, track_id, s) for s in marker.stems}
+
+
+def new_attempt_id() -> str:
+    """12 random hex digits naming one attempt's stem objects when ``<stem>.<ext>`` is taken."""
+    return secrets.token_hex(6)
+
+
+def attempt_file_name(stem: str, ext: str, attempt: str) -> str:
+    """``<stem>.<attempt>.<ext>``: where an attempt stores a stem whose usual name holds other bytes."""
+    return check_component(f"{stem_file_name(stem, ext).rsplit('.', 1)[0]}.{check_component(attempt, 'attempt')}"
+                           f".{ext}", "stem file name")
+
+
 def write_stem(
     output_url: str,
     model_id: str,
@@ -200,24 +155,41 @@ def write_stem(
     *,
     storage_options: StorageOptions = None,
     retry: RetryPolicy | None = None,
+    attempt: str | None = None,
 ) -> StemObject:
     """Store one encoded stem write-once and describe what is stored.
 
-    If the object already exists (a crashed or concurrent attempt of the same
-    ``model_id``), it is kept and adopted: the returned size and sha256 are
-    those of the stored bytes, which may differ from ``data``.
+    If ``<stem>.<ext>`` already exists and holds exactly ``data`` (a crashed or
+    racing attempt of the same ``model_id`` that produced the same bytes), it is
+    adopted. Anything else there is not trusted: ``data`` is stored,
+    create-only, as ``<stem>.<attempt>.<ext>`` (``attempt``: pass one id per
+    track attempt; random by default) and the returned ``file_name`` says so.
 
     Raises:
         StorageError: unsafe names, or the write or read-back failed.
     """
     url = stem_url(output_url, model_id, track_id, stem, ext)
+    ours = StemObject(stem, stem_file_name(stem, ext), len(data), sha256_hex(data))
     if write_create_only(url, data, storage_options, retry=retry):
-        return StemObject(stem, stem_file_name(stem, ext), len(data), sha256_hex(data))
-    stored_sha = sha256_object(url, storage_options, retry=retry)
-    stored_size = object_info(url, storage_options, retry=retry).size
-    if stored_sha != sha256_hex(data):
-        logger.info("adopting existing stem %s (differs from this attempt's bytes)", url)
-    return StemObject(stem, stem_file_name(stem, ext), stored_size, stored_sha)
+        return ours
+    if _stored_digest(url, storage_options, retry) == (ours.size, ours.sha256):
+        logger.info("adopting %s: a crashed or racing attempt stored exactly these bytes", url)
+        return ours
+    name = attempt_file_name(stem, ext, attempt or new_attempt_id())
+    logger.warning("%s holds bytes this attempt did not produce; storing %s instead", url, name)
+    if not write_create_only(f"{track_url(output_url, model_id, track_id)}/{name}", data, storage_options,
+                             retry=retry):
+        raise StorageError(f"cannot store stem {stem!r} of {track_id!r}: {name} exists already (reused attempt id)")
+    return StemObject(stem, name, ours.size, ours.sha256)
+
+
+def _stored_digest(url: str, storage_options: StorageOptions, retry: RetryPolicy | None) -> tuple[int, str] | None:
+    """``(size, sha256)`` of the object at ``url``; ``None`` when it is gone or unreadable (a folder, a FIFO)."""
+    try:
+        return size_and_sha256(url, storage_options, retry=retry)
+    except (FileNotFoundError, IsADirectoryError, StorageError) as e:
+        logger.info("%s cannot be read as a stem (%s)", url, e)
+        return None
 
 
 def commit_track(
@@ -251,10 +223,13 @@ def commit_track(
     check_component(run_id, "run_id")
     for stem in stems:
         check_component(stem.stem, "stem name")
-        url = f"{base}/{check_component(stem.file_name, 'stem file name')}"
+        url = stored_stem_url(output_url, model_id, track_id, stem)
         try:
             size = object_info(url, storage_options, retry=retry).size
         except FileNotFoundError as e:
+            if exists(f"{base}/{MARKER_NAME}", storage_options, retry=retry):
+                logger.info("track %s of model %s was committed by another run meanwhile", track_id, model_id)
+                return False  # the winner removed what it superseded
             raise StorageError(f"cannot commit {track_id!r}: stem {url!r} is missing") from e
         if size != stem.size:
             raise StorageError(f"cannot commit {track_id!r}: {url!r} has {size} bytes, expected {stem.size}")
@@ -275,10 +250,26 @@ def commit_track(
         # A retried create whose first attempt reached the store (the reply was lost):
         # the marker holds our bytes (its committed_at is ours to the microsecond), so we won.
         logger.info("track %s: the marker found is this attempt's own (a retried write); committed", track_id)
-        return True
-    if not won:
+        won = True
+    elif not won:
         logger.info("track %s of model %s was already committed by another run", track_id, model_id)
+    if won:
+        _remove_superseded(base, stems, storage_options, retry)
     return won
+
+
+def _remove_superseded(base: str, stems: Sequence[StemObject], storage_options: StorageOptions,
+                       retry: RetryPolicy | None) -> None:
+    """Delete ``<stem>.<ext>`` where the committed stem is stored under a per-attempt name (best effort)."""
+    for stem in stems:
+        usual = stem_file_name(stem.stem, stem.file_name.rsplit(".", 1)[-1])
+        if stem.file_name == usual:
+            continue
+        try:
+            if remove(f"{base}/{usual}", storage_options, retry=retry):
+                logger.info("removed %s/%s: superseded by %s", base, usual, stem.file_name)
+        except StorageError as e:
+            logger.warning("could not remove the superseded %s/%s (no marker lists it): %s", base, usual, e)
 
 
 def _stored_marker_is(url: str, body: bytes, storage_options: StorageOptions, retry: RetryPolicy | None) -> bool:
@@ -293,12 +284,24 @@ def read_marker(
     output_url: str, model_id: str, track_id: str, *, storage_options: StorageOptions = None,
     retry: RetryPolicy | None = None,
 ) -> CommitMarker | None:
-    """The track's commit marker, or ``None`` if the track is not committed."""
+    """The track's commit marker, or ``None`` if the track is not committed.
+
+    Raises:
+        StorageError: the object there is not a well-formed marker of this track (larger than
+            :data:`MAX_MARKER_BYTES`, malformed, naming unsafe files or another model or track).
+    """
+    url = marker_url(output_url, model_id, track_id)
     try:
-        data = read_bytes(marker_url(output_url, model_id, track_id), storage_options, retry=retry)
+        data = read_bytes(url, storage_options, retry=retry, max_bytes=MAX_MARKER_BYTES)
     except FileNotFoundError:
         return None
-    return CommitMarker.from_json(data)
+    try:
+        marker = CommitMarker.from_json(data)
+    except StorageError as e:
+        raise StorageError(f"{url}: {e}") from e
+    if (marker.model_id, marker.track_id) != (model_id, track_id):
+        raise StorageError(f"{url}: malformed commit marker: it names {marker.model_id}/{marker.track_id}")
+    return marker
 
 
 def is_committed(output_url: str, model_id: str, track_id: str, *, storage_options: StorageOptions = None) -> bool:
@@ -340,12 +343,11 @@ def verify_track(output_url: str, model_id: str, track_id: str, *, storage_optio
     marker = read_marker(output_url, model_id, track_id, storage_options=storage_options)
     if marker is None:
         return False
-    base = track_url(output_url, model_id, track_id)
     for stem in marker.stems:
         try:
-            if sha256_object(f"{base}/{stem.file_name}", storage_options) != stem.sha256:
+            if sha256_object(stored_stem_url(output_url, model_id, track_id, stem), storage_options) != stem.sha256:
                 return False
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return False
     return True
 

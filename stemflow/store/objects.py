@@ -24,9 +24,13 @@ other      ``fs.pipe_file``                                 ``fs.pipe_file(mode=
 Readers therefore never observe a half-written object on local, S3 or memory.
 
 Remote calls (S3, GCS…) are retried with exponential backoff and full jitter when
-they fail transiently (throttling, resets, timeouts; see :mod:`stemflow.store.retry`):
-every function takes ``retry=`` (a :class:`~stemflow.store.retry.RetryPolicy`,
-default :data:`~stemflow.store.retry.DEFAULT_RETRY`). Retrying a create-only write whose
+they fail transiently (throttling, resets, timeouts; see :mod:`stemflow.store.retry`),
+and each operation ends within the policy's overall deadline, however slowly
+the store answers (:mod:`stemflow.store.calls`): every function takes ``retry=``
+(a :class:`~stemflow.store.retry.RetryPolicy`, default
+:data:`~stemflow.store.retry.DEFAULT_RETRY`). Local reads refuse anything but a
+regular file (a FIFO, a device such as ``/dev/zero``, a socket), so a path can
+neither block a reader nor feed it for ever. Retrying a create-only write whose
 first attempt did reach the store answers "already exists": callers that must
 tell their own earlier attempt from another writer compare the stored bytes
 (:func:`stemflow.store.commit.commit_track` does).
@@ -35,7 +39,6 @@ tell their own earlier attempt from another writer compare the stored bytes
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import os
@@ -48,9 +51,10 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem, sync
 
 from stemflow.errors import StorageError
-from stemflow.files import HASH_BLOCK_BYTES, sha256_stream, write_file_atomic
+from stemflow.files import HASH_BLOCK_BYTES, write_file_atomic
+from stemflow.store.calls import call, open_regular_file, run
 from stemflow.store.paths import StorageOptions, filesystem, is_local_fs, is_memory_fs, url_of
-from stemflow.store.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry
+from stemflow.store.retry import Deadline, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +82,6 @@ class ObjectInfo:
     mtime_ns: int | None
 
 
-def _call(fs: AbstractFileSystem, what: str, operation: Any, retry: RetryPolicy | None) -> Any:
-    """Run ``operation()``; on remote filesystems under the retry policy (local, memory: once)."""
-    if is_local_fs(fs) or is_memory_fs(fs):
-        return operation()
-    return call_with_retry(operation, what=what, policy=retry or DEFAULT_RETRY)
-
-
 def _write_local(path: str, data: bytes, *, create_only: bool) -> None:
     """Create the folder, then write atomically and durably (:func:`stemflow.files.write_file_atomic`)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -103,7 +100,7 @@ def write_atomic(url: str, data: bytes, storage_options: StorageOptions = None, 
         if is_local_fs(fs):
             _write_local(path, data, create_only=False)
         else:
-            _call(fs, f"write {url}", lambda: fs.pipe_file(path, data), retry)
+            call(fs, f"write {url}", "pipe_file", path, data, retry=retry)
     except OSError as e:
         raise StorageError(f"cannot write {url!r}: {e}") from e
 
@@ -128,7 +125,7 @@ def write_create_only(url: str, data: bytes, storage_options: StorageOptions = N
             with _MEMORY_LOCK:
                 fs.pipe_file(path, data, mode="create")
             return True
-        _call(fs, f"create {url}", lambda: fs.pipe_file(path, data, mode="create"), retry)
+        call(fs, f"create {url}", "pipe_file", path, data, mode="create", retry=retry)
         return True
     except FileExistsError:
         logger.debug("create-only write lost: %s already exists", url)
@@ -137,27 +134,60 @@ def write_create_only(url: str, data: bytes, storage_options: StorageOptions = N
         raise StorageError(f"cannot create {url!r}: {e}") from e
 
 
-def read_bytes(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> bytes:
-    """Read a whole object.
+def read_bytes(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None,
+               max_bytes: int | None = None) -> bytes:
+    """Read a whole object (one GET on S3), within the retry policy's deadline.
+
+    ``max_bytes`` refuses an object larger than that without holding more than
+    ``max_bytes + 1`` bytes of it (a ranged GET on remote stores). Locally only a
+    regular file is read (never a FIFO, device or socket).
 
     Raises:
         FileNotFoundError: nothing at ``url``.
-        StorageError: the read failed otherwise.
+        StorageError: the read failed, the deadline passed, the object is over
+            ``max_bytes`` or not a regular file.
     """
     fs, path = filesystem(url, storage_options)
     try:
-        return _call(fs, f"read {url}", lambda: fs.cat_file(path), retry)
+        if is_local_fs(fs):
+            data = _read_local(path, max_bytes)
+        elif max_bytes is None:
+            data = call(fs, f"read {url}", "cat_file", path, retry=retry)
+        else:
+            data = call(fs, f"read {url}", "cat_file", path, start=0, end=max_bytes + 1, retry=retry)
     except FileNotFoundError:
         raise
     except OSError as e:
         raise StorageError(f"cannot read {url!r}: {e}") from e
+    if max_bytes is not None and len(data) > max_bytes:
+        raise StorageError(f"{url!r} is larger than the {max_bytes} bytes allowed; not read")
+    return data
+
+
+def _read_local(path: str, max_bytes: int | None) -> bytes:
+    """A local regular file's bytes; with ``max_bytes``, never more than ``max_bytes + 1`` of them.
+
+    Raises:
+        StorageError: the file is larger than ``max_bytes`` (said by its size, before reading).
+    """
+    with open_regular_file(path) as handle:
+        if max_bytes is None:
+            return handle.read()
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            raise StorageError(f"{path!r} is larger than the {max_bytes} bytes allowed ({size}); not read")
+        parts, total = [], 0
+        while total <= max_bytes and (block := handle.read(min(HASH_BLOCK_BYTES, max_bytes + 1 - total))):
+            parts.append(block)
+            total += len(block)
+        return b"".join(parts)
 
 
 def exists(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> bool:
     """Whether an object (or folder) exists at ``url``."""
     fs, path = filesystem(url, storage_options)
     try:
-        return bool(_call(fs, f"check {url}", lambda: fs.exists(path), retry))
+        return bool(call(fs, f"check {url}", "exists", path, retry=retry))
     except OSError as e:
         raise StorageError(f"cannot check {url!r}: {e}") from e
 
@@ -220,8 +250,11 @@ def _each_object(
     paths = [fs._strip_protocol(url) for url in urls]
     try:
         if isinstance(fs, AsyncFileSystem) and fs.loop is not None:
-            gather = functools.partial(sync, fs.loop, _gather, one_async, fs, paths, concurrency)
-            return list(_call(fs, f"{verb} {len(paths)} objects", gather, retry))
+            def gather(deadline: Deadline) -> list[T]:
+                left = deadline.remaining()
+                timeout = None if left is None else max(left, 0.001)
+                return list(sync(fs.loop, _gather, one_async, fs, paths, concurrency, timeout=timeout))
+            return run(fs, f"{verb} {len(paths)} objects", gather, retry)
         return [one(fs, path) for path in paths]
     except OSError as e:
         raise StorageError(f"cannot {verb} {len(paths)} objects under {urls[0]!r}: {e}") from e
@@ -247,6 +280,9 @@ async def _exists_async(fs: AsyncFileSystem, path: str) -> bool:
 
 def _read_or_none(fs: AbstractFileSystem, path: str) -> bytes | None:
     try:
+        if is_local_fs(fs):
+            with open_regular_file(path) as handle:
+                return handle.read()
         return fs.cat_file(path)
     except (FileNotFoundError, IsADirectoryError):
         return None
@@ -287,7 +323,7 @@ def object_info(url: str, storage_options: StorageOptions = None, *,
     """
     fs, path = filesystem(url, storage_options)
     try:
-        entry = _call(fs, f"stat {url}", lambda: fs.info(path), retry)
+        entry = call(fs, f"stat {url}", "info", path, retry=retry)
     except FileNotFoundError:
         raise
     except OSError as e:
@@ -300,23 +336,43 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def remove(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> bool:
+    """Delete one object; ``True`` if it was there (a folder is never removed: ``False``).
+
+    Raises:
+        StorageError: the delete failed.
+    """
+    fs, path = filesystem(url, storage_options)
+    try:
+        if is_local_fs(fs):
+            os.unlink(path)
+        else:
+            call(fs, f"delete {url}", "rm_file", path, retry=retry)
+        return True
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    except OSError as e:
+        raise StorageError(f"cannot delete {url!r}: {e}") from e
+
+
 def sha256_object(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None) -> str:
-    """Hex sha256 of an object, streamed in 1 MiB reads (:func:`stemflow.files.sha256_stream`).
+    """Hex sha256 of an object, streamed in blocks (:func:`stemflow.store.streams.read_blocks`).
 
     Raises:
         FileNotFoundError: nothing at ``url``.
-        StorageError: the read failed otherwise.
+        StorageError: the read failed, its deadline passed, or a local path is not a regular file.
     """
-    fs, path = filesystem(url, storage_options)
+    return size_and_sha256(url, storage_options, retry=retry)[1]
 
-    def digest_once() -> str:  # a retry starts the digest over
-        with fs.open(path, "rb", block_size=HASH_BLOCK_BYTES) as handle:
-            return sha256_stream(handle)
 
-    try:
-        return str(_call(fs, f"hash {url}", digest_once, retry))
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise StorageError(f"cannot read {url!r}: {e}") from e
+def size_and_sha256(url: str, storage_options: StorageOptions = None, *,
+                    retry: RetryPolicy | None = None) -> tuple[int, str]:
+    """``(bytes, hex sha256)`` of an object, from one streamed read; raises as :func:`sha256_object`."""
+    from stemflow.store.streams import read_blocks  # streams builds on this module
+
+    digest, size = hashlib.sha256(), 0
+    for block in read_blocks(url, storage_options, retry=retry):
+        digest.update(block)
+        size += len(block)
+    return size, digest.hexdigest()
 

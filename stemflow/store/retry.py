@@ -22,6 +22,14 @@ and surface at once. Local and ``memory://`` storage is never retried (their
 errors do not go away by waiting). Each retry is logged at WARNING with the
 operation, the attempt and the error (never credentials: storage options are
 not part of the message).
+
+**Deadline.** A policy also bounds the *total* time of one operation,
+``deadline_s`` (default :data:`DEFAULT_DEADLINE_S`), every attempt and wait
+included: botocore's timeouts apply per request and per socket read, so a
+store that trickles a byte every few seconds would otherwise hold a worker for
+ever. The storage layer (:mod:`stemflow.store.calls`) gives each attempt of
+an async backend (S3, GCS) only the time left, and cancels it when that runs
+out; an operation past its deadline is a final :class:`StorageError`.
 """
 
 from __future__ import annotations
@@ -57,6 +65,10 @@ FINAL_ERRNOS = frozenset({
 })
 
 
+DEFAULT_DEADLINE_S = 900.0
+"""Total seconds one storage operation may take by default (15 minutes: 2 GiB at 2.4 MB/s)."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently one storage operation is retried.
@@ -66,6 +78,8 @@ class RetryPolicy:
         base_delay_s: backoff ceiling before the first retry, in seconds.
         multiplier: growth of the ceiling per retry.
         max_delay_s: cap of the ceiling.
+        deadline_s: total seconds one operation may take, attempts and waits included
+            (``None``: unbounded).
 
     The wait before retry ``k`` (0-based) is uniform in
     ``[0, min(max_delay_s, base_delay_s * multiplier**k))``. With the defaults
@@ -77,10 +91,13 @@ class RetryPolicy:
     base_delay_s: float = 0.25
     multiplier: float = 2.0
     max_delay_s: float = 8.0
+    deadline_s: float | None = DEFAULT_DEADLINE_S
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ConfigError(f"retry attempts must be >= 1, got {self.attempts}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ConfigError(f"the storage deadline must be > 0 seconds (or None), got {self.deadline_s}")
         if self.base_delay_s < 0 or self.max_delay_s < 0 or self.multiplier < 1:
             raise ConfigError("retry delays must be >= 0 and the multiplier >= 1")
 
@@ -98,6 +115,24 @@ DEFAULT_RETRY = RetryPolicy()
 
 NO_RETRY = RetryPolicy(attempts=1)
 """Fail on the first error (for callers that retry at a higher level)."""
+
+
+class Deadline:
+    """The time left to one operation: started at construction, ``None`` seconds for no bound."""
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._end = None if seconds is None else clock() + seconds
+
+    def remaining(self) -> float | None:
+        """Seconds left (never below 0), or ``None`` when unbounded."""
+        return None if self._end is None else max(0.0, self._end - self._clock())
+
+    def expired(self) -> bool:
+        """Whether the time is up."""
+        left = self.remaining()
+        return left is not None and left <= 0.0
 
 
 def is_transient(error: BaseException) -> bool:
@@ -125,6 +160,7 @@ def call_with_retry(
     policy: RetryPolicy = DEFAULT_RETRY,
     rng: random.Random | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: Deadline | None = None,
 ) -> T:
     """Run ``operation`` until it succeeds, fails finally, or ``policy.attempts`` are used.
 
@@ -134,23 +170,34 @@ def call_with_retry(
         policy: attempts and backoff.
         rng: jitter source; a fresh ``random.Random()`` (seeded by the OS) if ``None``.
         sleep: the wait function (tests pass a recorder).
+        deadline: the operation's overall time limit, shared with ``operation`` (which
+            should give its requests only ``deadline.remaining()``); by default one of
+            ``policy.deadline_s`` started now, checked between attempts.
 
     Raises:
         the operation's own exception at once if it is not transient;
-        StorageError: transient failures on every attempt (chained to the last one).
+        StorageError: transient failures on every attempt (chained to the last one), or
+            the deadline passed.
     """
     jitter = rng if rng is not None else random.Random()
+    deadline = deadline if deadline is not None else Deadline(policy.deadline_s)
     for attempt in range(policy.attempts):
         try:
             return operation()
         except Exception as e:  # noqa: BLE001 - classified below; final errors re-raised as they are
             if not is_transient(e):
                 raise
+            if deadline.expired():
+                raise StorageError(
+                    f"{what} gave up at its deadline of {deadline.seconds:g} s, after {attempt + 1} "
+                    f"attempt(s): {type(e).__name__}: {e}"
+                ) from e
             if attempt + 1 >= policy.attempts:
                 raise StorageError(
                     f"{what} failed after {policy.attempts} attempts: {type(e).__name__}: {e}"
                 ) from e
-            wait = policy.delay_s(attempt, jitter)
+            left = deadline.remaining()
+            wait = policy.delay_s(attempt, jitter) if left is None else min(left, policy.delay_s(attempt, jitter))
             logger.warning("%s: attempt %d/%d failed (%s: %s); retrying in %.2f s",
                            what, attempt + 1, policy.attempts, type(e).__name__, e, wait)
             sleep(wait)

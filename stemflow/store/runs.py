@@ -22,6 +22,7 @@ from typing import Any
 from stemflow.errors import StorageError
 from stemflow.store.objects import read_bytes, write_atomic
 from stemflow.store.paths import StorageOptions, check_component, join_url
+from stemflow.store.redact import redact
 
 RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed", "partial")
 """Values of :attr:`RunManifest.status`."""
@@ -70,6 +71,7 @@ class RunManifest:
             "versions": dict(self.versions),
             "counts": dict(self.counts),
         }
+        body = redact(body)  # no secret from the settings (storage options, runtime_env) reaches the output
         try:
             return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError) as e:

@@ -27,6 +27,7 @@ from stemflow.evaluation.scoring import baseline_rows, metrics_table, score_trac
 from stemflow.measures.quality import stem_quality, track_quality
 from stemflow.store.commit import commit_track, write_stem
 from stemflow.store.records import stem_rows, write_part
+from stemflow.store.runs import RunManifest, write_run_manifest
 
 SAMPLE_RATE = 22050
 SECONDS = 3
@@ -83,6 +84,9 @@ def _write_catalogue_output(root: Path, model_ids: tuple[str, ...] = ("model-a-0
                      "sample_rate": SAMPLE_RATE, **track_quality(mixture, stems)}
             rows += stem_rows(track, columns)
         write_part(str(out), model_id, "2026-11-24", "r1", 0, rows)
+    # the run's manifest names its catalogue: the report reads mixtures only from there
+    write_run_manifest(str(out), RunManifest(run_id="r1", status="succeeded", started_at="2026-11-24T10:00:00+00:00",
+                                             inputs={"catalogue_url": str(sources)}))
     return out
 
 

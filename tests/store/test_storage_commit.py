@@ -64,13 +64,24 @@ def test_committed_tracks_lists_only_markers(backend: tuple[str, Any]) -> None:
 
 
 def test_crashed_attempt_stems_are_adopted(backend: tuple[str, Any]) -> None:
+    """Only a leftover holding exactly this attempt's bytes is adopted; other bytes are superseded, then removed."""
     base, options = backend
     _write_all(base, options, "t1", b"first-attempt-")  # crash: no marker
-    second = _write_all(base, options, "t1", b"second-attempt-with-other-bytes-")
-    assert second[0].sha256 == storage_objects.sha256_hex(b"first-attempt-vocals")
-    assert second[0].size == len(b"first-attempt-vocals")
+    same = _write_all(base, options, "t1", b"first-attempt-")  # the same output again: adopted as it is
+    assert [s.file_name for s in same] == ["vocals.flac", "drums.flac", "bass.flac", "other.flac"]
+    assert same[0].sha256 == storage_objects.sha256_hex(b"first-attempt-vocals")
+    second = _write_all(base, options, "t1", b"second-attempt-with-other-bytes-")  # not provably ours
+    assert second[0].sha256 == storage_objects.sha256_hex(b"second-attempt-with-other-bytes-vocals")
+    assert second[0].size == len(b"second-attempt-with-other-bytes-vocals")
+    assert second[0].file_name.startswith("vocals.") and second[0].file_name.endswith(".flac")
+    assert second[0].file_name != "vocals.flac"
     assert commit.commit_track(base, MODEL, "t1", second, source_url="u", run_id="r2", storage_options=options)
     assert commit.verify_track(base, MODEL, "t1", storage_options=options)
+    # the superseded leftovers are gone; the marker lists exactly what is stored
+    for stem in ("vocals", "drums", "bass", "other"):
+        assert not storage_objects.exists(commit.stem_url(base, MODEL, "t1", stem, "flac"), options)
+    urls = commit.committed_stem_urls(base, MODEL, "t1", commit.read_marker(base, MODEL, "t1", storage_options=options))
+    assert storage_objects.read_bytes(urls["drums"], options) == b"second-attempt-with-other-bytes-drums"
 
 
 def test_racing_runs_commit_exactly_once(backend: tuple[str, Any]) -> None:

