@@ -18,7 +18,10 @@ Fixtures (use them by name; test modules import no helper module):
 * ``backend``: ``(base_url, storage_options)`` of an empty location on local
   disk, ``memory://`` and moto S3 (parametrised);
 * ``fault_proxy``, ``fault``: a real HTTP proxy in front of the moto server that
-  injects S3 faults (``tests/fault_proxy.py``), and the fault constructor.
+  injects S3 faults (``tests/fault_proxy.py``), and the fault constructor;
+* ``prefect_api``: a temporary Prefect server and database for one test module
+  (its API URL), with Prefect's background log and event workers restarted so
+  that they report to it and not to a server an earlier module stopped.
 """
 
 from __future__ import annotations
@@ -251,3 +254,32 @@ def fault() -> type:
     from fault_proxy import Fault
 
     return Fault
+
+
+# --------------------------------------------------------------------------- Prefect
+
+
+def _restart_prefect_services() -> None:
+    """Drain and stop Prefect's background workers (API logs, events).
+
+    They are process-wide singletons that keep the API client of the server that was
+    current when they started; after an earlier module's server stopped, a flow's logs
+    and events would go there (404s) instead of to this module's server. Stopped
+    workers are recreated on first use with the current settings.
+    """
+    from prefect._internal.concurrency.services import QueueService
+
+    QueueService.drain_all(timeout=30, at_exit=False)
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """A temporary Prefect server + database for this module; its API URL (mark such tests ``prefect``)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    from prefect.testing.utilities import prefect_test_harness
+
+    _restart_prefect_services()
+    # a loaded 2-core machine can take minutes to import and migrate the server
+    with prefect_test_harness(server_startup_timeout=max(300, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())):
+        yield str(PREFECT_API_URL.value())
+        _restart_prefect_services()

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -236,20 +237,17 @@ def test_page_error_hook_reports_a_broken_image(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.prefect
-def test_report_of_a_real_catalogue_run(tmp_path: Path, tiny_model: Any, catalogue_kit: Any) -> None:
+def test_report_of_a_real_catalogue_run(tmp_path: Path, tiny_model: Any, catalogue_kit: Any, prefect_api: str) -> None:
     """The nightly flow on a small catalogue (fixture vocals model, 3 good + 4 bad files), then its report."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_HOME", str(tmp_path / "prefect-home"))  # effective if prefect is not imported yet
-    from prefect.testing.utilities import prefect_test_harness
-
     from pipelines.separate_catalogue import separate_catalogue
 
     catalogue, out = tmp_path / "catalogue", tmp_path / "out"
     catalogue_kit.write(catalogue, 3, seconds=2.0)
-    with prefect_test_harness(server_startup_timeout=180):
-        summary = separate_catalogue(str(catalogue), str(out), model=tiny_model.config, checkpoint=tiny_model.checkpoint,
-                                     shard_size=4, stage={"local_num_cpus": 2, "tracks_per_call": 1})
+    summary = separate_catalogue(str(catalogue), str(out), model=tiny_model.config, checkpoint=tiny_model.checkpoint,
+                                 shard_size=4, stage={"local_num_cpus": 2, "tracks_per_call": 1})
     assert summary["ok"] == 3 and summary["errors"] == 4
     result = build_report(str(out), name="nightly", excerpt_s=2.0)
     assert result.record_rows == 3 * 2 + 4  # vocals + instrumental per track, one row per bad file

@@ -31,22 +31,20 @@ def prefect_cli(args: list[str], api_url: str, home: Path) -> subprocess.Complet
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    testing = pytest.importorskip("prefect.testing.utilities")
-    import prefect.settings
+def deployed(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict[str, Any]:
+    """Work pool and deployments created by the Prefect CLI against this module's server."""
     from prefect.client.orchestration import get_client
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with testing.prefect_test_harness():
-        api_url = prefect.settings.PREFECT_API_URL.value()
-        pool = prefect_cli(["work-pool", "create", "stemflow-k8s", "--type", "kubernetes",
-                            "--base-job-template", str(PREFECT_DIR / "base-job-template.json")], api_url, home)
-        assert pool.returncode == 0, pool.stdout + pool.stderr
-        deploy = prefect_cli(["deploy", "--all", "--prefect-file", "infra/prefect/prefect.yaml"], api_url, home)
-        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        with get_client(sync_client=True) as client:
-            deployments = {d.name: d for d in client.read_deployments()}
-            work_pool = client.read_work_pool("stemflow-k8s")
+    api_url = prefect_api
+    pool = prefect_cli(["work-pool", "create", "stemflow-k8s", "--type", "kubernetes",
+                        "--base-job-template", str(PREFECT_DIR / "base-job-template.json")], api_url, home)
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    deploy = prefect_cli(["deploy", "--all", "--prefect-file", "infra/prefect/prefect.yaml"], api_url, home)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+        work_pool = client.read_work_pool("stemflow-k8s")
     return {"deployments": deployments, "work_pool": work_pool}
 
 

@@ -19,7 +19,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +145,6 @@ EXPECTED: dict[str, tuple[str, object]] = {
 STAGE = {"local_num_cpus": 2, "tracks_per_call": 2, "torch_threads": 1}
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    """A temporary Prefect server + database for this module; its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
 
 
 def _upload(files: dict[str, bytes], prefix: str, storage_options: Any) -> None:

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 MODEL_SETTINGS = {"batch_size": 8}
 STAGE = {"local_num_cpus": 2, "tracks_per_call": 1, "torch_threads": 1}
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[str]:
-    """One Prefect test harness (temporary server + database) for the session; its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
 
 
 @pytest.fixture

@@ -46,14 +46,6 @@ TOKEN = "sfSessionToken-DoNotLog-5be8d1c0"
 SIGNING_LOGGERS = ("botocore", "aiobotocore", "urllib3")
 
 
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[str]:
-    """A temporary Prefect server + database for this module; its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
 
 
 async def _prefect_texts(wait_s: float = 60.0) -> dict[str, list[str]]:
@@ -93,6 +85,17 @@ def _ray_log_texts() -> dict[str, bytes]:
     logs = Path(node.get_logs_dir_path()) if node is not None else (
         Path(tempfile.gettempdir()) / "ray" / "session_latest" / "logs")  # this driver's session, if it can tell
     return {str(p): p.read_bytes() for p in logs.rglob("*") if p.is_file() and p.stat().st_size < 50 << 20}
+
+
+@pytest.fixture
+def fresh_ray() -> Iterator[Callable[[], None]]:
+    """``fresh_ray()`` stops the process's Ray, so that the next run starts one with the current
+    environment; the Ray started that way is stopped after the test (its workers hold the fake
+    credentials)."""
+    import ray
+
+    yield ray.shutdown
+    ray.shutdown()
 
 
 @pytest.fixture
@@ -189,11 +192,14 @@ def _find(needle: str, found: dict[str, Any], *, skip_loggers: tuple[str, ...] =
 @pytest.mark.slow
 def test_credentials_from_the_environment_never_appear_in_logs_outputs_or_prefect(
     tmp_path: Path, s3_bucket: str, moto_server: str, monkeypatch: pytest.MonkeyPatch, prefect_api: str,
-    run_and_collect: Callable[..., dict[str, Any]],
+    run_and_collect: Callable[..., dict[str, Any]], fresh_ray: Callable[[], None],
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
+    # Ray's workers inherit the environment Ray started with: start it afresh, as a user's run
+    # with these variables would (a Ray left by an earlier module has workers without them)
+    fresh_ray()
     # no credentials in the options: s3fs/botocore take them from the standard chain
     options = {"client_kwargs": {"endpoint_url": moto_server},
                "config_kwargs": {"request_checksum_calculation": "when_required"}}
