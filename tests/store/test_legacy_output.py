@@ -18,7 +18,8 @@ import pytest
 
 from stemflow.stage.finishing import rows_from_marker
 from stemflow.stage.settings import ShardJob
-from stemflow.store.commit import MARKER_FORMAT, committed_tracks, read_marker, track_url, verify_track
+from stemflow.store.commit import committed_tracks, read_marker, track_url, verify_track
+from stemflow.store.marker import MARKER_FORMAT
 from stemflow.store.records import FILE_SCHEMA, RECORD_SCHEMA, read_records, rows_to_table
 from stemflow.store.runs import read_run_manifest
 
