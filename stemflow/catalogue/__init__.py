@@ -7,6 +7,5 @@ grow with the catalogue. It builds on :mod:`stemflow.store` and the format table
 - ``tracks``: :class:`TrackRef` and the stable ``track_id`` of an audio object.
 - ``listing``: walk a folder or prefix, folder by folder, yielding the audio objects.
 - ``manifests``: read a CSV or Parquet catalogue manifest in row batches.
-- ``lookahead``: ``ordered_map``, a streaming thread-pool map that keeps the input order.
 - ``planning``: drop what is committed for a ``model_id`` and group the rest into shards.
 """

@@ -27,7 +27,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from stemflow.audio.formats import DECODABLE_EXTENSIONS, audio_suffix
-from stemflow.catalogue.lookahead import ordered_map
+from stemflow.store.lookahead import ordered_map
 from stemflow.catalogue.tracks import Fingerprint, TrackRef, track_from_info
 from stemflow.errors import StorageError
 from stemflow.store.objects import ObjectInfo, info_to_object
