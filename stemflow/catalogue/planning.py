@@ -20,7 +20,7 @@ catalogues and callers without an index.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -129,10 +129,12 @@ def plan_stream(
     catalogue: str | Iterable[TrackRef], *, index: CommittedIndex | None, shard_size: int,
     counts: PlanCounts | None = None, storage_options: StorageOptions = None, exclude: Sequence[str] = (),
     allow_sources: Sequence[str] = (), batch_rows: int = 10_000, only_track_ids: frozenset[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[Shard]:
     """Shards of the catalogue's tracks not in ``index``, each id once, streamed (see the module docstring).
 
-    ``only_track_ids`` restricts the plan to those ids (reprocessing a selection).
+    ``only_track_ids`` restricts the plan to those ids (reprocessing a selection);
+    ``should_stop`` is asked between batches (a stopped run plans nothing more).
     """
     counts = counts if counts is not None else PlanCounts()
     planned = PlannedKeys()
@@ -140,6 +142,8 @@ def plan_stream(
     def remaining() -> Iterator[TrackRef]:
         for batch in catalogue_batches(catalogue, index=index, storage_options=storage_options, exclude=exclude,
                                        allow_sources=allow_sources, batch_rows=batch_rows):
+            if should_stop is not None and should_stop():
+                return
             tracks = batch.tracks
             if only_track_ids is not None:
                 tracks = [t for t in tracks if t.track_id in only_track_ids]

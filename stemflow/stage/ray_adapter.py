@@ -25,6 +25,7 @@ inside one actor for the time its tracks take.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -44,7 +45,7 @@ from stemflow.errors import StemflowError
 from stemflow.hub.spec import ModelSpec
 from stemflow.stage.pipeline import BatchPipeline
 from stemflow.stage.progress import RunProgress
-from stemflow.stage.scheduler import RunScheduler, RunSink, WorkerCrash
+from stemflow.stage.scheduler import RunScheduler, RunSink, StageReport, WorkerCrash
 from stemflow.stage.settings import ShardJob, ShardResult, StageSettings, TrackOutcome
 from stemflow.stage.worker import TrackWorker
 
@@ -224,21 +225,29 @@ class RayPoolExecutor:
 def run_stage(shards: Iterator[Shard], model_spec: ModelSpec, job: ShardJob, settings: StageSettings,
               sink: RunSink, *, stop: threading.Event | None = None, progress: RunProgress | None = None,
               separator_factory: SeparatorFactory | None = None,
-              on_pool: Callable[[RayPoolExecutor], None] | None = None) -> RunScheduler:
-    """Separate every shard of a run on one pool of ``settings.workers`` actors; the finished scheduler.
+              on_pool: Callable[[RayPoolExecutor], None] | None = None) -> StageReport:
+    """Separate every shard of a run on one pool of ``settings.workers`` actors.
 
-    ``on_pool`` sees the pool once it is up (the feed benchmark reads its actors' stats).
+    The pool starts with the first shard: a run with nothing to do starts no
+    actor (and no GPU node). ``on_pool`` sees the pool after the last shard (the
+    feed benchmark reads its actors' stats there).
     """
+    progress = progress if progress is not None else RunProgress()
+    first = next(shards, None)
+    if first is None:
+        progress.planning_done = True
+        sink.progress(progress)
+        return StageReport(stopped=stop is not None and stop.is_set(), incomplete_shards=0, pool_started=False)
     executor = RayPoolExecutor(model_spec, job, settings, workers=settings.workers,
                                separator_factory=separator_factory)
     scheduler = RunScheduler(executor, settings, sink, stop=stop, progress=progress)
     try:
-        scheduler.run(shards)
+        scheduler.run(itertools.chain([first], shards))
         if on_pool is not None:
             on_pool(executor)
     finally:
         executor.close()
-    return scheduler
+    return StageReport(stopped=scheduler.stopped, incomplete_shards=scheduler.incomplete_shards, pool_started=True)
 
 
 class _Collect:

@@ -50,6 +50,15 @@ Batch = tuple[tuple[int, Mapping[str, Any]], ...]
 
 
 @dataclass(frozen=True)
+class StageReport:
+    """How a run's stage ended: stopped on request, shards left incomplete, whether a pool was started."""
+
+    stopped: bool
+    incomplete_shards: int
+    pool_started: bool
+
+
+@dataclass(frozen=True)
 class WorkerCrash:
     """What an executor returns for a batch whose worker died (or could not run it)."""
 

@@ -68,7 +68,7 @@ class StageSettings:
     max_pending_uploads: int = 2
     max_worker_crashes: int = 3
     stop_grace_s: float = 20.0
-    progress_interval_s: float = 10.0
+    progress_interval_s: float = 5.0
     index_flush_tracks: int = 20_000
     stem_format: str = "flac"
     bit_depth: int = 24

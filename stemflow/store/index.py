@@ -248,12 +248,13 @@ def compact_index(output_url: str, model_id: str, *, storage_options: StorageOpt
 
 
 def bootstrap_index(output_url: str, model_id: str, *, storage_options: StorageOptions = None,
-                    quarantine: Quarantine | None = None) -> CommittedIndex:
+                    quarantine: Quarantine | None = None, write: bool = True) -> CommittedIndex:
     """Build the first base from the Parquet ``ok`` rows of ``model_id`` (streamed, two columns).
 
     Run once per model and output, when no index exists (outputs written before
     the index, or after the folder was deleted). Create-only: if a concurrent run
-    wrote it first, this one's result is returned all the same.
+    wrote it first, this one's result is returned all the same. ``write=False``
+    only computes it (a dry run writes nothing).
     """
     chunks = []
     for table in iter_record_tables(output_url, model_id, columns=("track_id", "status"),
@@ -262,6 +263,6 @@ def bootstrap_index(output_url: str, model_id: str, *, storage_options: StorageO
         chunks.append(np.unique(track_keys(ok.combine_chunks())))
     index = CommittedIndex.of(chunks)
     url = f"{index_url(output_url, model_id)}/base-00000000.parquet"
-    if write_create_only(url, _file_bytes(index.keys), storage_options):
+    if write and write_create_only(url, _file_bytes(index.keys), storage_options):
         logger.info("built the committed index of %s from its Parquet records: %d tracks", model_id, len(index))
     return index
