@@ -272,10 +272,12 @@ def run(
     """
     import threading
 
+    # Prefect's ephemeral API server gets 20 s to start by default: too little on a busy small machine
+    # (set before Prefect is imported: it reads its settings then)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from pipelines.separate_catalogue import dry_run as plan_only
     from pipelines.separate_catalogue import run_catalogue
     from stemflow.hub.loading import default_model_name
-
     chosen = model or default_model_name(cache_dir())
     allowed = tuple(allow_source or ())
     console.print(f"model [bold]{chosen}[/bold]; catalogue {catalogue_url} -> {output_url}")

@@ -28,12 +28,9 @@ class RunProgress:
     skipped: int = 0
     in_flight: int = 0
     errors_by_type: dict[str, int] = field(default_factory=dict)
-    first_done_at: float | None = None
 
     def add(self, outcome: TrackOutcome) -> None:
         """Count one track's outcome."""
-        if self.first_done_at is None:
-            self.first_done_at = time.monotonic()
         if outcome.status == STATUS_OK:
             self.ok += 1
         elif outcome.status == STATUS_SKIPPED:
@@ -55,11 +52,9 @@ class RunProgress:
 
     @property
     def tracks_per_hour(self) -> float:
-        """Tracks finished per hour, measured from the first outcome (start-up excluded)."""
-        if self.first_done_at is None:
-            return 0.0
-        span = time.monotonic() - self.first_done_at
-        return 3600.0 * self.done / span if span > 1e-3 else 0.0
+        """Tracks finished per hour since the run started (start-up included: a conservative rate)."""
+        span = time.monotonic() - self.started
+        return 3600.0 * self.done / span if self.done and span > 1e-3 else 0.0
 
     @property
     def eta_s(self) -> float | None:

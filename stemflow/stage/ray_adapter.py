@@ -25,10 +25,12 @@ inside one actor for the time its tracks take.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,9 +58,30 @@ SeparatorFactory = Callable[[ModelSpec], Separator]
 
 
 def connect_ray(settings: StageSettings) -> None:
-    """Join the configured Ray cluster, or start a local one on demand (idempotent)."""
+    """Join the configured Ray cluster, or start a local one on demand (idempotent).
+
+    Ray's core installs a fatal-signal handler for SIGTERM in the driver; the
+    process's own Python handlers (a graceful stop) are put back afterwards.
+    """
     if ray.is_initialized():
         return
+    with _python_signal_handlers_kept():
+        _init_ray(settings)
+
+
+@contextlib.contextmanager
+def _python_signal_handlers_kept() -> Iterator[None]:
+    main = threading.current_thread() is threading.main_thread()
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+
+
+def _init_ray(settings: StageSettings) -> None:
     kwargs: dict[str, Any] = {"runtime_env": dict(settings.runtime_env)} if settings.runtime_env else {}
     if settings.ray_address:
         if not settings.ray_address.startswith("ray://"):  # Ray Client takes fewer options
