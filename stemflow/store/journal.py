@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsspec import AbstractFileSystem
+
 from stemflow.errors import StorageError
 from stemflow.store.objects import read_bytes, write_atomic
-from stemflow.store.paths import StorageOptions, check_component, filesystem, join_url, url_of
+from stemflow.store.paths import StorageOptions, check_component, filesystem, is_local_fs, join_url, url_of
 from stemflow.store.quarantine import Quarantine
 
 logger = logging.getLogger(__name__)
@@ -119,6 +122,17 @@ def delete_journals(output_url: str, run_id: str, shard_indices: Sequence[int], 
         pass
     except OSError as e:
         raise StorageError(f"cannot delete journal entries of run {run_id!r}: {e}") from e
+    _remove_if_empty(fs, filesystem(journal_folder(output_url, run_id), storage_options)[1])
+
+
+def _remove_if_empty(fs: AbstractFileSystem, folder: str) -> None:
+    """Drop a run's emptied journal folder where folders outlive their files (local disk)."""
+    if not is_local_fs(fs):
+        return
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass  # not empty (a concurrent writer), or already gone
 
 
 def runs_with_journals(output_url: str, *, storage_options: StorageOptions = None) -> list[str]:
