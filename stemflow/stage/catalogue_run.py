@@ -110,8 +110,8 @@ def _shards(run: CatalogueRun, index: CommittedIndex, counts: PlanCounts,
 
 def execute(run: CatalogueRun, spec: ModelSpec, settings: StageSettings, *,
             stop: threading.Event | None = None, on_progress: Callable[[RunProgress], None] | None = None,
-            quarantine: Quarantine | None = None, separator_factory: Callable[[ModelSpec], object] | None = None
-            ) -> RunResult:
+            quarantine: Quarantine | None = None, separator_factory: Callable[[ModelSpec], object] | None = None,
+            on_pool: Callable[[object], None] | None = None) -> RunResult:
     """Recover, plan and separate ``run`` on one pool (see the module docstring).
 
     Raises:
@@ -128,7 +128,7 @@ def execute(run: CatalogueRun, spec: ModelSpec, settings: StageSettings, *,
     progress = RunProgress()
     sink = OutputSink(job, index_flush_tracks=settings.index_flush_tracks, on_progress=on_progress)
     report = run_stage(_shards(run, index, counts, stop), spec, job, settings, sink, stop=stop, progress=progress,
-                       separator_factory=separator_factory)
+                       separator_factory=separator_factory, on_pool=on_pool)
     sink.flush()
     if recovery.skipped_alive and not report.stopped:  # runs that looked alive at the start: dead by now?
         late = recover_unfinished_runs(job.output_url, job.model_id, current_run_id=job.run_id,

@@ -137,7 +137,7 @@ class _PoolActor:
     def stats(self) -> dict[str, float]:
         """Seconds the model step was busy, and its calls (for the feed benchmark)."""
         return {"model_busy_s": self._pipeline.model_busy_s, "model_calls": self._pipeline.model_calls,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
 class RayPoolExecutor:
@@ -236,8 +236,8 @@ class RayPoolExecutor:
         self._refs.clear()
         self._pings.clear()
 
-    def model_busy_s(self) -> list[dict[str, float]]:
-        """Each actor's :meth:`_PoolActor.stats`."""
+    def stats(self) -> list[dict[str, Any]]:
+        """Each actor's :meth:`_PoolActor.stats` (model busy time, pid, node)."""
         return list(ray.get([actor.stats.remote() for actor in self.actors]))
 
     def close(self) -> None:
@@ -252,8 +252,8 @@ def run_stage(shards: Iterator[Shard], model_spec: ModelSpec, job: ShardJob, set
     """Separate every shard of a run on one pool of ``settings.workers`` actors.
 
     The pool starts with the first shard: a run with nothing to do starts no
-    actor (and no GPU node). ``on_pool`` sees the pool after the last shard (the
-    feed benchmark reads its actors' stats there).
+    actor (and no GPU node). ``on_pool`` sees the pool once it is created (tests
+    and the feed benchmark ask its actors for their node and stats).
     """
     progress = progress if progress is not None else RunProgress()
     first = next(shards, None)
@@ -265,9 +265,9 @@ def run_stage(shards: Iterator[Shard], model_spec: ModelSpec, job: ShardJob, set
                                separator_factory=separator_factory)
     scheduler = RunScheduler(executor, settings, sink, stop=stop, progress=progress)
     try:
-        scheduler.run(itertools.chain([first], shards))
         if on_pool is not None:
             on_pool(executor)
+        scheduler.run(itertools.chain([first], shards))
     finally:
         executor.close()
     return StageReport(stopped=scheduler.stopped, incomplete_shards=scheduler.incomplete_shards, pool_started=True)

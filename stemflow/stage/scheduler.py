@@ -178,6 +178,8 @@ class RunScheduler:
         self.incomplete_shards = 0
         self._open: dict[int, _OpenShard] = {}
         self._queue: deque[Batch] = deque()
+        self._suspects: deque[Batch] = deque()
+        self._suspect_handle: Any = None
         self._in_flight: dict[Any, Batch] = {}
         self._failing = 0
         self._last_report = 0.0
@@ -192,7 +194,7 @@ class RunScheduler:
         try:
             while not self.stop.is_set():
                 self._fill(feeder)
-                if not self._in_flight and not self._queue:
+                if not self._in_flight and not self._queue and not self._suspects:
                     if feeder.finished:
                         break
                     shard = feeder.get(timeout_s=0.5)
@@ -200,7 +202,7 @@ class RunScheduler:
                         self._open_shard(shard)
                     continue
                 for handle, result in self.executor.wait(min(1.0, self.settings.progress_interval_s)):
-                    self._collect(self._in_flight.pop(handle), result)
+                    self._collect(self._in_flight.pop(handle), result, handle)
                 self._report(force=False)
             if self.stop.is_set():
                 self._drain_after_stop()
@@ -214,7 +216,19 @@ class RunScheduler:
     # --- feeding -------------------------------------------------------------------------------
 
     def _fill(self, feeder: _PlanFeeder) -> None:
-        """Submit until the executor is full, opening the shards planning has ready."""
+        """Submit until the executor is full, opening the shards planning has ready.
+
+        A track whose worker died is *suspect*: it runs alone, with nothing else in
+        flight anywhere, so the next crash is its own and never charged to others.
+        """
+        if self._suspect_handle is not None:
+            return
+        if self._suspects:
+            if not self._in_flight and self.executor.capacity > 0:
+                batch = self._suspects.popleft()
+                self._suspect_handle = self.executor.submit([track for _, track in batch])
+                self._in_flight[self._suspect_handle] = batch
+            return
         while len(self._in_flight) < self.executor.capacity:
             if not self._queue:
                 shard = feeder.get(timeout_s=0.0)
@@ -251,7 +265,9 @@ class RunScheduler:
 
     # --- outcomes ------------------------------------------------------------------------------
 
-    def _collect(self, batch: Batch, result: list[TrackOutcome] | WorkerCrash) -> None:
+    def _collect(self, batch: Batch, result: list[TrackOutcome] | WorkerCrash, handle: Any = None) -> None:
+        if handle is not None and handle == self._suspect_handle:
+            self._suspect_handle = None
         if isinstance(result, WorkerCrash):
             self._crashed(batch, result)
         else:
@@ -272,7 +288,7 @@ class RunScheduler:
                 message = f"crashed its worker {self.crashes[track_id]} times (last: {crash.message})"
                 self._record(shard_index, unprocessed_outcome(track, message, "crash"))
             else:
-                self._queue.appendleft(((shard_index, track),))
+                self._suspects.append(((shard_index, track),))
         if self._failing >= max(20, 4 * self.executor.capacity):
             raise StemflowError(f"the separation stage keeps failing ({self._failing} batches in a row, none "
                                 f"succeeded): {crash.message}")
@@ -297,12 +313,13 @@ class RunScheduler:
         """Let the batches in flight finish for ``stop_grace_s``, then cancel the rest."""
         self.stopped = True
         self._queue.clear()
+        self._suspects.clear()
         deadline = time.monotonic() + self.settings.stop_grace_s
         while self._in_flight and time.monotonic() < deadline:
             for handle, result in self.executor.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
                 batch = self._in_flight.pop(handle)
                 if not isinstance(result, WorkerCrash):
-                    self._collect(batch, result)
+                    self._collect(batch, result, handle)
         if self._in_flight:
             logger.warning("stopping: cancelling %d batches still running", len(self._in_flight))
             self.executor.cancel_all()
