@@ -134,7 +134,7 @@ def list_index(output_url: str, model_id: str, *, storage_options: StorageOption
     """List the index folder of ``model_id`` (one LIST request on S3)."""
     fs, path = filesystem(index_url(output_url, model_id), storage_options)
     try:
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.exists(path) else []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]  # missing: FileNotFound
     except FileNotFoundError:
         names = []
     except OSError as e:

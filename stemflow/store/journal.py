@@ -139,7 +139,7 @@ def runs_with_journals(output_url: str, *, storage_options: StorageOptions = Non
     """The run ids that have journal entries left (one LIST request on S3), sorted."""
     fs, path = filesystem(journal_folder(output_url), storage_options)
     try:
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.exists(path) else []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]  # missing: FileNotFound
     except FileNotFoundError:
         return []
     except OSError as e:
