@@ -259,6 +259,8 @@ def run(
     shard_size: Annotated[int, typer.Option(help="tracks per shard (one Parquet part and journal entry each)")] = 50,
     workers: Annotated[int, typer.Option(help="CPU actors (ignored with --gpus)")] = 1,
     gpus: Annotated[int, typer.Option(help="GPU actors, one GPU each")] = 0,
+    cpus_per_worker: Annotated[Optional[float], typer.Option(
+        help="CPUs each actor reserves for decoding, measures and uploads (default: its node's share)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only count: catalogue, already committed, to do")] = False,
     allow_source: Annotated[Optional[list[str]], typer.Option(
         "--allow-source", help="URL prefix outside the catalogue's location that manifest rows may name "
@@ -298,7 +300,8 @@ def run(
 
         summary = run_catalogue(catalogue_url, output_url, model=chosen, checkpoint=checkpoint,
                                 shard_size=shard_size, workers=workers, gpus=gpus, progress_callback=progress,
-                                cache_dir=str(cache_dir()), allow_sources=allowed, stop=stop)
+                                cache_dir=str(cache_dir()), allow_sources=allowed, stop=stop,
+                                stage=None if cpus_per_worker is None else {"cpus_per_worker": cpus_per_worker})
     _print_run(summary)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -74,9 +75,12 @@ class ManifestBatch:
     dropped: int
 
 
-def _columns_batches(url: str, storage_options: StorageOptions, batch_rows: int
-                     ) -> Iterator[dict[str, list[Any]]]:
-    """The manifest as column lists, ``batch_rows`` rows at a time."""
+Columns = Mapping[str, "pa.Array | list[Any]"]
+"""One batch of a manifest, column by column: Arrow arrays (CSV, Parquet) or lists (JSON Lines)."""
+
+
+def _columns_batches(url: str, storage_options: StorageOptions, batch_rows: int) -> Iterator[Columns]:
+    """The manifest's columns, ``batch_rows`` rows at a time."""
     fs, path = filesystem(url, storage_options)
     lower = path.lower()
     if not lower.endswith(MANIFEST_SUFFIXES):
@@ -88,7 +92,7 @@ def _columns_batches(url: str, storage_options: StorageOptions, batch_rows: int
         with fs.open(path, "rb") as handle:
             if lower.endswith(PARQUET_SUFFIXES):
                 for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows):
-                    yield {name: batch.column(name).to_pylist() for name in batch.schema.names}
+                    yield {name: batch.column(name) for name in batch.schema.names}
             else:
                 yield from _jsonl_batches(handle, batch_rows)
     except FileNotFoundError as e:
@@ -97,7 +101,7 @@ def _columns_batches(url: str, storage_options: StorageOptions, batch_rows: int
         raise StorageError(f"cannot read manifest {url!r}: {e}") from e
 
 
-def _csv_batches(fs: Any, path: str, batch_rows: int) -> Iterator[dict[str, list[Any]]]:
+def _csv_batches(fs: Any, path: str, batch_rows: int) -> Iterator[Columns]:
     """CSV with every column as text (a bad ``size`` is a row's problem, not the file's)."""
     with fs.open(path, "rb") as handle:
         header = next(csv.reader(io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")), [])
@@ -105,15 +109,19 @@ def _csv_batches(fs: Any, path: str, batch_rows: int) -> Iterator[dict[str, list
     with fs.open(path, "rb") as handle:
         reader = pa_csv.open_csv(handle, read_options=pa_csv.ReadOptions(block_size=1 << 20),
                                  convert_options=pa_csv.ConvertOptions(strings_can_be_null=True, column_types=types))
-        pending: dict[str, list[Any]] = {}
+        pending: pa.Table | None = None
         for batch in reader:
-            for name in batch.schema.names:
-                pending.setdefault(name, []).extend(batch.column(name).to_pylist())
-            while pending and len(next(iter(pending.values()))) >= batch_rows:
-                yield {k: v[:batch_rows] for k, v in pending.items()}
-                pending = {k: v[batch_rows:] for k, v in pending.items()}
-        if pending and next(iter(pending.values())):
-            yield pending
+            table = pa.Table.from_batches([batch])
+            pending = table if pending is None else pa.concat_tables([pending, table])
+            while pending.num_rows >= batch_rows:
+                yield _table_columns(pending.slice(0, batch_rows))
+                pending = pending.slice(batch_rows)
+        if pending is not None and pending.num_rows:
+            yield _table_columns(pending)
+
+
+def _table_columns(table: pa.Table) -> dict[str, pa.Array]:
+    return {name: table.column(name).combine_chunks() for name in table.column_names}
 
 
 def _jsonl_batches(handle: Any, batch_rows: int) -> Iterator[dict[str, list[Any]]]:
@@ -195,28 +203,40 @@ class _Row:
     etag: str | None
     rejected: str | None = None
 
+    @property
+    def stat_needed(self) -> bool:
+        """The manifest gave no id and no size + etag: the object is stat'ed to compute one."""
+        return self.rejected is None and self.track_id is None
 
-def _resolve_batch(columns: Mapping[str, list[Any]], policy: SourcePolicy, storage_options: StorageOptions,
+
+def _resolve_batch(columns: Columns, policy: SourcePolicy, storage_options: StorageOptions,
                    fingerprint: Fingerprint, keep: Keep | None, pool: ThreadPoolExecutor,
                    workers: int) -> ManifestBatch:
     count = len(columns["url"])
-    rows = [_parse_row(columns, i, policy, storage_options) for i in range(count)]
-
-    extra_names = [n for n in columns if n not in MANIFEST_FIELDS and n != "_line_error"]
-    known = [r for r in rows if r.track_id is not None]
-    kept = set(range(count))
+    fast = _fast_rows(columns, policy)
+    rows: dict[int, _Row] = {}
+    ids: list[str | None] = [None] * count
+    for i in range(count):
+        if fast is not None and fast.ids[i] is not None:
+            ids[i] = fast.ids[i]
+        else:
+            rows[i] = _parse_row(columns, i, policy, storage_options)
+            ids[i] = rows[i].track_id
+    known = [i for i in range(count) if ids[i] is not None]
+    kept = [True] * count
     if keep is not None and known:
-        mask = keep([r.track_id for r in known])
-        kept -= {r.index for r, k in zip(known, mask) if not k}
-    pending = [r for r in rows if r.index in kept]
+        for i, k in zip(known, keep([ids[i] for i in known])):
+            kept[i] = bool(k)
+    pending = [rows[i] if i in rows else fast.row(i) for i in range(count) if kept[i]]  # type: ignore[union-attr]
+    extra_names = [n for n in columns if n not in MANIFEST_FIELDS and n != "_line_error"]
 
     def build(row: _Row) -> TrackRef:
-        extra = {n: columns[n][row.index] for n in extra_names}
+        extra = {n: _value(columns[n], row.index) for n in extra_names}
         return _build_track(row, extra, storage_options, fingerprint)
 
     tracks = list(ordered_map(build, pending, pool, workers))
     if keep is not None:
-        late = [i for i, t in enumerate(tracks) if pending[i].track_id is None and not t.rejected]
+        late = [i for i, (row, t) in enumerate(zip(pending, tracks)) if row.stat_needed and not t.rejected]
         if late:
             mask = keep([tracks[i].track_id for i in late])
             dropped = {i for i, k in zip(late, mask) if not k}
@@ -224,12 +244,84 @@ def _resolve_batch(columns: Mapping[str, list[Any]], policy: SourcePolicy, stora
     return ManifestBatch(tracks=tracks, rows=count, dropped=count - len(tracks))
 
 
+def _value(column: pa.Array | list[Any], index: int) -> Any:
+    return column[index].as_py() if isinstance(column, pa.Array) else column[index]
+
+
+@dataclass(frozen=True)
+class _FastRows:
+    """The rows of a batch resolved column-wise (``ids[i]`` is None where the row needs the per-row path)."""
+
+    urls: list[str | None]
+    sizes: list[int | None]
+    etags: list[str | None]
+    ids: list[str | None]
+
+    def row(self, index: int) -> _Row:
+        return _Row(index, str(self.urls[index]), self.ids[index], self.sizes[index], self.etags[index])
+
+
+def _fast_rows(columns: Columns, policy: SourcePolicy) -> _FastRows | None:
+    """Resolve the common rows column-wise: keys of the catalogue's own bucket (absolute or relative),
+    a whole ``size`` and an ``etag`` (or a safe ``track_id``). Everything else takes the per-row path.
+    ``None`` when the batch cannot take this path at all (JSON Lines; no S3 location allowed)."""
+    url = columns["url"]
+    prefixes = policy.fast_prefixes()
+    if not isinstance(url, pa.Array) or "_line_error" in columns or not prefixes:
+        return None
+    url = url.cast(pa.string())
+    valid = pc.fill_null(pc.and_(pc.invert(pc.match_substring_regex(url, r"(^|/)\.{1,2}(/|$)")),
+                                 pc.invert(pc.ends_with(url, "/"))), False)
+    absolute = pc.starts_with(url, prefixes[0])
+    for prefix in prefixes[1:]:
+        absolute = pc.or_(absolute, pc.starts_with(url, prefix))
+    relative = pc.and_(pc.invert(pc.match_substring(url, "://")), pc.invert(pc.starts_with(url, "/")))
+    full = pc.if_else(relative, pc.binary_join_element_wise(policy.folder_url, url, "/"), url)
+    relative_ok = relative if any(policy.folder_url.startswith(p) for p in prefixes) else pa.array(
+        [False] * len(url))
+    ok = pc.and_(valid, pc.or_(absolute, relative_ok))
+    given = columns.get("track_id")
+    sizes = _whole_sizes(columns.get("size"), count=len(url))
+    etag_column = columns.get("etag")
+    etags = (pc.utf8_trim(etag_column.cast(pa.string()), '"') if isinstance(etag_column, pa.Array)
+             else pa.nulls(len(url), pa.string()))
+    if isinstance(given, pa.Array) and pc.any(pc.is_valid(given)).as_py():
+        given = given.cast(pa.string())
+        ok = pc.and_(ok, pc.fill_null(pc.match_substring_regex(given, r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$"),
+                                      False))
+    else:
+        given = None
+        ok = pc.and_(ok, pc.and_(pc.is_valid(sizes), pc.fill_null(pc.greater(pc.utf8_length(etags), 0), False)))
+    ok_list = pc.fill_null(ok, False).to_pylist()
+    urls, size_list, etag_list = full.to_pylist(), sizes.to_pylist(), etags.to_pylist()
+    given_list = given.to_pylist() if given is not None else None
+    ids: list[str | None] = [None] * len(ok_list)
+    for i, good in enumerate(ok_list):
+        if good:
+            ids[i] = given_list[i] if given_list is not None else compute_track_id(
+                urls[i], size_list[i], f"etag:{etag_list[i]}")
+    return _FastRows(urls=urls, sizes=size_list, etags=etag_list, ids=ids)
+
+
+def _whole_sizes(column: pa.Array | list[Any] | None, *, count: int) -> pa.Array:
+    """``size`` as int64 where it is a whole non-negative number (null elsewhere)."""
+    if not isinstance(column, pa.Array):
+        return pa.nulls(count, pa.int64())
+    if pa.types.is_integer(column.type):
+        return pc.if_else(pc.greater_equal(column, 0), column.cast(pa.int64()), pa.scalar(None, pa.int64()))
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        digits = pc.fill_null(pc.match_substring_regex(column, r"^[0-9]{1,18}$"), False)
+        return pc.if_else(digits, pc.cast(pc.if_else(digits, column, "0"), pa.int64()), pa.scalar(None, pa.int64()))
+    return pa.nulls(count, pa.int64())
+
+
 def _parse_row(columns: Mapping[str, list[Any]], index: int, policy: SourcePolicy,
                storage_options: StorageOptions) -> _Row:
     """Resolve one row's url, id, size and etag; a problem is the row's ``rejected`` reason."""
-    value = columns["url"][index]
+    value = _value(columns["url"], index)
     given_id, raw_size, raw_etag, line_error = (
-        columns[name][index] if name in columns else None for name in ("track_id", "size", "etag", "_line_error"))
+        _value(columns[name], index) if name in columns else None
+        for name in ("track_id", "size", "etag", "_line_error"))
     etag = str(raw_etag).strip('"') if raw_etag not in (None, "") else None
     text = value if isinstance(value, str) else repr(value)
     row = _Row(index, text, None, None, etag)

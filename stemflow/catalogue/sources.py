@@ -86,6 +86,13 @@ class SourcePolicy:
         raise SourceRefused(f"{value!r} is outside the catalogue's location {self.root_url}/ "
                             "(allow other locations explicitly with allow_sources)")
 
+    def fast_prefixes(self) -> list[str]:
+        """The S3 folder prefixes rows may name whose canonical URL is their own spelling (column-wise path)."""
+        if ALLOW_ANY in self.allowed:
+            return []
+        roots = [self.root_url + "/"] + [a for a in self.allowed if a.endswith("/")]
+        return [r for r in roots if r.startswith("s3://") and "/./" not in r and "/../" not in r]
+
     def _normalise(self, value: str, relative: bool, storage_options: StorageOptions) -> str:
         if relative:
             joined = f"{self.folder_url}/{value}"

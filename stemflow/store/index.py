@@ -109,8 +109,10 @@ class CommittedIndex:
 
     @classmethod
     def of(cls, keys: Iterable[np.ndarray]) -> CommittedIndex:
-        """An index of the union of key arrays."""
+        """An index of the union of key arrays (a single sorted unique array is taken as it is)."""
         arrays = [k for k in keys if k.size]
+        if len(arrays) == 1 and bool(np.all(arrays[0][1:] > arrays[0][:-1])):
+            return cls(arrays[0])
         return cls(np.unique(np.concatenate(arrays)) if arrays else np.empty(0, dtype=KEY_DTYPE))
 
 
