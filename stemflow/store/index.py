@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stemflow.errors import StorageError
-from stemflow.store.objects import read_bytes, write_create_only
+from stemflow.store.objects import write_create_only
 from stemflow.store.paths import StorageOptions, check_component, filesystem, join_url, url_of
 from stemflow.store.quarantine import Quarantine
 from stemflow.store.record_scan import iter_record_tables
@@ -153,18 +153,29 @@ def list_index(output_url: str, model_id: str, *, storage_options: StorageOption
 
 
 def _read_keys(url: str, storage_options: StorageOptions) -> tuple[np.ndarray, list[str]]:
-    """The keys of one index file and the deltas it says it merged."""
-    data = read_bytes(url, storage_options)
+    """The keys of one index file and the deltas it says it merged (read batch by batch into one array)."""
+    fs, path = filesystem(url, storage_options)
     try:
-        table = pq.read_table(io.BytesIO(data))
-        if table.schema.field("key").type != pa.binary(KEY_BYTES):
-            raise ValueError(f"column 'key' is {table.schema.field('key').type}")
-        merged = json.loads((table.schema.metadata or {}).get(_MERGED, b"[]"))
-    except (ValueError, KeyError, pa.ArrowException) as e:
+        with fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            field = parquet.schema_arrow.field("key")
+            if field.type != pa.binary(KEY_BYTES):
+                raise ValueError(f"column 'key' is {field.type}")
+            merged = json.loads((parquet.schema_arrow.metadata or {}).get(_MERGED, b"[]"))
+            keys = np.empty(parquet.metadata.num_rows, dtype=KEY_DTYPE)
+            filled = 0
+            for batch in parquet.iter_batches(batch_size=1 << 20, columns=["key"]):
+                column = batch.column(0)
+                part = np.frombuffer(column.buffers()[1], KEY_DTYPE)[column.offset: column.offset + len(column)]
+                keys[filled: filled + len(part)] = part
+                filled += len(part)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
         raise StorageError(f"{url}: not a committed-index file: {e}") from e
-    column = table.column("key").combine_chunks()
-    keys = np.frombuffer(column.buffers()[1], KEY_DTYPE)[column.offset: column.offset + len(column)]
-    return keys.copy(), [str(n) for n in merged]
+    if filled != keys.size:
+        raise StorageError(f"{url}: holds {filled} keys, its footer says {keys.size}")
+    return keys, [str(n) for n in merged]
 
 
 def load_index(output_url: str, model_id: str, *, storage_options: StorageOptions = None,
