@@ -128,7 +128,8 @@ class _PoolActor:
         slots = max(1, int(cpus))
         self._pipeline = BatchPipeline(
             worker, io_threads=settings.io_threads or max(2, slots),
-            cpu_threads=settings.cpu_threads or max(1, slots), pack=settings.pack_tracks)
+            cpu_threads=settings.cpu_threads or max(1, slots), pack=settings.pack_tracks,
+            model_threads=settings.model_threads)
 
     def process(self, tracks: list[dict[str, Any]]) -> list[TrackOutcome]:
         """One batch: an outcome per track, in order."""

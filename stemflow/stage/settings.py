@@ -62,7 +62,8 @@ class StageSettings:
     torch_threads: int | None = None
     tracks_per_call: int = 2
     pack_tracks: bool = True
-    batches_in_flight: int = 2
+    batches_in_flight: int = 3
+    model_threads: int = 2
     io_threads: int | None = None
     cpu_threads: int | None = None
     max_pending_uploads: int = 2
@@ -89,6 +90,7 @@ class StageSettings:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         counts = {"tracks_per_call": self.tracks_per_call, "max_pending_uploads": self.max_pending_uploads,
                   "batches_in_flight": self.batches_in_flight, "max_worker_crashes": self.max_worker_crashes,
+                  "model_threads": self.model_threads,
                   "index_flush_tracks": self.index_flush_tracks, "io_threads": self.io_threads or 1,
                   "cpu_threads": self.cpu_threads or 1}
         small = sorted(name for name, value in counts.items() if value < 1)

@@ -112,19 +112,22 @@ class TrackWorker:
             return sep, None
         return sep, got
 
-    def separate_prepared(self, prepared: Sequence[Prepared], *, pack: bool = True) -> list[SeparatedTrack]:
+    def separate_prepared(self, prepared: Sequence[Prepared], *, pack: bool = True,
+                          separator: Separator | None = None) -> list[SeparatedTrack]:
         """The model step for prepared tracks: stems only, measured later by :meth:`finish` (never raises).
 
         With ``pack`` the tracks' chunks share the model's batches
         (``Separator.separate_many``; no batch runs part empty but the very last);
         if that fails (e.g. out of memory) the tracks run one at a time.
+        ``separator``: another separator around the same model (a second model thread).
         """
+        separator = separator or self.separator
         ready = [(sep, got) for sep, got in prepared if got is not None and got.decoded is not None]
         if pack and len(ready) > 1:
             started = time.perf_counter()
             try:
-                outputs = self.separator.separate_many([got.decoded.samples for _, got in ready],
-                                                       ready[0][1].decoded.sample_rate)
+                outputs = separator.separate_many([got.decoded.samples for _, got in ready],
+                                                  ready[0][1].decoded.sample_rate)
             except Exception as e:  # noqa: BLE001 - e.g. out of memory for the packed batch
                 logger.warning("packed separation of %d tracks failed (%s); one at a time", len(ready), e)
             else:
@@ -137,7 +140,7 @@ class TrackWorker:
         for sep, got in ready:
             started = time.perf_counter()
             try:
-                stems = self.separator.separate(got.decoded.samples, got.decoded.sample_rate)
+                stems = separator.separate(got.decoded.samples, got.decoded.sample_rate)
             except Exception as e:  # noqa: BLE001 - becomes this track's error row
                 sep.error, sep.error_step = e, "separate"
                 continue
