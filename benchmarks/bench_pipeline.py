@@ -102,6 +102,7 @@ def run_phase(args: argparse.Namespace, phase: str, catalogue: Path, work: Path)
     # the same thread budget for every library in both phases (Ray would set OMP_NUM_THREADS=1 in its workers)
     threads = str(args.threads)
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
            "PREFECT_HOME": str(work / "prefect-home"), "PYTHONPATH": str(REPO_ROOT),
            "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     env.pop("RAY_ADDRESS", None)
@@ -123,7 +124,8 @@ def run_phase(args: argparse.Namespace, phase: str, catalogue: Path, work: Path)
     done.set()
     sampler.join()
     if code != 0:
-        raise SystemExit(f"{phase} phase failed (exit {code}); see {work / (phase + '.log')}")
+        tail = (work / f"{phase}.log").read_text()[-3000:]
+        raise SystemExit(f"{phase} phase failed (exit {code}); the end of its log:\n{tail}")
     result = json.loads(result_path.read_text())
     result["process_s"] = time.perf_counter() - started
     result["peak_rss_mib"] = peak / 2**20
@@ -173,7 +175,7 @@ def compare_shard_sizes(args: argparse.Namespace) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="stemflow-bench-") as tmp:
         make_catalogue(Path(tmp) / "catalogue", args.tracks, args.seconds)
-        for size in args.compare_shard_sizes:
+        for size in args.compare_shard_sizes:  # a failed phase prints its log before the folder goes
             work = Path(tmp) / f"shards-{size}"
             work.mkdir()
             flow = run_phase(argparse.Namespace(**{**vars(args), "shard_size": size}), "flow",
