@@ -174,3 +174,47 @@ def test_typed_parameters_refuse_a_typo_naming_the_field(tmp_path: Path, prefect
         separate_catalogue(str(tmp_path), str(tmp_path / "out"), model=tiny_model.config,
                            checkpoint=tiny_model.checkpoint, model_settings={"precision": "float64"})
     assert not (tmp_path / "out").exists()  # refused before anything started
+
+
+@pytest.mark.slow
+def test_progress_is_in_the_run_manifest_during_the_run_and_reprocess_takes_a_manifest(
+        tmp_path: Path, prefect_api: None, tiny_model: Any, catalogue_kit: Any) -> None:
+    from pipelines.reprocess import reprocess
+    from pipelines.separate_catalogue import run_catalogue
+    from stemflow.store.runs import iter_run_ids, read_run_manifest
+
+    catalogue_kit.write(tmp_path / "cat" / "audio", good=4, bad=False, seconds=0.5)
+    manifest = tmp_path / "cat" / "tracks.jsonl"
+    manifest.write_text("".join(json.dumps({"url": f"audio/t0{i}.wav", "label": f"L{i}"}) + "\n" for i in range(4)))
+    out = str(tmp_path / "out")
+    seen: list[dict[str, Any]] = []
+
+    def watch(done: int, planned: int) -> None:  # called after each progress write: read what an operator reads
+        (run_id,) = list(iter_run_ids(out))
+        run = read_run_manifest(out, run_id)
+        seen.append({"status": run.status, "callback": (done, planned), **dict(run.progress)})
+
+    summary = run_catalogue(str(manifest), out, model=tiny_model.config, checkpoint=tiny_model.checkpoint,
+                            shard_size=1, stage={**STAGE, "progress_interval_s": 0.05}, progress_callback=watch)
+    assert (summary.planned, summary.ok, summary.errors) == (4, 4, 0)
+    during = [s for s in seen if 0 < s["done"] < 4]
+    assert during, seen  # progress was written while tracks were still left
+    for s in seen:
+        assert s["status"] == "running" and (s["done"], s["planned"]) == s["callback"]
+        assert s["ok"] + s["errors"] + s["skipped"] == s["done"] <= s["planned"] <= 4
+        assert s["updated_at"] and s["heartbeat_s"] == 0.05 and s["errors_by_type"] == {}
+        assert (s["tracks_per_hour"] > 0) == (s["done"] > 0)
+        assert (s["eta_s"] is None) == (not s["planning_done"] or s["done"] == 0)
+    assert [s["done"] for s in seen] == sorted(s["done"] for s in seen)
+    final = read_run_manifest(out, summary.run_id)
+    assert final.status == "succeeded" and final.progress["done"] == 4 and final.progress["eta_s"] == 0.0
+
+    # reprocess takes the same manifest: a new model_id over every track, extra columns carried
+    again = reprocess(str(manifest), out, tiny_model.config, checkpoint=tiny_model.checkpoint, shard_size=2,
+                      stage=STAGE, model_settings={"batch_size": 8, "num_overlap": 4},
+                      previous_model_id=summary.model_id, above=-1000.0)
+    assert again["model_id"] != summary.model_id and (again["planned"], again["ok"]) == (4, 4)
+    rows = [r for r in read_records(out, again["model_id"]).to_pylist() if r["status"] == "ok"]
+    labels = {r["source_url"].rsplit("/", 1)[-1]: json.loads(r["source_extra"])["label"] for r in rows}
+    assert labels == {f"t0{i}.wav": f"L{i}" for i in range(4)}
+    assert max(_ok_keys(out, again["model_id"]).values()) == 1
