@@ -31,10 +31,16 @@ from stemflow.store.runs import iter_run_ids, read_run_manifest
 
 
 def run_command(catalogue_url: str, output_url: str, *, model: str, gpus: int, shard_size: int,
-                cpus_per_worker: float | None = None, allow_sources: list[str] | None = None) -> str:
-    """The ``stemflow run`` command line the job runs (every value shell-quoted)."""
+                cpus_per_worker: float | None = None, allow_sources: list[str] | None = None,
+                checkpoint: str | None = None) -> str:
+    """The ``stemflow run`` command line the job runs (every value shell-quoted).
+
+    ``checkpoint``: the weights when ``model`` is a config YAML (a path or URL the cluster can read).
+    """
     words = ["stemflow", "run", catalogue_url, output_url, "--model", model, "--gpus", str(gpus),
              "--shard-size", str(shard_size)]
+    if checkpoint is not None:
+        words += ["--checkpoint", checkpoint]
     if cpus_per_worker is not None:
         words += ["--cpus-per-worker", str(cpus_per_worker)]
     for prefix in allow_sources or ():
@@ -56,6 +62,7 @@ def submit_catalogue(
     catalogue_url: str,
     output_url: str,
     model: str = "mel-roformer-kj-vocals",
+    checkpoint: str | None = None,
     gpus: int = 32,
     shard_size: int = 200,
     cpus_per_worker: float | None = None,
@@ -79,7 +86,7 @@ def submit_catalogue(
     if not address:
         raise StemflowError("submit_catalogue needs jobs_address or RAY_ADDRESS (http://<head>:8265)")
     entrypoint = run_command(catalogue_url, output_url, model=model, gpus=gpus, shard_size=shard_size,
-                             cpus_per_worker=cpus_per_worker, allow_sources=allow_sources)
+                             cpus_per_worker=cpus_per_worker, allow_sources=allow_sources, checkpoint=checkpoint)
     submission_id = f"stemflow-{flow_run.get_id() or datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     since = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     try:
