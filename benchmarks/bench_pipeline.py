@@ -23,6 +23,14 @@ Efficiency = plain time / flow wall time (target >= 0.85). Peak memory is the
 largest resident set of each phase's whole process tree (driver, Ray's
 processes and workers, Prefect's server), sampled from ``/proc`` every 0.2 s.
 Prints a table and writes ``benchmarks/results/pipeline.json``.
+
+    .venv/bin/python benchmarks/bench_pipeline.py --compare-shard-sizes 2 16 --tracks 16 --seconds 5
+
+runs only the flow phase, once per shard size, on the same catalogue with one
+worker, and reports the wall times side by side: with one actor pool per run
+(not per shard) small shards cost a Parquet part and a journal entry each, not
+a pool (issue 13: shard size 2 within 1.3x of 16). Writes
+``benchmarks/results/pipeline_shards.json``.
 """
 
 from __future__ import annotations
@@ -94,6 +102,7 @@ def run_phase(args: argparse.Namespace, phase: str, catalogue: Path, work: Path)
     # the same thread budget for every library in both phases (Ray would set OMP_NUM_THREADS=1 in its workers)
     threads = str(args.threads)
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
            "PREFECT_HOME": str(work / "prefect-home"), "PYTHONPATH": str(REPO_ROOT),
            "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     env.pop("RAY_ADDRESS", None)
@@ -115,7 +124,8 @@ def run_phase(args: argparse.Namespace, phase: str, catalogue: Path, work: Path)
     done.set()
     sampler.join()
     if code != 0:
-        raise SystemExit(f"{phase} phase failed (exit {code}); see {work / (phase + '.log')}")
+        tail = (work / f"{phase}.log").read_text()[-3000:]
+        raise SystemExit(f"{phase} phase failed (exit {code}); the end of its log:\n{tail}")
     result = json.loads(result_path.read_text())
     result["process_s"] = time.perf_counter() - started
     result["peak_rss_mib"] = peak / 2**20
@@ -160,6 +170,37 @@ def phase_flow(args: argparse.Namespace) -> dict[str, Any]:
             "errors": summary["errors"], "tracks": summary["planned"]}
 
 
+def compare_shard_sizes(args: argparse.Namespace) -> int:
+    """The flow on one catalogue once per shard size (fresh process and output each); the wall-time ratio."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="stemflow-bench-") as tmp:
+        make_catalogue(Path(tmp) / "catalogue", args.tracks, args.seconds)
+        for size in args.compare_shard_sizes:  # a failed phase prints its log before the folder goes
+            work = Path(tmp) / f"shards-{size}"
+            work.mkdir()
+            flow = run_phase(argparse.Namespace(**{**vars(args), "shard_size": size}), "flow",
+                             Path(tmp) / "catalogue", work)
+            if flow["ok"] != args.tracks:
+                raise SystemExit(f"shard size {size}: the flow separated {flow['ok']} of {args.tracks} tracks")
+            runs.append({"shard_size": size, "wall_s": flow["wall_s"], "flow_body_s": flow["flow_body_s"],
+                         "peak_rss_mib": flow["peak_rss_mib"]})
+            print(f"shard size {size:>3}: {flow['wall_s']:.1f} s ({flow['flow_body_s']:.1f} s in the flow body)")
+    largest = max(runs, key=lambda r: r["shard_size"])
+    for run in runs:
+        run["ratio_to_largest"] = run["wall_s"] / largest["wall_s"]
+        run["body_ratio_to_largest"] = run["flow_body_s"] / largest["flow_body_s"]
+    smallest = min(runs, key=lambda r: r["shard_size"])
+    report = {"tracks": args.tracks, "seconds_per_track": args.seconds, "workers": 1, "runs": runs,
+              "requirement": "smallest shard size <= 1.3 x the wall time of the largest",
+              "holds": smallest["ratio_to_largest"] <= 1.3, "cpu_count": os.cpu_count(),
+              "load_average_1m": os.getloadavg()[0], "python": platform.python_version()}
+    path = RESULTS.with_name("pipeline_shards.json")
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"shard size {smallest['shard_size']} / {largest['shard_size']}: {smallest['ratio_to_largest']:.2f}x "
+          f"wall ({'holds' if report['holds'] else 'EXCEEDS'} <= 1.3x); wrote {path.relative_to(REPO_ROOT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Generate the catalogue, run both phases, print and save the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -170,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=20)
     parser.add_argument("--model", default=str(FIXTURE_MODEL / "config.yaml"))
     parser.add_argument("--checkpoint", default=str(FIXTURE_MODEL / "model.ckpt"))
+    parser.add_argument("--compare-shard-sizes", type=int, nargs="+", default=None)
     parser.add_argument("--phase", choices=["plain", "flow"], help=argparse.SUPPRESS)
     parser.add_argument("--catalogue", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -179,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         (Path(args.work) / f"{args.phase}.json").write_text(json.dumps(result))
         return 0
 
+    if args.compare_shard_sizes:
+        return compare_shard_sizes(args)
     with tempfile.TemporaryDirectory(prefix="stemflow-bench-") as tmp:
         work = Path(tmp)
         make_catalogue(work / "catalogue", args.tracks, args.seconds)

@@ -1,10 +1,14 @@
 """Prefect flows over the stemflow library: the only package that imports :mod:`prefect`.
 
-- :mod:`pipelines.separate_catalogue`: the nightly job (plan, shard, separate on
-  Ray, record, summarise) and the CLI backend (:func:`run_catalogue`,
-  :func:`catalogue_status`).
-- :mod:`pipelines.runtime`: the bodies of its tasks, without Prefect (model
-  resolution, shard planning, one shard, recovery from markers, status).
+- :mod:`pipelines.separate_catalogue`: the nightly job and the CLI backend
+  (:func:`run_catalogue`, :func:`dry_run`, :func:`catalogue_status`).
+- :mod:`pipelines.run_body`: the body every separation flow shares (start the
+  run, execute it with :mod:`stemflow.stage.catalogue_run`, progress, summary,
+  graceful stop on SIGTERM/SIGINT).
+- :mod:`pipelines.parameters`: the typed ``stage`` and ``model_settings`` flow parameters.
+- :mod:`pipelines.runtime`: model resolution, versions and ``status``, without Prefect.
+- :mod:`pipelines.submit`: a run submitted to a Ray cluster through the Ray Jobs
+  API and followed from Prefect (the Kubernetes deployment).
 - :mod:`pipelines.reprocess`: a newer model over what it has not yet committed,
   optionally only tracks whose previous quality metadata crossed a threshold.
 - :mod:`pipelines.evaluate`: models against a data set with reference stems

@@ -31,6 +31,7 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from pipelines.parameters import ModelSettings, StageParameters, model_overrides, stage_overrides
 from stemflow.evaluation.leaderboard import leaderboard, leaderboard_markdown, reported_notes
 from stemflow.evaluation.references import MIXTURE_BASELINE, ReferenceTrack, discover_dataset, load_references
 from stemflow.evaluation.results import new_eval_id, write_evaluation
@@ -180,8 +181,8 @@ def evaluate(
     checkpoints: dict[str, str] | None = None,
     engine: str = "ray",
     eval_id: str | None = None,
-    model_settings: dict[str, Any] | None = None,
-    stage: dict[str, Any] | None = None,
+    model_settings: ModelSettings | None = None,
+    stage: StageParameters | None = None,
     storage_options: dict[str, Any] | None = None,
     max_duration_s: float | None = None,
     baseline_sample_rate: int = 44100,
@@ -200,14 +201,14 @@ def evaluate(
         raise ValueError("give at least one model")
     started = time.perf_counter()
     scoring = _Scoring(output_url=output_url, eval_id=eval_id or new_eval_id(), engine=engine,
-                       storage_options=storage_options, stage=dict(stage or {}), max_duration_s=max_duration_s)
+                       storage_options=storage_options, stage=stage_overrides(stage), max_duration_s=max_duration_s)
     tracks = discover_task(dataset_url, storage_options)
     get_run_logger().info("evaluation %s: %d tracks, models %s, engine %s", scoring.eval_id, len(tracks),
                           ", ".join(models), engine)
     rows: list[dict[str, Any]] = []
     resolved = []
     for model in models:
-        info = resolve_task(model, (checkpoints or {}).get(model), dict(model_settings or {}))
+        info = resolve_task(model, (checkpoints or {}).get(model), model_overrides(model_settings))
         resolved.append(info)
         rows += scoring.model_rows(tracks, info)
     rates = [r["sample_rate"] for r in rows if r.get("sample_rate")]

@@ -2,11 +2,12 @@
 
 ``karaoke_dataset(source_url, dataset_url, ...)`` takes either
 
-* a **catalogue** (a folder/prefix of audio, or a CSV/Parquet manifest whose other
-  columns, e.g. ``artist``, group the splits) plus ``output_url``: tracks not yet
+* a **catalogue** (a folder/prefix of audio, or a CSV/JSONL/Parquet manifest whose
+  other columns, e.g. ``artist``, group the splits) and ``output_url`` (where the
+  stems are committed; default ``<dataset_url>/separation``): tracks not yet
   committed for the model are separated first by the ``separate-catalogue``
-  flow (a subflow; for a manifest, only the listed tracks, via the same flow
-  body), then the dataset is built from the catalogue's committed tracks; or
+  flow (a subflow), then the dataset is built from the catalogue's committed
+  tracks; or
 * a separation **output** (``<out>/stems/<model_id>/…`` exists): every track
   committed for the model is used as is, each track its own group.
 
@@ -27,14 +28,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from pipelines.separate_catalogue import (
-    RunRequest,
-    SeparationOptions,
-    resolve_model_task,
-    run_flow_body,
-    separate_catalogue,
-)
-from stemflow.catalogue.manifests import MANIFEST_SUFFIXES
+from pipelines.parameters import ModelSettings, StageParameters, model_overrides
+from pipelines.run_body import SeparationOptions, resolve_model_task
+from pipelines.separate_catalogue import separate_catalogue
 from stemflow.catalogue.planning import iter_catalogue
 from stemflow.catalogue.tracks import TrackRef
 from stemflow.errors import ConfigError, StemflowError
@@ -72,10 +68,12 @@ def _vocal_separator(spec: Mapping[str, Any]) -> Any:
 
 
 @task(name="list-catalogue", retries=2, retry_delay_seconds=2)
-def list_catalogue_task(catalogue_url: str, output_url: str, storage_options: Mapping[str, Any] | None
-                        ) -> list[dict[str, Any]]:
-    """The catalogue's tracks (url, track_id, extra columns) as dicts."""
-    return [t.to_dict() for t in iter_catalogue(catalogue_url, storage_options=storage_options, exclude=[output_url])]
+def list_catalogue_task(catalogue_url: str, output_url: str, storage_options: Mapping[str, Any] | None,
+                        allow_sources: list[str] | None = None) -> list[dict[str, Any]]:
+    """The catalogue's readable tracks (url, track_id, extra columns) as dicts (refused rows left out)."""
+    tracks = iter_catalogue(catalogue_url, storage_options=storage_options, exclude=[output_url],
+                            allow_sources=allow_sources or ())
+    return [t.to_dict() for t in tracks if t.rejected is None]
 
 
 @task(name="committed-tracks", retries=2, retry_delay_seconds=2)
@@ -109,33 +107,6 @@ def finish_task(version_url: str, rows: list[dict[str, Any]], model_id: str, set
                           storage_options=storage_options)
 
 
-@flow(name="karaoke-separate-listed", log_prints=False)
-def separate_listed(folder_url: str, output_url: str, track_ids: list[str], model: str, checkpoint: str | None,
-                    shard_size: int, workers: int, gpus_per_worker: float, ray_address: str | None,
-                    storage_options: dict[str, Any] | None, stage: dict[str, Any] | None,
-                    model_settings: dict[str, Any] | None) -> dict[str, Any]:
-    """Separate only the listed tracks of ``folder_url`` (a catalogue manifest's), as ``separate-catalogue`` does."""
-    options = SeparationOptions(
-        model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
-        gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options, stage=stage,
-        model_settings=model_settings,
-    )
-    request = RunRequest(folder_url, output_url, options, "karaoke-separate-listed", only_track_ids=track_ids)
-    return run_flow_body(request).as_dict()
-
-
-def _common_folder(urls: list[str]) -> str:
-    """The deepest folder URL containing every URL."""
-    parts = [u.rsplit("/", 1)[0].split("/") for u in urls]
-    common = parts[0]
-    for other in parts[1:]:
-        n = 0
-        while n < min(len(common), len(other)) and common[n] == other[n]:
-            n += 1
-        common = common[:n]
-    return "/".join(common)
-
-
 @flow(name="karaoke-dataset", log_prints=False)
 def karaoke_dataset(
     source_url: str,
@@ -158,8 +129,9 @@ def karaoke_dataset(
     gpus_per_worker: float = 0.0,
     ray_address: str | None = None,
     storage_options: dict[str, Any] | None = None,
-    stage: dict[str, Any] | None = None,
-    model_settings: dict[str, Any] | None = None,
+    stage: StageParameters | None = None,
+    model_settings: ModelSettings | None = None,
+    allow_sources: list[str] | None = None,
 ) -> dict[str, Any]:
     """Build a karaoke dataset version under ``dataset_url`` (see the module docstring).
 
@@ -176,10 +148,12 @@ def karaoke_dataset(
         model=model, checkpoint=checkpoint, shard_size=shard_size, workers=workers,
         gpus_per_worker=gpus_per_worker, ray_address=ray_address, storage_options=storage_options, stage=stage,
         model_settings={**_with_cache_dir(model, model_settings), "sum_to_mixture": settings.sum_to_mixture},
+        allow_sources=tuple(allow_sources or ()),
     )
     resolved = resolve_model_task(model, checkpoint, options.model_settings)
     model_id = resolved["model_id"]
-    output_url, separation, tracks = _dataset_tracks(source_url, output_url, model_id, settings, options)
+    output_url, separation, tracks = _dataset_tracks(source_url, output_url or join_url(dataset_url, "separation"),
+                                                     model_id, settings, options)
     build = _VersionBuild(dataset_url=dataset_url, output_url=output_url, model=model, model_id=model_id,
                           spec=resolved["spec"], settings=settings, storage_options=storage_options)
     return _build_version(build, tracks, separation)
@@ -198,15 +172,15 @@ class _VersionBuild:
     storage_options: Mapping[str, Any] | None
 
 
-def _with_cache_dir(model: str, model_settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``model_settings`` with the weights cache defaulted for a registry model (``$STEMFLOW_CACHE``)."""
-    settings = dict(model_settings or {})
+def _with_cache_dir(model: str, model_settings: Any) -> dict[str, Any]:
+    """``model_settings`` (validated) with the weights cache defaulted for a registry model (``$STEMFLOW_CACHE``)."""
+    settings = model_overrides(model_settings)
     if not model.endswith((".yaml", ".yml")):
         settings.setdefault("cache_dir", str(default_cache_dir(os.environ)))
     return settings
 
 
-def _dataset_tracks(source_url: str, output_url: str | None, model_id: str, settings: DatasetSettings,
+def _dataset_tracks(source_url: str, output_url: str, model_id: str, settings: DatasetSettings,
                     options: SeparationOptions) -> tuple[str, dict[str, Any], list[DatasetTrack]]:
     """The output URL, the separation's summary and the committed tracks the dataset is built from.
 
@@ -218,12 +192,11 @@ def _dataset_tracks(source_url: str, output_url: str | None, model_id: str, sett
         separation: dict[str, Any] = {"planned": 0, "source": "output"}
         output_url = source_url
     else:
-        if output_url is None:
-            raise ConfigError("a catalogue needs output_url (where the stems are, or will be, committed)")
-        listed = [TrackRef.from_dict(t) for t in list_catalogue_task(source_url, output_url, storage_options)]
+        listed = [TrackRef.from_dict(t) for t in list_catalogue_task(source_url, output_url, storage_options,
+                                                                      list(options.allow_sources))]
         if not listed:
             raise StemflowError(f"no tracks in catalogue {source_url!r}")
-        separation = _separate_missing(source_url, output_url, listed, options)
+        separation = _separate_missing(source_url, output_url, options)
         done = set(committed_task(output_url, model_id, storage_options))
         tracks = [DatasetTrack(t.track_id, t.url, t.extra.get(settings.group_column))
                   for t in listed if t.track_id in done]
@@ -233,15 +206,8 @@ def _dataset_tracks(source_url: str, output_url: str | None, model_id: str, sett
     return output_url, separation, tracks
 
 
-def _separate_missing(source_url: str, output_url: str, listed: list[TrackRef],
-                      options: SeparationOptions) -> dict[str, Any]:
-    """Separate what the catalogue's model has not committed yet (a subflow); its summary.
-
-    A folder runs ``separate-catalogue``; a manifest runs only its listed tracks of their common folder.
-    """
-    if source_url.lower().endswith(MANIFEST_SUFFIXES):
-        return separate_listed(_common_folder([t.url for t in listed]), output_url,
-                               sorted({t.track_id for t in listed}), **options.flow_kwargs())
+def _separate_missing(source_url: str, output_url: str, options: SeparationOptions) -> dict[str, Any]:
+    """Separate what the catalogue's model has not committed yet (the ``separate-catalogue`` subflow)."""
     return separate_catalogue(source_url, output_url, **options.flow_kwargs())
 
 

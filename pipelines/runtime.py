@@ -1,14 +1,15 @@
-"""What the flows' tasks do, without Prefect: model resolution, planning, shards, records.
+"""What the flows need besides the run itself, without Prefect: model resolution, versions, status.
 
-Each function here is the body of one Prefect task in
-:mod:`pipelines.separate_catalogue` (tests call them directly). They exchange
-URLs, ids and counts; the only payloads are the small per-shard track lists,
-written to ``<out>/runs/<run_id>/shards/<n>.json``.
+The run (recover, plan, separate, record) is :mod:`stemflow.stage.catalogue_run`;
+the flow bodies are :mod:`pipelines.run_body`. ``status`` reads an output as it
+is: markers (listed), Parquet records (streamed part by part, four columns),
+the committed index and the runs; what it cannot read is quarantined and
+reported, never fatal.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import platform
 from collections.abc import Mapping
@@ -16,168 +17,67 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from stemflow.catalogue.listing import list_audio
-from stemflow.catalogue.planning import plan
+import numpy as np
+import pyarrow.compute as pc
+
 from stemflow.errors import StemflowError
 from stemflow.hub.model_id import output_settings
 from stemflow.hub.spec import ModelSpec, load_spec
-from stemflow.stage.finishing import rows_from_marker
-from stemflow.stage.ray_adapter import run_shard
-from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, StageSettings
-from stemflow.store.commit import committed_tracks, read_marker
-from stemflow.store.objects import read_bytes, write_atomic
-from stemflow.store.paths import filesystem, join_url
-from stemflow.store.records import read_records, write_part
+from stemflow.stage.settings import STATUS_ERROR, STATUS_OK
+from stemflow.store.commit import committed_tracks
+from stemflow.store.index import CommittedIndex, list_index, load_index, track_keys
+from stemflow.store.journal import runs_with_journals
+from stemflow.store.paths import StorageOptions, check_component, filesystem, join_url
+from stemflow.store.quarantine import Quarantine
+from stemflow.store.record_scan import iter_record_tables
+from stemflow.store.runs import iter_run_ids, read_run_manifest
 
 logger = logging.getLogger(__name__)
 
-FAILURES_KEPT = 200
-"""At most this many failed tracks are listed per shard (counts are always exact)."""
+RUN_ONLY_SETTINGS = frozenset({"batch_size", "device", "cache_dir", "offline"})
+"""Model settings that do not change the output (so not the ``model_id``)."""
 
 
 def resolve_model(model: str, checkpoint: str | None, settings: Mapping[str, Any]) -> tuple[ModelSpec, str]:
     """A :class:`ModelSpec` and its ``model_id`` for a registry name or a config YAML path.
 
-    ``settings`` may hold ``chunk_size``, ``num_overlap``, ``precision``,
-    ``sum_to_mixture`` (they change the output, so they enter the ``model_id``,
-    as does any other key; ``sum_to_mixture`` only when true, so ids made
-    before the option existed stay the same)
-    and ``batch_size``, ``device``, ``cache_dir``, ``offline`` (they do not).
-    The model is loaded once here to hash its weights and read its config.
+    ``settings`` (:class:`pipelines.parameters.ModelSettings` keys): ``chunk_size``,
+    ``num_overlap``, ``precision``, ``sum_to_mixture`` change the output, so they enter
+    the ``model_id`` (``sum_to_mixture`` only when true, so ids made before the option
+    existed stay the same); ``batch_size``, ``device``, ``cache_dir``, ``offline`` do
+    not. The model is loaded once here to hash its weights and read its config; the
+    returned spec is pinned to those weights (``ModelSpec.weights_sha256``), so a worker
+    whose copy differs (a re-uploaded checkpoint, a tampered cache) refuses to load it.
     """
-    run_only = {"batch_size", "device", "cache_dir", "offline"}
     spec = ModelSpec(
         name=None if _is_config(model) else model,
         config_path=model if _is_config(model) else None,
         checkpoint_path=checkpoint,
         cache_dir=settings.get("cache_dir"),
         offline=bool(settings.get("offline", False)),
-        device=str(settings.get("device", "cpu")),
+        device=str(settings.get("device") or "cpu"),
         batch_size=settings.get("batch_size"),
-        precision=str(settings.get("precision", "float32")),
+        precision=str(settings.get("precision") or "float32"),
         chunk_size=settings.get("chunk_size"),
         num_overlap=settings.get("num_overlap"),
         sum_to_mixture=bool(settings.get("sum_to_mixture", False)),
     )
     loaded = load_spec(spec)
     extra = {k: v for k, v in settings.items()
-             if k not in run_only and k not in ("chunk_size", "num_overlap", "precision", "sum_to_mixture")}
+             if k not in RUN_ONLY_SETTINGS and k not in ("chunk_size", "num_overlap", "precision", "sum_to_mixture")
+             and v is not None}
     if spec.sum_to_mixture:
         extra["sum_to_mixture"] = True
     ident = loaded.model_id(output_settings(
         chunk_size=spec.chunk_size or loaded.config.audio.chunk_size,
         num_overlap=spec.num_overlap or loaded.config.inference.num_overlap,
         precision=spec.precision, **extra))
-    return spec, ident
+    # every actor that loads the model from this spec refuses weights other than the ones hashed here
+    return dataclasses.replace(spec, weights_sha256=loaded.weights_sha256), ident
 
 
 def _is_config(model: str) -> bool:
     return model.endswith((".yaml", ".yml")) or Path(model).is_file()
-
-
-# --- planning ---------------------------------------------------------------------------
-
-
-def shard_url(output_url: str, run_id: str, index: int) -> str:
-    """``<out>/runs/<run_id>/shards/<index>.json``: one shard's track list."""
-    return join_url(output_url, "runs", run_id, "shards", f"{index:05d}.json")
-
-
-def plan_shards(
-    catalogue_url: str,
-    output_url: str,
-    model_id: str,
-    run_id: str,
-    shard_size: int,
-    storage_options: Mapping[str, Any] | None,
-    *,
-    only_track_ids: set[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Write this run's shards (catalogue minus committed) as JSON; ``{index, url, tracks}`` each.
-
-    The listing streams (:func:`stemflow.catalogue.listing.list_audio`); the output
-    location is excluded when it lies inside the catalogue.
-    """
-    listing = list_audio(catalogue_url, storage_options=storage_options, exclude=[output_url])
-    if only_track_ids is not None:
-        listing = (t for t in listing if t.track_id in only_track_ids)
-    shards = []
-    for shard in plan(listing, output_url, model_id, shard_size=shard_size, storage_options=storage_options):
-        tracks = [{"url": t.url, "track_id": t.track_id, "size": t.size} for t in shard.tracks]
-        url = shard_url(output_url, run_id, shard.index)
-        write_atomic(url, json.dumps(tracks).encode(), storage_options)
-        shards.append({"index": shard.index, "url": url, "tracks": len(tracks)})
-    return shards
-
-
-# --- one shard -----------------------------------------------------------------------------
-
-
-def separate_shard(
-    shard_url_: str,
-    shard_index: int,
-    spec: Mapping[str, Any],
-    job: Mapping[str, Any],
-    settings: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Run one shard on the Ray stage, then write its Parquet part (committed tracks + errors).
-
-    The part's index is ``shard_index + 1`` (0 is the recovery part), so a
-    retried shard replaces its part rather than adding one.
-    """
-    shard_job = ShardJob(**job)
-    tracks = json.loads(read_bytes(shard_url_, shard_job.storage_options))
-    result = run_shard(tracks, ModelSpec(**spec), shard_job, StageSettings(**settings))
-    rows = result.rows
-    part_url = None
-    if rows:
-        part_url = write_part(shard_job.output_url, shard_job.model_id, shard_job.run_date,
-                              shard_job.run_id, shard_index + 1, rows,
-                              storage_options=shard_job.storage_options)
-    failures = [{"track_id": o.track_id, "source_url": o.source_url, "error": o.error or ""}
-                for o in result.outcomes if o.status == STATUS_ERROR][:FAILURES_KEPT]
-    return {"ok": result.count(STATUS_OK), "errors": result.count(STATUS_ERROR),
-            "skipped": result.count(STATUS_SKIPPED), "wall_s": result.wall_s, "part_url": part_url,
-            "failures": failures}
-
-
-# --- recovery of committed-but-unrecorded tracks ------------------------------------------------
-
-
-def recover_unrecorded(
-    output_url: str, model_id: str, run_id: str, run_date: str, part_index: int,
-    storage_options: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """Write Parquet rows, from the markers, for committed tracks without ``ok`` rows.
-
-    A run killed between a track's commit and its shard's Parquet part leaves
-    such tracks; their markers carry the record columns, so no audio is read.
-    """
-    recorded = recorded_track_ids(output_url, model_id, storage_options)
-    missing = [t for t in committed_tracks(output_url, model_id, storage_options=storage_options)
-               if t not in recorded]
-    job = ShardJob(output_url, model_id, run_id, run_date, dict(storage_options or {}))
-    rows: list[dict[str, Any]] = []
-    for track_id in missing:
-        marker = read_marker(output_url, model_id, track_id, storage_options=storage_options)
-        if marker is not None:
-            rows.extend(rows_from_marker(marker, job))
-    part_url = None
-    if rows:
-        part_url = write_part(output_url, model_id, run_date, run_id, part_index, rows,
-                              storage_options=storage_options)
-        logger.info("recorded %d committed tracks a previous run left unrecorded", len(missing))
-    return {"tracks": len({r["track_id"] for r in rows}), "part_url": part_url}
-
-
-def recorded_track_ids(output_url: str, model_id: str, storage_options: Mapping[str, Any] | None) -> set[str]:
-    """Track ids with ``ok`` rows in the Parquet records of ``model_id``."""
-    table = read_records(output_url, model_id=model_id, storage_options=storage_options)
-    rows = table.select(["track_id", "status"]).to_pylist()
-    return {r["track_id"] for r in rows if r["status"] == STATUS_OK}
-
-
-# --- versions and status -----------------------------------------------------------------
 
 
 def versions() -> dict[str, str]:
@@ -191,26 +91,98 @@ def versions() -> dict[str, str]:
     return found
 
 
-def catalogue_status(output_url: str, storage_options: Mapping[str, Any] | None = None
-                     ) -> list[dict[str, Any]]:
-    """Per model_id: committed tracks (markers); rows, ok tracks and error rows (Parquet)."""
+# --- status ----------------------------------------------------------------------------------
+
+
+def _model_ids(output_url: str, storage_options: StorageOptions) -> list[str]:
     fs, root = filesystem(join_url(output_url, "stems"), storage_options)
     try:
-        model_ids = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) \
-            if fs.exists(root) else []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) if fs.exists(root) else []
     except OSError as e:
         raise StemflowError(f"cannot list {output_url!r}: {e}") from e
-    table = read_records(output_url, storage_options=storage_options)
-    records = table.select(["model_id", "track_id", "status"]).to_pylist()
-    model_ids = sorted(set(model_ids) | {r["model_id"] for r in records})
+
+
+def _record_counts(output_url: str, storage_options: StorageOptions, quarantine: Quarantine
+                   ) -> dict[str, dict[str, Any]]:
+    """Per model: rows, error rows, errors by type and ok tracks, streamed part by part."""
+    models: dict[str, dict[str, Any]] = {}
+    for table in iter_record_tables(output_url, columns=("model_id", "track_id", "status", "error_type"),
+                                    storage_options=storage_options, quarantine=quarantine):
+        model_id = str(table.column("model_id")[0].as_py()) if table.num_rows else None
+        if model_id is None:
+            continue
+        entry = models.setdefault(model_id, {"rows": 0, "error_rows": 0, "errors_by_type": {}, "ok_keys": []})
+        entry["rows"] += table.num_rows
+        status = table.column("status")
+        errors = table.filter(pc.equal(status, STATUS_ERROR))
+        entry["error_rows"] += errors.num_rows
+        for kind in errors.column("error_type").to_pylist():
+            key = kind or "unknown (written before 0.2)"
+            entry["errors_by_type"][key] = entry["errors_by_type"].get(key, 0) + 1
+        ok_ids = table.filter(pc.equal(status, STATUS_OK)).column("track_id").combine_chunks()
+        entry["ok_keys"].append(np.unique(track_keys(ok_ids)))
+    for entry in models.values():
+        entry["ok_tracks"] = len(CommittedIndex.of(entry.pop("ok_keys")))
+    return models
+
+
+def _committed_count(output_url: str, model_id: str, storage_options: StorageOptions,
+                     quarantine: Quarantine) -> int:
+    """Markers of ``model_id`` (one listing); track folders with names that are not track ids are quarantined."""
+    count = 0
+    for name in committed_tracks(output_url, model_id, storage_options=storage_options):
+        try:
+            check_component(name, "track_id")
+        except StemflowError as e:
+            quarantine.add("track_folder", join_url(output_url, "stems", model_id) + f"/{name}", str(e))
+            continue
+        count += 1
+    return count
+
+
+def catalogue_status(output_url: str, storage_options: StorageOptions = None) -> list[dict[str, Any]]:
+    """Per model_id: committed tracks (markers); rows, ok tracks and error rows (Parquet)."""
+    return _status(output_url, storage_options, Quarantine())[0]
+
+
+def _status(output_url: str, storage_options: StorageOptions, quarantine: Quarantine
+            ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    records = _record_counts(output_url, storage_options, quarantine)
+    model_ids = sorted(set(_model_ids(output_url, storage_options)) | set(records))
     status = []
     for mid in model_ids:
-        mine = [r for r in records if r["model_id"] == mid]
-        status.append({
-            "model_id": mid,
-            "committed_tracks": sum(1 for _ in committed_tracks(output_url, mid, storage_options=storage_options)),
-            "rows": len(mine),
-            "ok_tracks": len({r["track_id"] for r in mine if r["status"] == STATUS_OK}),
-            "error_rows": sum(1 for r in mine if r["status"] == STATUS_ERROR),
-        })
-    return status
+        counts = records.get(mid, {"rows": 0, "ok_tracks": 0, "error_rows": 0})
+        status.append({"model_id": mid,
+                       "committed_tracks": _committed_count(output_url, mid, storage_options, quarantine),
+                       "rows": counts["rows"], "ok_tracks": counts["ok_tracks"], "error_rows": counts["error_rows"]})
+    return status, records
+
+
+def status_report(output_url: str, storage_options: StorageOptions = None) -> dict[str, Any]:
+    """Everything ``stemflow status --json`` shows: per model counts, errors by type, the index, runs, quarantine."""
+    quarantine = Quarantine()
+    models, records = _status(output_url, storage_options, quarantine)
+    for entry in models:
+        mid = entry["model_id"]
+        entry["errors_by_type"] = records.get(mid, {}).get("errors_by_type", {})
+        files = list_index(output_url, mid, storage_options=storage_options, quarantine=quarantine)
+        entry["indexed_tracks"] = (len(load_index(output_url, mid, storage_options=storage_options,
+                                                  quarantine=quarantine)[0]) if files.exists else None)
+    return {"output_url": output_url, "models": models, "runs": _runs_report(output_url, storage_options, quarantine),
+            "quarantine": quarantine.as_dict()}
+
+
+def _runs_report(output_url: str, storage_options: StorageOptions, quarantine: Quarantine) -> dict[str, Any]:
+    """The latest run's manifest (status, counts, progress, summary) and the runs with journals left."""
+    run_ids = list(iter_run_ids(output_url, storage_options=storage_options))
+    latest = None
+    if run_ids:
+        try:
+            manifest = read_run_manifest(output_url, run_ids[-1], storage_options=storage_options)
+            latest = {"run_id": manifest.run_id, "status": manifest.status, "started_at": manifest.started_at,
+                      "finished_at": manifest.finished_at, "counts": dict(manifest.counts),
+                      "progress": dict(manifest.progress), "summary": dict(manifest.summary)}
+        except StemflowError as e:
+            quarantine.add("run_manifest", join_url(output_url, "runs", f"{run_ids[-1]}.json"), str(e))
+    return {"count": len(run_ids), "latest": latest,
+            "unfinished": runs_with_journals(output_url, storage_options=storage_options)}

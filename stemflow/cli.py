@@ -239,21 +239,46 @@ def models_fetch(name: Annotated[str, typer.Argument(help="registry name (or a c
 @app.command()
 @needs_extra("pipeline")
 def run(
-    catalogue_url: Annotated[str, typer.Argument(help="folder, s3://bucket/prefix, ... or a CSV/Parquet manifest")],
-    output_url: Annotated[str, typer.Argument(help="where stems/, metadata/ and runs/ go")],
+    catalogue_url: Annotated[str, typer.Argument(help="folder, s3://bucket/prefix, ... or a CSV/JSONL/Parquet manifest")],
+    output_url: Annotated[str, typer.Argument(help="where stems/, metadata/, index/ and runs/ go")],
     model: Annotated[Optional[str], typer.Option(help="registry name or config YAML (default: best cached model, "
                                                       "else spleeter-2stems)")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="weights, when --model is a config YAML")] = None,
-    shard_size: Annotated[int, typer.Option(help="tracks per shard (one Prefect task each)")] = 50,
+    shard_size: Annotated[int, typer.Option(help="tracks per shard (one Parquet part and journal entry each)")] = 50,
     workers: Annotated[int, typer.Option(help="CPU actors (ignored with --gpus)")] = 1,
     gpus: Annotated[int, typer.Option(help="GPU actors, one GPU each")] = 0,
+    cpus_per_worker: Annotated[Optional[float], typer.Option(
+        help="CPUs each actor reserves for decoding, measures and uploads (default: its node's share)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only count: catalogue, already committed, to do")] = False,
+    allow_source: Annotated[Optional[list[str]], typer.Option(
+        "--allow-source", help="URL prefix outside the catalogue's location that manifest rows may name "
+                               "(repeatable; '*' for any)")] = None,
 ) -> None:
-    """Run the nightly job once: separate every track not yet committed for the model."""
+    """Run the nightly job once: separate every track not yet committed for the model.
+
+    SIGTERM or Ctrl-C stops it gracefully (running tracks finish, nothing is
+    half-committed, the run manifest says ``cancelled``; exit code 130); the next
+    run continues where it stopped.
+    """
+    import threading
+
+    # Prefect's ephemeral API server gets 20 s to start by default: too little on a busy small machine
+    # (set before Prefect is imported: it reads its settings then)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from pipelines.separate_catalogue import dry_run as plan_only
     from pipelines.separate_catalogue import run_catalogue
     from stemflow.hub.loading import default_model_name
-
     chosen = model or default_model_name(cache_dir())
+    allowed = tuple(allow_source or ())
     console.print(f"model [bold]{chosen}[/bold]; catalogue {catalogue_url} -> {output_url}")
+    if dry_run:
+        model_id, counts = plan_only(catalogue_url, output_url, model=chosen, checkpoint=checkpoint,
+                                     cache_dir=str(cache_dir()), allow_sources=allowed)
+        out.print(f"dry run for {model_id}: catalogue {counts.catalogue} tracks, {counts.committed} already "
+                  f"committed, {counts.planned} to do ({counts.rejected} refused entries, "
+                  f"{counts.duplicates} duplicates); nothing separated")
+        return
+    stop = threading.Event()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("tracks", total=None)
@@ -263,27 +288,51 @@ def run(
 
         summary = run_catalogue(catalogue_url, output_url, model=chosen, checkpoint=checkpoint,
                                 shard_size=shard_size, workers=workers, gpus=gpus, progress_callback=progress,
-                                cache_dir=str(cache_dir()))
-    if summary.planned == 0:
-        out.print(f"nothing to do: every track is already committed for {summary.model_id}")
+                                cache_dir=str(cache_dir()), allow_sources=allowed, stop=stop,
+                                stage=None if cpus_per_worker is None else {"cpus_per_worker": cpus_per_worker})
+    _print_run(summary)
+
+
+def _print_run(summary) -> None:
+    """What ``run`` says at the end; exits 1 with error rows, 130 when stopped."""
+    if summary.planned == 0 and summary.status != "cancelled":
+        out.print(f"nothing to do: every track of the catalogue ({summary.catalogue}) is already committed for "
+                  f"{summary.model_id}")
         return
-    out.print(f"run {summary.run_id} ({summary.status}): {summary.ok} committed, {summary.errors} errors, "
-              f"{summary.skipped} already done by another run, {summary.wall_s:.1f} s, "
-              f"{summary.tracks_per_hour:.0f} tracks/h; model_id {summary.model_id}")
+    by_type = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors_by_type.items()))
+    out.print(f"run {summary.run_id} ({summary.status}): {summary.ok} committed, {summary.errors} errors"
+              f"{f' ({by_type})' if by_type else ''}, {summary.skipped} already done by another run, "
+              f"{summary.wall_s:.1f} s, {summary.tracks_per_hour:.0f} tracks/h; model_id {summary.model_id}")
+    quarantined = summary.quarantine.get("counts", {})
+    if quarantined:
+        out.print(f"quarantined (unreadable in the output, left in place): {quarantined}")
     out.print(f"manifest: {summary.manifest_url}")
     for failure in summary.failures[:20]:
         out.print(f"  [red]error[/red] {failure.get('source_url', '')}: {failure.get('error', '')}")
+    if summary.status == "cancelled":
+        out.print("stopped on request: re-run the same command to continue")
+        raise typer.Exit(130)
     if summary.errors:
         raise typer.Exit(1)
 
 
 @app.command()
 @needs_extra("pipeline")
-def status(output_url: Annotated[str, typer.Argument(help="an output URL of `stemflow run`")]) -> None:
+def status(
+    output_url: Annotated[str, typer.Argument(help="an output URL of `stemflow run`")],
+    json_output: Annotated[bool, typer.Option("--json", help="everything as JSON: counts, errors by type, "
+                                                              "index, runs, quarantine")] = False,
+) -> None:
     """What is committed per model_id (markers) and recorded (Parquet rows, errors)."""
-    from pipelines.separate_catalogue import catalogue_status
+    from pipelines.runtime import status_report
 
-    rows = catalogue_status(output_url)
+    report = status_report(output_url)
+    if json_output:
+        import json
+
+        typer.echo(json.dumps(report, indent=1, default=str))
+        return
+    rows = report["models"]
     if not rows:
         out.print(f"nothing committed under {output_url}")
         return
@@ -295,6 +344,15 @@ def status(output_url: Annotated[str, typer.Argument(help="an output URL of `ste
         table.add_row(str(row["model_id"]), str(row["committed_tracks"]), str(row["ok_tracks"]), str(row["rows"]),
                       str(row["error_rows"]))
     out.print(table)
+    for row in rows:
+        if row["errors_by_type"]:
+            out.print(f"{row['model_id']}: errors by type {row['errors_by_type']}")
+    if report["quarantine"]["counts"]:
+        out.print(f"quarantined (unreadable, left in place): {report['quarantine']['counts']}")
+        for item in report["quarantine"]["items"][:20]:
+            out.print(f"  {item['kind']} {item['url']}: {item['reason']}")
+    if report["runs"]["unfinished"]:
+        out.print(f"runs with unrecorded work (recovered by the next run): {report['runs']['unfinished']}")
 
 
 @app.command()

@@ -8,6 +8,5 @@ grow with the catalogue. It builds on :mod:`stemflow.store` and the format table
 - ``listing``: walk a folder or prefix, folder by folder, yielding the audio objects.
 - ``local_walk``: the rules for local folders: regular files only, links once per real path, real-path exclusions.
 - ``manifests``: read a CSV or Parquet catalogue manifest in row batches.
-- ``lookahead``: ``ordered_map``, a streaming thread-pool map that keeps the input order.
 - ``planning``: drop what is committed for a ``model_id`` and group the rest into shards.
 """

@@ -31,7 +31,7 @@ from fsspec import AbstractFileSystem
 
 from stemflow.audio.formats import DECODABLE_EXTENSIONS, audio_suffix
 from stemflow.catalogue.local_walk import LocalWalk, list_local_folder
-from stemflow.catalogue.lookahead import ordered_map
+from stemflow.store.lookahead import ordered_map
 from stemflow.catalogue.tracks import Fingerprint, TrackRef, track_from_info
 from stemflow.errors import StorageError
 from stemflow.store.calls import describe_mode

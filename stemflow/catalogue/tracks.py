@@ -52,6 +52,9 @@ class TrackRef:
         mtime_ns: modification time in ns since the epoch, when known.
         content_sha256: hex sha256 of the content, when it was computed (local files).
         extra: the manifest's other columns for this row (``group``, ``artist``, …).
+        rejected: why this catalogue entry is not read (a manifest row outside the
+            catalogue's location, a bad value, a missing object); planning turns it
+            into an error row (``error_type="source"``) without reading anything.
     """
 
     url: str
@@ -61,13 +64,17 @@ class TrackRef:
     mtime_ns: int | None = None
     content_sha256: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    rejected: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (for shard files, Ray rows); :meth:`from_dict` inverts it."""
-        return {
+        """A JSON-ready dict (for journals, Ray rows); :meth:`from_dict` inverts it."""
+        data = {
             "url": self.url, "track_id": self.track_id, "size": self.size, "etag": self.etag,
             "mtime_ns": self.mtime_ns, "content_sha256": self.content_sha256, "extra": dict(self.extra),
         }
+        if self.rejected is not None:
+            data["rejected"] = self.rejected
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrackRef:
@@ -84,7 +91,7 @@ class TrackRef:
         return cls(
             url=url, track_id=track_id, size=None if size is None else int(size), etag=data.get("etag"),
             mtime_ns=None if mtime_ns is None else int(mtime_ns), content_sha256=data.get("content_sha256"),
-            extra=dict(data.get("extra") or {}),
+            extra=dict(data.get("extra") or {}), rejected=data.get("rejected"),
         )
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from stemflow.audio.decode import DecodedAudio, probe
 from stemflow.engine.separator import Separator
 from stemflow.engine.track import decode_track
-from stemflow.errors import AudioDecodeError, StemflowError
+from stemflow.errors import StemflowError
+from stemflow.stage.failures import SourceLimitError
 from stemflow.store.objects import object_info, read_bytes
 from stemflow.store.retry import RetryPolicy
 
@@ -75,13 +76,13 @@ def check_source_size(url: str, max_source_bytes: int | None, *, storage_options
     """Refuse, unread, a source object larger than ``max_source_bytes`` (one HEAD; ``None``: no check).
 
     Raises:
-        AudioDecodeError: the object is over the limit.
+        SourceLimitError: the object is over the limit (an ``AudioDecodeError``).
     """
     if max_source_bytes is None:
         return
     size = object_info(url, storage_options, retry=retry).size
     if size > max_source_bytes:
-        raise AudioDecodeError(
+        raise SourceLimitError(
             f"{url}: the source is {size} bytes, over max_source_bytes={max_source_bytes}; "
             "not read (raise the limit in the stage settings to process it)")
 
@@ -92,7 +93,7 @@ def check_duration(data: bytes, url: str, max_duration_s: float | None) -> None:
     An undecodable header passes: the decoder then raises its own clear error.
 
     Raises:
-        AudioDecodeError: the source is over the limit.
+        SourceLimitError: the source is over the limit (an ``AudioDecodeError``).
     """
     if max_duration_s is None or not data:
         return
@@ -101,6 +102,6 @@ def check_duration(data: bytes, url: str, max_duration_s: float | None) -> None:
     except StemflowError:
         return
     if duration_s is not None and duration_s > max_duration_s:
-        raise AudioDecodeError(
+        raise SourceLimitError(
             f"{url}: the source is {duration_s:.0f} s long, over max_duration_s={max_duration_s:g}; "
             "not decoded (raise the limit in the stage settings to process it)")

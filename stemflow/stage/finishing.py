@@ -1,4 +1,7 @@
-"""Finishing one separated track: encode, write the stems, commit the marker, and its Parquet rows.
+"""Finishing one separated track: measure, encode, write the stems, commit the marker, and its Parquet rows.
+
+This runs on an actor's CPU threads while the model separates the next tracks,
+so the accelerator never waits for the quality measures or the uploads.
 
 Exactly once: the stems are written first, the ``_COMMITTED.json`` marker last
 with a create-only write (:func:`stemflow.store.commit.commit_track`). A track
@@ -11,14 +14,19 @@ never raises: a failure at any step is the track's ``error`` outcome and row.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 import stemflow
-from stemflow.engine.track import TrackResult, encode_stems
+from stemflow.audio.decode import DecodedAudio
+from stemflow.engine.track import TrackResult, encode_stems, measure_track
 from stemflow.errors import StemflowError, StorageError
+from stemflow.stage.failures import error_type_of
 from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, TrackOutcome
 from stemflow.store.commit import CommitMarker, commit_track, stored_stem_url, write_stem
 from stemflow.store.records import error_row, stem_rows
@@ -36,11 +44,16 @@ class StemOutput:
 
 @dataclass
 class SeparatedTrack:
-    """One track between separation and finishing: its stems and measures, or why it has none.
+    """One track between its steps: decoded, separated, measured; or why it stopped.
 
-    ``started``: ``time.perf_counter()`` when its fetch began. ``recorded`` is set
-    when the track was already committed: its rows when this same run committed
-    it (a retried shard), ``()`` when another run did.
+    ``started``: ``time.perf_counter()`` when its fetch began. After the model
+    step ``stems`` (and ``decoded``, ``timings_s``) are set; the finishing step
+    measures them into ``result``. ``error`` and ``error_step`` (a
+    :data:`stemflow.stage.failures.STEPS` value) say why it stopped. ``recorded``
+    is set when the track was already committed: its rows when this same run
+    committed it (a retried batch), ``()`` when another run did.
+    ``source_extra``: the catalogue's extra columns as JSON, for the rows.
+    ``residual_stem``: the stem that takes the residual when measured (``sum_to_mixture``).
     """
 
     track_id: str
@@ -49,21 +62,53 @@ class SeparatedTrack:
     result: TrackResult | None = None
     error: BaseException | None = None
     recorded: tuple[Mapping[str, Any], ...] | None = None
+    error_step: str = "fetch"
+    source_extra: str | None = None
+    decoded: DecodedAudio | None = None
+    stems: dict[str, np.ndarray] | None = None
+    timings_s: dict[str, float] | None = None
+    residual_stem: str | None = None
 
 
 def finish_track(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *,
                  retry: RetryPolicy | None) -> TrackOutcome:
-    """Store and commit ``sep`` for ``job``, or record its error (never raises)."""
-    if sep.recorded is not None:  # committed before: by this run (a retried shard) or another
+    """Measure, store and commit ``sep`` for ``job``, or record its error (never raises)."""
+    if sep.recorded is not None:  # committed before: by this run (a retried batch) or another
         return track_outcome(sep, STATUS_OK if sep.recorded else STATUS_SKIPPED, None, sep.recorded)
+    if sep.error is None and sep.result is None and sep.stems is not None and sep.decoded is not None:
+        try:
+            sep.result = measure_track(sep.decoded, sep.stems, name=sep.source_url, timings_s=sep.timings_s or {},
+                                       residual_stem=sep.residual_stem)
+            sep.stems = sep.decoded = None  # the result holds them now
+        except Exception as e:  # noqa: BLE001 - becomes this track's error row
+            sep.error, sep.error_step = e, "measure"
     if sep.error is None:
         try:
             return store_and_commit(sep, job, output, retry=retry)
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
-            sep.error = e
-    message = f"{type(sep.error).__name__}: {sep.error}"
-    row = error_row(track_columns(sep, output.device), message)
-    return track_outcome(sep, STATUS_ERROR, message, (row,))
+            sep.error, sep.error_step = e, "finish"
+    return error_outcome(sep, sep.error or StemflowError("the track has no separation"), output.device)
+
+
+def source_extra_json(extra: Mapping[str, Any] | None) -> str | None:
+    """A catalogue row's extra columns as the ``source_extra`` JSON text (``None`` when there are none)."""
+    return json.dumps(dict(extra), sort_keys=True, ensure_ascii=False, default=str) if extra else None
+
+
+def unprocessed_outcome(track: Mapping[str, Any], message: str, error_type: str) -> TrackOutcome:
+    """The error outcome of a track the stage never got to process (refused entry, crashed worker)."""
+    sep = SeparatedTrack(str(track["track_id"]), str(track["url"]), started=time.perf_counter(),
+                         source_extra=source_extra_json(track.get("extra")))
+    row = error_row({**track_columns(sep, ""), "device": None, "processing_s": None}, message, error_type)
+    return replace(track_outcome(sep, STATUS_ERROR, message, (row,)), error_type=error_type)
+
+
+def error_outcome(sep: SeparatedTrack, error: BaseException, device: str) -> TrackOutcome:
+    """The error outcome and row of ``sep``, typed by where it failed (:func:`error_type_of`)."""
+    message = f"{type(error).__name__}: {error}"
+    kind = error_type_of(sep.error_step, error)
+    row = error_row(track_columns(sep, device), message, kind)
+    return replace(track_outcome(sep, STATUS_ERROR, message, (row,)), error_type=kind)
 
 
 def store_and_commit(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *,
@@ -107,6 +152,8 @@ def track_columns(sep: SeparatedTrack, device: str) -> dict[str, Any]:
         "stemflow_version": stemflow.__version__,
         "processing_s": time.perf_counter() - sep.started,
     }
+    if sep.source_extra is not None:
+        columns["source_extra"] = sep.source_extra
     result = sep.result
     if result is not None:
         columns.update(result.track_quality)

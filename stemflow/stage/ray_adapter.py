@@ -1,55 +1,87 @@
-"""The Ray adapter: separate one shard of tracks on a pool of model-holding actors.
+"""The Ray adapter: one long-lived pool of model-holding actors per run, and Ray Jobs submission.
 
-This is the only module that imports :mod:`ray`. The flows in ``pipelines/``
-plan and shard a catalogue, then call :func:`run_shard` once per shard; the
-evaluation flow and tests may call it directly. The work on each track is
-:class:`stemflow.stage.worker.TrackWorker`'s; this module only schedules it.
+This is the only module that imports :mod:`ray`. The scheduling logic (what to
+send where, crashes, shards, progress) is Ray-free in
+:mod:`stemflow.stage.scheduler`; the work on each track is
+:class:`stemflow.stage.worker.TrackWorker`'s, overlapped by
+:class:`stemflow.stage.pipeline.BatchPipeline`. Here:
 
-Data path (one Ray Data pipeline per shard)::
+- :class:`RayPoolExecutor`: ``workers`` actors created once per run (the model
+  loaded once per actor, ``num_gpus`` each on GPU nodes), each taking
+  ``batches_in_flight`` calls at once (a threaded actor); batches go to the
+  least-loaded actor. A dead actor process (a track that kills it, an OOM kill,
+  a lost node) is restarted by Ray (``max_restarts=-1``) and its calls come back
+  as :class:`~stemflow.stage.scheduler.WorkerCrash`; Ray never retries them
+  itself (``max_task_retries=0``): the scheduler retries each track alone, a
+  bounded number of times.
+- :func:`run_stage`: a whole run through one pool; :func:`run_shard`: one list
+  of tracks (the evaluation flow, tests).
+- :func:`submit_job` / :func:`wait_for_job`: a run submitted to a cluster through
+  the Ray Jobs API (long runs never go through Ray Client).
 
-    from_items(small track records: url, track_id)
-      -> map_batches(_SeparateActor, ActorPoolStrategy(min, max), num_gpus=1 | CPUs)
-           per actor: model loaded once in __init__ (a TrackWorker)
-           per call:  fetch + decode (I/O threads, prefetched)
-                      ||  separate (caller thread; the call's tracks share batches: pack_tracks)
-                      ||  encode + upload stems + create-only commit marker (I/O threads)
-      -> small outcome records back to the driver (status, error, Parquet rows as JSON)
-
-Only URLs and small records travel through the object store; decoded audio and
-stems live inside one actor for the time one track takes. Memory per actor is
-bounded by ``tracks_per_call`` decoded sources plus ``max_pending_uploads``
-tracks of stems being encoded; ``max_tasks_in_flight_per_actor=1`` keeps Ray Data
-from queueing more work than that on an actor. Each track's failure is an
-``error`` outcome; a batch is never dropped for one bad track.
+Only URLs and small records travel through Ray; decoded audio and stems live
+inside one actor for the time its tracks take.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import itertools
 import logging
+import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import ray
-import ray.data
+from ray.exceptions import RayError
 
+from stemflow.catalogue.planning import Shard
+from stemflow.catalogue.tracks import TrackRef
+from stemflow.engine.separator import Separator
 from stemflow.errors import StemflowError
 from stemflow.hub.spec import ModelSpec
+from stemflow.stage.pipeline import BatchPipeline
+from stemflow.stage.progress import RunProgress
+from stemflow.stage.scheduler import RunScheduler, RunSink, StageReport, WorkerCrash
 from stemflow.stage.settings import ShardJob, ShardResult, StageSettings, TrackOutcome
 from stemflow.stage.worker import TrackWorker
 
 logger = logging.getLogger(__name__)
 
+SeparatorFactory = Callable[[ModelSpec], Separator]
+"""Builds an actor's separator instead of loading ``spec``'s model (a stand-in accelerator)."""
+
 
 def connect_ray(settings: StageSettings) -> None:
-    """Join the configured Ray cluster, or start a local one on demand (idempotent)."""
+    """Join the configured Ray cluster, or start a local one on demand (idempotent).
+
+    Ray's core installs a fatal-signal handler for SIGTERM in the driver; the
+    process's own Python handlers (a graceful stop) are put back afterwards.
+    """
     if ray.is_initialized():
         return
+    with _python_signal_handlers_kept():
+        _init_ray(settings)
+
+
+@contextlib.contextmanager
+def _python_signal_handlers_kept() -> Iterator[None]:
+    main = threading.current_thread() is threading.main_thread()
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+
+
+def _init_ray(settings: StageSettings) -> None:
     kwargs: dict[str, Any] = {"runtime_env": dict(settings.runtime_env)} if settings.runtime_env else {}
     if settings.ray_address:
         if not settings.ray_address.startswith("ray://"):  # Ray Client takes fewer options
@@ -63,149 +95,252 @@ def connect_ray(settings: StageSettings) -> None:
         logger.info("started a local Ray with %d CPUs", num_cpus)
 
 
-def _actor_resources(settings: StageSettings) -> tuple[float, float, int]:
-    """(num_cpus, num_gpus, torch threads) for one actor."""
+def actor_resources(settings: StageSettings, workers: int) -> tuple[float, float, int]:
+    """(num_cpus, num_gpus, threads) of one actor, sized from the nodes when not set.
+
+    GPU actors get the CPUs of their node's share per GPU (the smallest share
+    among the GPU nodes alive; 1 if none is up yet, e.g. before the autoscaler
+    starts one: then set ``cpus_per_worker``). CPU actors share the cluster's CPUs.
+    """
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if settings.gpus_per_worker > 0:
-        cpus = settings.cpus_per_worker if settings.cpus_per_worker is not None else 1.0
-        return cpus, settings.gpus_per_worker, settings.torch_threads or max(1, int(cpus))
-    total = ray.cluster_resources().get("CPU", 1.0)
-    cpus = settings.cpus_per_worker
-    if cpus is None:
-        cpus = max(1.0, float(int(total // settings.workers)))
+        shares = [r.get("CPU", 0.0) / r["GPU"] for r in nodes if r.get("GPU")]
+        default = max(1.0, math.floor(min(shares) * settings.gpus_per_worker)) if shares else 1.0
+        cpus = settings.cpus_per_worker if settings.cpus_per_worker is not None else default
+        return cpus, settings.gpus_per_worker, settings.torch_threads or 1
+    total = sum(r.get("CPU", 0.0) for r in nodes) or 1.0
+    cpus = settings.cpus_per_worker if settings.cpus_per_worker is not None else max(1.0, float(total // workers))
     return cpus, 0.0, settings.torch_threads or max(1, int(cpus))
 
 
-class _SeparateActor:
-    """A Ray Data callable class: loads the model once, then separates batches of tracks."""
+class _PoolActor:
+    """One worker of the pool: loads the model once, then processes batches (several at once)."""
 
-    def __init__(
-        self,
-        model_spec: ModelSpec,
-        job: ShardJob,
-        settings: StageSettings,
-        torch_threads: int,
-    ) -> None:
+    def __init__(self, model_spec: ModelSpec, job: ShardJob, settings: StageSettings, threads: int,
+                 cpus: float, separator_factory: SeparatorFactory | None) -> None:
         if settings.gpus_per_worker > 0 and model_spec.device == "cpu":
             model_spec = replace(model_spec, device="cuda")  # Ray sets CUDA_VISIBLE_DEVICES per actor
-        self._worker = TrackWorker(
-            model_spec, job=job, stem_format=settings.stem_format, bit_depth=settings.bit_depth,
-            torch_threads=torch_threads, max_duration_s=settings.max_duration_s,
-            max_source_bytes=settings.max_source_bytes, retry=settings.retry_policy(),
-        )
-        self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="stemflow-io")
-        self._max_pending = settings.max_pending_uploads
-        self._pack = settings.pack_tracks
+        separator = separator_factory(model_spec) if separator_factory is not None else None
+        worker = TrackWorker(model_spec, job=job, stem_format=settings.stem_format, bit_depth=settings.bit_depth,
+                             torch_threads=threads, max_duration_s=settings.max_duration_s,
+                             max_source_bytes=settings.max_source_bytes, retry=settings.retry_policy(),
+                             separator=separator)
+        slots = max(1, int(cpus))
+        self._pipeline = BatchPipeline(
+            worker, io_threads=settings.io_threads or max(2, slots),
+            cpu_threads=settings.cpu_threads or max(1, slots), pack=settings.pack_tracks,
+            model_threads=settings.model_threads)
 
-    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
-        """Separate every track of ``batch`` (columns url, track_id); one outcome row each."""
-        urls = [str(u) for u in batch["url"]]
-        track_ids = [str(t) for t in batch["track_id"]]
-        fetches = [self._io.submit(self._worker.fetch, url) for url in urls]
-        pending: list[Future[TrackOutcome]] = []
-        outcomes: list[TrackOutcome] = []
-        if self._pack:
-            for separated in self._worker.separate_packed(list(zip(track_ids, urls, fetches))):
-                pending.append(self._io.submit(self._worker.finish, separated))
-        else:
-            for url, track_id, fetched in zip(urls, track_ids, fetches):
-                while len(pending) >= self._max_pending:
-                    outcomes.append(pending.pop(0).result())
-                separated = self._worker.separate(track_id, url, fetched)
-                pending.append(self._io.submit(self._worker.finish, separated))
-        outcomes.extend(f.result() for f in pending)
-        return _outcome_columns(outcomes)
+    def process(self, tracks: list[dict[str, Any]]) -> list[TrackOutcome]:
+        """One batch: an outcome per track, in order."""
+        return self._pipeline.process(tracks)
+
+    def stats(self) -> dict[str, float]:
+        """Seconds the model step was busy, and its calls (for the feed benchmark)."""
+        return {"model_busy_s": self._pipeline.model_busy_s, "model_calls": self._pipeline.model_calls,
+                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
 
-def _outcome_columns(outcomes: Sequence[TrackOutcome]) -> dict[str, list[Any]]:
-    """Outcomes as Ray Data columns (rows as JSON text); :func:`_outcome_from_row` reads one back."""
-    return {
-        "track_id": [o.track_id for o in outcomes],
-        "source_url": [o.source_url for o in outcomes],
-        "status": [o.status for o in outcomes],
-        "error": [o.error or "" for o in outcomes],
-        "rows_json": [json.dumps(list(o.rows), default=_json_default) for o in outcomes],
-        "seconds": [o.seconds for o in outcomes],
-    }
+class RayPoolExecutor:
+    """The scheduler's :class:`~stemflow.stage.scheduler.Executor` on a pool of Ray actors (see the module).
+
+    An actor whose call failed is *down* until a ping answers (Ray restarts it and
+    reloads the model): nothing is sent to it meanwhile, so only the batches that
+    were running when its process died count as crashed, never the ones that
+    would find it restarting.
+    """
+
+    def __init__(self, model_spec: ModelSpec, job: ShardJob, settings: StageSettings, *, workers: int,
+                 separator_factory: SeparatorFactory | None = None) -> None:
+        connect_ray(settings)
+        cpus, gpus, threads = actor_resources(settings, workers)
+        actor_class = ray.remote(_PoolActor).options(
+            num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+            max_concurrency=settings.batches_in_flight)
+        self.actors = [actor_class.remote(model_spec, job, settings, threads, cpus, separator_factory)
+                       for _ in range(workers)]
+        self._per_actor = settings.batches_in_flight
+        self._load = [0] * workers
+        self._up = [True] * workers
+        self._refs: dict[Any, int] = {}
+        self._pings: dict[Any, int] = {}
+        self._ping_after: dict[int, float] = {}
+        logger.info("pool of %d actors (%g CPUs, %g GPUs each), %d batches in flight each", workers, cpus, gpus,
+                    self._per_actor)
+
+    @property
+    def capacity(self) -> int:
+        """Batches the actors that are up can take at once."""
+        return sum(self._up) * self._per_actor
+
+    def submit(self, tracks: Sequence[Mapping[str, Any]]) -> Any:
+        """Send a batch to the least-loaded actor that is up; its object ref."""
+        index = min((i for i, up in enumerate(self._up) if up), key=self._load.__getitem__)
+        ref = self.actors[index].process.remote([dict(t) for t in tracks])
+        self._load[index] += 1
+        self._refs[ref] = index
+        return ref
+
+    def wait(self, timeout_s: float) -> list[tuple[Any, list[TrackOutcome] | WorkerCrash]]:
+        """The batches done within ``timeout_s`` (on an actor that died: :class:`WorkerCrash`)."""
+        self._send_pings()
+        refs = [*self._refs, *self._pings]
+        if not refs:
+            time.sleep(min(timeout_s, 0.05))
+            return []
+        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout_s)
+        if ready and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        done = []
+        for ref in ready:
+            if ref in self._pings:
+                self._ping_answered(ref)
+                continue
+            index = self._refs.pop(ref)
+            self._load[index] -= 1
+            try:
+                done.append((ref, list(ray.get(ref))))
+            except RayError as e:
+                done.append((ref, WorkerCrash(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")))
+                self._mark_down(index)
+        return done
+
+    def _mark_down(self, index: int) -> None:
+        if self._up[index]:
+            logger.warning("actor %d of the pool died; waiting for Ray to restart it", index)
+        self._up[index] = False
+        self._ping_after.setdefault(index, time.monotonic())
+
+    def _send_pings(self) -> None:
+        now = time.monotonic()
+        pinging = set(self._pings.values())
+        for index, after in list(self._ping_after.items()):
+            if index not in pinging and now >= after:
+                self._pings[self.actors[index].stats.remote()] = index
+
+    def _ping_answered(self, ref: Any) -> None:
+        index = self._pings.pop(ref)
+        try:
+            ray.get(ref)
+        except RayError:
+            self._ping_after[index] = time.monotonic() + 0.5  # still restarting: ask again
+            return
+        self._ping_after.pop(index, None)
+        self._up[index] = True
+        logger.info("actor %d of the pool is back", index)
+
+    def cancel_all(self) -> None:
+        """Kill the actors (the batches in flight end without outcomes)."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self._refs.clear()
+        self._pings.clear()
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each actor's :meth:`_PoolActor.stats` (model busy time, pid, node)."""
+        return list(ray.get([actor.stats.remote() for actor in self.actors]))
+
+    def close(self) -> None:
+        """End the pool."""
+        self.cancel_all()
 
 
-def _json_default(value: Any) -> Any:
-    """NumPy scalars in the rows as plain Python numbers."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def run_stage(shards: Iterator[Shard], model_spec: ModelSpec, job: ShardJob, settings: StageSettings,
+              sink: RunSink, *, stop: threading.Event | None = None, progress: RunProgress | None = None,
+              separator_factory: SeparatorFactory | None = None,
+              on_pool: Callable[[RayPoolExecutor], None] | None = None) -> StageReport:
+    """Separate every shard of a run on one pool of ``settings.workers`` actors.
+
+    The pool starts with the first shard: a run with nothing to do starts no
+    actor (and no GPU node). ``on_pool`` sees the pool once it is created (tests
+    and the feed benchmark ask its actors for their node and stats).
+    """
+    progress = progress if progress is not None else RunProgress()
+    first = next(shards, None)
+    if first is None:
+        progress.planning_done = True
+        sink.progress(progress)
+        return StageReport(stopped=stop is not None and stop.is_set(), incomplete_shards=0, pool_started=False)
+    executor = RayPoolExecutor(model_spec, job, settings, workers=settings.workers,
+                               separator_factory=separator_factory)
+    scheduler = RunScheduler(executor, settings, sink, stop=stop, progress=progress)
+    try:
+        if on_pool is not None:
+            on_pool(executor)
+        scheduler.run(itertools.chain([first], shards))
+    finally:
+        executor.close()
+    return StageReport(stopped=scheduler.stopped, incomplete_shards=scheduler.incomplete_shards, pool_started=True)
 
 
-def run_shard(
-    tracks: Sequence[Mapping[str, Any]],
-    model_spec: ModelSpec,
-    job: ShardJob,
-    settings: StageSettings = StageSettings(),
-) -> ShardResult:
-    """Separate ``tracks`` (records with ``url`` and ``track_id``) on a Ray actor pool.
+class _Collect:
+    """A sink that keeps the outcomes (for :func:`run_shard`)."""
 
-    Returns one :class:`TrackOutcome` per input track, in no particular order.
-    Raises :class:`StemflowError` only if the Ray pipeline itself fails (actors
-    cannot start, the cluster goes away); a bad track is an ``error`` outcome.
+    def __init__(self) -> None:
+        self.outcomes: list[TrackOutcome] = []
+
+    def shard_started(self, shard: Shard) -> None:
+        """Nothing to journal."""
+
+    def shard_finished(self, shard: Shard, outcomes: Sequence[TrackOutcome]) -> None:
+        self.outcomes.extend(outcomes)
+
+    def progress(self, progress: RunProgress) -> None:
+        """Nothing to report."""
+
+
+def run_shard(tracks: Sequence[Mapping[str, Any]], model_spec: ModelSpec, job: ShardJob,
+              settings: StageSettings = StageSettings()) -> ShardResult:
+    """Separate ``tracks`` (records with ``url`` and ``track_id``) on a pool of actors made for them.
+
+    One :class:`TrackOutcome` per distinct track, in input order. Raises
+    :class:`StemflowError` only if the pool itself keeps failing; a bad track is
+    an ``error`` outcome.
     """
     started = time.perf_counter()
-    if not tracks:
+    refs = tuple(TrackRef.from_dict(t) for t in tracks)
+    if not refs:
         return ShardResult(outcomes=(), wall_s=0.0, workers=0)
-    connect_ray(settings)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = settings.show_progress
-    ctx.print_on_execution_start = settings.show_progress
-    workers = min(settings.workers, len(tracks))
-    items = [{"url": str(t["url"]), "track_id": str(t["track_id"])} for t in tracks]
-    dataset = _actor_pool_pipeline(items, model_spec, job, settings, workers)
-    try:
-        outcomes = tuple(_outcome_from_row(row) for row in dataset.iter_rows())
-    except Exception as e:  # noqa: BLE001 - Ray wraps everything; surface one type
-        raise StemflowError(f"the Ray stage failed on a shard of {len(tracks)} tracks: {e}") from e
-    _check_complete(items, outcomes)
+    workers = min(settings.workers, len(refs))
+    sink = _Collect()
+    run_stage(iter([Shard(0, refs)]), model_spec, job, replace(settings, workers=workers), sink)
+    if len(sink.outcomes) != len({t.track_id for t in refs}):
+        raise StemflowError(f"the Ray stage returned {len(sink.outcomes)} outcomes for {len(refs)} tracks")
     wall_s = time.perf_counter() - started
-    logger.info("shard of %d tracks done in %.1f s on %d workers", len(items), wall_s, workers)
-    return ShardResult(outcomes=outcomes, wall_s=wall_s, workers=workers)
+    logger.info("%d tracks done in %.1f s on %d workers", len(refs), wall_s, workers)
+    return ShardResult(outcomes=tuple(sink.outcomes), wall_s=wall_s, workers=workers)
 
 
-def _actor_pool_pipeline(items: Sequence[Mapping[str, str]], model_spec: ModelSpec, job: ShardJob,
-                         settings: StageSettings, workers: int) -> ray.data.Dataset:
-    """The (lazy) Ray Data pipeline of one shard: ``items`` through a pool of up to ``workers`` actors."""
-    num_cpus, num_gpus, threads = _actor_resources(settings)
-    min_workers = min(settings.min_workers or workers, workers)
-    return ray.data.from_items(list(items)).map_batches(
-        _SeparateActor,
-        batch_size=settings.tracks_per_call,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(
-            min_size=min_workers, max_size=workers, max_tasks_in_flight_per_actor=1
-        ),
-        fn_constructor_kwargs={
-            "model_spec": model_spec,
-            "job": job,
-            "settings": settings,
-            "torch_threads": threads,
-        },
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-    )
+def submit_job(address: str, entrypoint: str, *, runtime_env: Mapping[str, Any] | None = None,
+               submission_id: str | None = None, metadata: Mapping[str, str] | None = None) -> str:
+    """Submit ``entrypoint`` to the cluster's Ray Jobs API at ``address`` (``http://head:8265``); the job id."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    return client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env or {}),
+                             submission_id=submission_id, metadata=dict(metadata or {}))
 
 
-def _outcome_from_row(row: Mapping[str, Any]) -> TrackOutcome:
-    """One row of :func:`_outcome_columns` back as a :class:`TrackOutcome`."""
-    return TrackOutcome(
-        track_id=str(row["track_id"]),
-        source_url=str(row["source_url"]),
-        status=str(row["status"]),
-        error=str(row["error"]) or None,
-        rows=tuple(json.loads(str(row["rows_json"]))),
-        seconds=float(row["seconds"]),
-    )
+def wait_for_job(address: str, job_id: str, *, poll_s: float = 10.0, timeout_s: float | None = None,
+                 on_poll: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Poll a submitted job until it ends; ``(status, the tail of its logs)``.
 
+    ``on_poll(status)`` runs at every poll (a flow reports the run's progress there).
 
-def _check_complete(items: Sequence[Mapping[str, str]], outcomes: Sequence[TrackOutcome]) -> None:
-    """Every input track must come back exactly once; anything else is a stage bug."""
-    sent = sorted(i["track_id"] for i in items)
-    got = sorted(o.track_id for o in outcomes)
-    if sent != got:
-        raise StemflowError(f"the Ray stage returned {len(got)} outcomes for {len(sent)} tracks")
+    Raises:
+        StemflowError: ``timeout_s`` passed first (the job keeps running).
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
+    client = JobSubmissionClient(address)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        status = client.get_job_status(job_id)
+        if on_poll is not None:
+            on_poll(str(status))
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return str(status), client.get_job_logs(job_id)[-4000:]
+        if deadline is not None and time.monotonic() > deadline:
+            raise StemflowError(f"Ray job {job_id} still {status} after {timeout_s:.0f} s")
+        time.sleep(poll_s)

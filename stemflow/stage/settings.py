@@ -42,6 +42,15 @@ class StageSettings:
     ``pack_tracks``: the ``tracks_per_call`` tracks an actor gets at once share
     the model's batches (short tracks and tails fill whole batches; same stems),
     at the cost of holding those tracks decoded together.
+
+    Keeping the accelerator busy: each actor takes ``batches_in_flight`` calls at
+    once; while one call's tracks are on the model, the next call's are fetched
+    and decoded (``io_threads``) and the previous one's are measured, encoded,
+    uploaded and committed (``cpu_threads``). ``None`` sizes the pools from the
+    actor's CPUs. A track whose worker process dies ``max_worker_crashes`` times
+    becomes an error row ("crashed its worker N times") and the run goes on.
+    ``stop_grace_s``: on a stop request, how long in-flight tracks may finish
+    before their actors are killed (nothing is half-committed either way).
     """
 
     ray_address: str | None = None
@@ -53,8 +62,15 @@ class StageSettings:
     torch_threads: int | None = None
     tracks_per_call: int = 2
     pack_tracks: bool = True
-    io_threads: int = 2
+    batches_in_flight: int = 3
+    model_threads: int = 2
+    io_threads: int | None = None
+    cpu_threads: int | None = None
     max_pending_uploads: int = 2
+    max_worker_crashes: int = 3
+    stop_grace_s: float = 20.0
+    progress_interval_s: float = 5.0
+    index_flush_tracks: int = 20_000
     stem_format: str = "flac"
     bit_depth: int = 24
     show_progress: bool = False
@@ -72,8 +88,16 @@ class StageSettings:
             raise ConfigError(f"min_workers must be in 1..workers, got {self.min_workers}")
         if self.gpus_per_worker < 0:
             raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-        if self.tracks_per_call < 1 or self.io_threads < 1 or self.max_pending_uploads < 1:
-            raise ConfigError("tracks_per_call, io_threads and max_pending_uploads must be >= 1")
+        counts = {"tracks_per_call": self.tracks_per_call, "max_pending_uploads": self.max_pending_uploads,
+                  "batches_in_flight": self.batches_in_flight, "max_worker_crashes": self.max_worker_crashes,
+                  "model_threads": self.model_threads,
+                  "index_flush_tracks": self.index_flush_tracks, "io_threads": self.io_threads or 1,
+                  "cpu_threads": self.cpu_threads or 1}
+        small = sorted(name for name, value in counts.items() if value < 1)
+        if small:
+            raise ConfigError(f"{', '.join(small)} must be >= 1")
+        if self.stop_grace_s < 0 or self.progress_interval_s <= 0:
+            raise ConfigError("stop_grace_s must be >= 0 and progress_interval_s > 0")
         if (self.max_duration_s is not None and self.max_duration_s <= 0) or (
                 self.max_source_bytes is not None and self.max_source_bytes <= 0):
             raise ConfigError("max_duration_s and max_source_bytes must be > 0 (or None for no limit)")
@@ -98,7 +122,10 @@ class ShardJob:
 
 @dataclass(frozen=True)
 class TrackOutcome:
-    """One track's result as the driver sees it: small, JSON-able."""
+    """One track's result as the driver sees it: small, JSON-able.
+
+    ``error_type``: for an error, its class (:data:`stemflow.store.records.ERROR_TYPES`).
+    """
 
     track_id: str
     source_url: str
@@ -106,6 +133,7 @@ class TrackOutcome:
     error: str | None
     rows: tuple[Mapping[str, Any], ...]
     seconds: float
+    error_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +143,15 @@ class ShardResult:
     outcomes: tuple[TrackOutcome, ...]
     wall_s: float
     workers: int
+
+    def errors_by_type(self) -> dict[str, int]:
+        """Error outcomes counted by ``error_type``."""
+        counts: dict[str, int] = {}
+        for outcome in self.outcomes:
+            if outcome.status == STATUS_ERROR:
+                key = outcome.error_type or "internal"
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def count(self, status: str) -> int:
         """Number of tracks that ended with ``status``."""

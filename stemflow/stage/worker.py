@@ -3,43 +3,53 @@
 :class:`TrackWorker` holds one loaded model and takes each track through the
 steps of :func:`stemflow.engine.track.separate_track` (the same functions:
 ``decode_track``, ``Separator.separate``/``separate_many``, ``measure_track``),
-split so that they overlap:
+split so that they overlap (:mod:`stemflow.stage.pipeline` runs them on
+threads):
 
-    fetch      read + decode within the limits (:mod:`stemflow.stage.fetching`), on I/O threads
-    separate   check the marker, separate and measure, on the caller's thread
-               (``separate_packed``: several tracks share the model's batches)
-    finish     encode + write the stems + create-only commit + Parquet rows
-               (:mod:`stemflow.stage.finishing`), on I/O threads
+    prepare    check the commit marker; unless committed, read + decode within the
+               limits (:mod:`stemflow.stage.fetching`), on I/O threads
+    separate   the model step only, one call at a time (``separate_prepared``:
+               several tracks share the model's batches)
+    finish     quality measures + encode + write the stems + create-only commit +
+               Parquet rows (:mod:`stemflow.stage.finishing`), on CPU threads
 
 None of the steps raises for a bad track: failures travel as values and end
-as ``error`` outcomes. The marker is the truth: it is read just before
-separating, so a track already committed costs a skip, never a second commit.
-:mod:`stemflow.stage.ray_adapter` runs workers as Ray actors; tests and the
-disk-fault checks drive one directly.
+as typed ``error`` outcomes. The marker is the truth: it is read just before a
+track is fetched and separated, so a track already committed costs one GET
+and a skip, never a second commit. A marker that exists but cannot be read is
+the track's ``marker`` error (left in place, never overwritten).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import torch
 
 from stemflow.engine.separator import Separator
-from stemflow.engine.track import measure_track, separate_decoded, sum_to_mixture_stem
+from stemflow.engine.track import measure_track, sum_to_mixture_stem
+from stemflow.errors import StorageError
 from stemflow.hub.spec import ModelSpec, load_spec
+from stemflow.stage.failures import CorruptMarkerError
 from stemflow.stage.fetching import FetchedSource, SourceLimits, fetch_source
-from stemflow.stage.finishing import SeparatedTrack, StemOutput, finish_track, rows_from_marker
+from stemflow.stage.finishing import SeparatedTrack, StemOutput, finish_track, rows_from_marker, source_extra_json
 from stemflow.stage.settings import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES, ShardJob, TrackOutcome
-from stemflow.store.commit import read_marker
+from stemflow.store.commit import MARKER_FORMAT, CommitMarker, marker_url
+from stemflow.store.objects import read_bytes
 from stemflow.store.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
 Fetch = Future[FetchedSource] | FetchedSource
 """A fetch as :meth:`TrackWorker.separate` takes it: done, or still running on an I/O thread."""
+
+Prepared = tuple[SeparatedTrack, FetchedSource | None]
+"""A track after :meth:`TrackWorker.prepare`: its record so far, and its decoded source if it is to be separated."""
 
 
 def build_separator(spec: ModelSpec, torch_threads: int | None = None) -> Separator:
@@ -52,11 +62,12 @@ def build_separator(spec: ModelSpec, torch_threads: int | None = None) -> Separa
 
 
 class TrackWorker:
-    """Fetch + decode, separate, then encode, upload and commit the tracks of one shard job.
+    """Fetch + decode, separate, then measure, encode, upload and commit tracks for one job.
 
     ``job`` and ``retry`` are read at every step (a test may point a worker
     elsewhere between tracks). ``max_duration_s`` and ``max_source_bytes``
-    bound the memory per track (:mod:`stemflow.stage.fetching`).
+    bound the memory per track (:mod:`stemflow.stage.fetching`). ``separator``
+    replaces the model of ``spec`` (a stand-in accelerator in the benchmarks).
     """
 
     def __init__(
@@ -70,9 +81,11 @@ class TrackWorker:
         max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
         max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES,
         retry: RetryPolicy | None = None,
+        separator: Separator | None = None,
     ) -> None:
-        self.separator = build_separator(spec, torch_threads)
-        self.sum_to_mixture = spec.sum_to_mixture
+        if separator is not None and torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.separator = separator if separator is not None else build_separator(spec, torch_threads)
         self.residual_stem = sum_to_mixture_stem(self.separator, spec.sum_to_mixture)
         self.job = job
         self.retry = retry
@@ -84,58 +97,125 @@ class TrackWorker:
         return fetch_source(url, self.separator, self.limits, storage_options=self.job.storage_options,
                             retry=self.retry)
 
-    def separate(self, track_id: str, url: str, fetched: Fetch) -> SeparatedTrack:
-        """Separate and measure one fetched source, unless already committed (never raises)."""
-        sep, got = self._prepare(track_id, url, fetched)
-        if got is not None and got.decoded is not None:
-            try:
-                started = time.perf_counter()
-                stems = self.separator.separate(got.decoded.samples, got.decoded.sample_rate)
-                timings = {"decode": got.decode_s, "separate": time.perf_counter() - started}
-                sep.result = measure_track(got.decoded, stems, name=url, timings_s=timings,
-                                           residual_stem=self.residual_stem)
-            except Exception as e:  # noqa: BLE001 - becomes this track's error row
-                sep.error = e
-        return sep
+    def prepare(self, track: Mapping[str, Any]) -> Prepared:
+        """Check ``track``'s marker, then (unless committed) fetch and decode it (never raises).
 
-    def separate_packed(self, items: Sequence[tuple[str, str, Fetch]]) -> list[SeparatedTrack]:
-        """Like :meth:`separate` for several ``(track_id, url, fetched)`` at once: their chunks share
-        the model's batches (:func:`stemflow.engine.track.separate_decoded`), so no batch runs part empty
-        but the very last. Never raises; a batch-wide failure falls back to one track at a time."""
-        prepared = [self._prepare(track_id, url, fetched) for track_id, url, fetched in items]
+        ``track``: ``url``, ``track_id`` and optionally ``extra`` (the catalogue's columns).
+        """
+        started = time.perf_counter()
+        sep = SeparatedTrack(str(track["track_id"]), str(track["url"]), started=started,
+                             source_extra=source_extra_json(track.get("extra")))
+        if self._committed(sep):
+            return sep, None
+        got = self.fetch(sep.source_url)
+        if got.error is not None:
+            sep.error, sep.error_step = got.error, "fetch"
+            return sep, None
+        return sep, got
+
+    def separate_prepared(self, prepared: Sequence[Prepared], *, pack: bool = True,
+                          separator: Separator | None = None) -> list[SeparatedTrack]:
+        """The model step for prepared tracks: stems only, measured later by :meth:`finish` (never raises).
+
+        With ``pack`` the tracks' chunks share the model's batches
+        (``Separator.separate_many``; no batch runs part empty but the very last);
+        if that fails (e.g. out of memory) the tracks run one at a time.
+        ``separator``: another separator around the same model (a second model thread).
+        """
+        separator = separator or self.separator
         ready = [(sep, got) for sep, got in prepared if got is not None and got.decoded is not None]
-        if len(ready) > 1:
+        if pack and len(ready) > 1:
+            started = time.perf_counter()
             try:
-                results = separate_decoded(
-                    self.separator, [(got.decoded, sep.source_url, got.decode_s) for sep, got in ready],
-                    sum_to_mixture=self.sum_to_mixture)
+                outputs = separator.separate_many([got.decoded.samples for _, got in ready],
+                                                  ready[0][1].decoded.sample_rate)
             except Exception as e:  # noqa: BLE001 - e.g. out of memory for the packed batch
                 logger.warning("packed separation of %d tracks failed (%s); one at a time", len(ready), e)
             else:
-                for (sep, _), result in zip(ready, results):
-                    sep.result = result
+                elapsed = time.perf_counter() - started
+                total = sum(got.decoded.samples.shape[-1] for _, got in ready)
+                for (sep, got), stems in zip(ready, outputs):
+                    share = elapsed * got.decoded.samples.shape[-1] / total
+                    self._separated(sep, got, stems, share)
                 return [sep for sep, _ in prepared]
-        return [self.separate(sep.track_id, sep.source_url, got) if got is not None else sep for sep, got in prepared]
+        for sep, got in ready:
+            started = time.perf_counter()
+            try:
+                stems = separator.separate(got.decoded.samples, got.decoded.sample_rate)
+            except Exception as e:  # noqa: BLE001 - becomes this track's error row
+                sep.error, sep.error_step = e, "separate"
+                continue
+            self._separated(sep, got, stems, time.perf_counter() - started)
+        return [sep for sep, _ in prepared]
+
+    def _separated(self, sep: SeparatedTrack, got: FetchedSource, stems: dict[str, Any], seconds: float) -> None:
+        sep.decoded, sep.stems, sep.residual_stem = got.decoded, stems, self.residual_stem
+        sep.timings_s = {"decode": got.decode_s, "separate": seconds}
 
     def finish(self, sep: SeparatedTrack) -> TrackOutcome:
-        """Encode and store the stems write-once, then create the marker (never raises)."""
+        """Measure, encode and store the stems write-once, then create the marker (never raises)."""
         return finish_track(sep, self.job, self.output, retry=self.retry)
 
-    def _prepare(self, track_id: str, url: str, fetched: Fetch) -> tuple[SeparatedTrack, FetchedSource | None]:
-        """The track's record so far, and its decoded audio when it is to be separated (``None``:
-        already committed, or failed to fetch or decode, with the error set)."""
-        got = fetched.result() if isinstance(fetched, Future) else fetched
-        sep = SeparatedTrack(track_id, url, started=time.perf_counter() - got.seconds)
+    # --- one track at a time (tests, the disk-fault checks) -------------------------------------
+
+    def separate(self, track_id: str, url: str, fetched: Fetch) -> SeparatedTrack:
+        """Separate and measure one fetched source, unless already committed (never raises)."""
+        (sep,) = self.separate_packed([(track_id, url, fetched)])
+        return sep
+
+    def separate_packed(self, items: Sequence[tuple[str, str, Fetch]]) -> list[SeparatedTrack]:
+        """:meth:`separate` for several ``(track_id, url, fetched)`` at once, sharing the model's batches."""
+        prepared: list[Prepared] = []
+        for track_id, url, fetched in items:
+            got = fetched.result() if isinstance(fetched, Future) else fetched
+            sep = SeparatedTrack(track_id, url, started=time.perf_counter() - got.seconds)
+            if not self._committed(sep) and got.error is not None:
+                sep.error, sep.error_step = got.error, "fetch"
+            prepared.append((sep, got if sep.recorded is None and sep.error is None else None))
+        separated = self.separate_prepared(prepared)
+        for sep in separated:
+            if sep.stems is not None and sep.decoded is not None and sep.error is None:
+                try:
+                    sep.result = measure_track(sep.decoded, sep.stems, name=sep.source_url,
+                                               timings_s=sep.timings_s or {}, residual_stem=sep.residual_stem)
+                except Exception as e:  # noqa: BLE001 - becomes this track's error row
+                    sep.error, sep.error_step = e, "measure"
+        return separated
+
+    def _committed(self, sep: SeparatedTrack) -> bool:
+        """Whether ``sep`` is already committed (then ``recorded`` is set); a read failure is its error."""
+        job = self.job
+        url = marker_url(job.output_url, job.model_id, sep.track_id)
         try:
-            job = self.job
-            marker = read_marker(job.output_url, job.model_id, track_id, storage_options=job.storage_options,
-                                 retry=self.retry)
-            if marker is not None:
-                sep.recorded = tuple(rows_from_marker(marker, job)) if marker.run_id == job.run_id else ()
-                return sep, None
-            if got.error is not None:
-                raise got.error
+            data = read_bytes(url, job.storage_options, retry=self.retry)
+        except FileNotFoundError:
+            return False
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
-            sep.error = e
-            return sep, None
-        return sep, got
+            sep.error, sep.error_step = e, "marker"
+            return True
+        try:
+            marker = CommitMarker.from_json(data)
+        except StorageError as e:
+            if _newer_marker(data):
+                logger.info("track %s is committed by a newer stemflow (%s); skipped", sep.track_id, url)
+                sep.recorded = ()
+            else:
+                sep.error, sep.error_step = CorruptMarkerError(
+                    f"{url} exists but is not a readable stemflow marker ({e}); the track is not done and is "
+                    "not redone while that file is there: move it away to separate the track again"), "marker"
+            return True
+        try:
+            sep.recorded = tuple(rows_from_marker(marker, job)) if marker.run_id == job.run_id else ()
+        except StorageError as e:
+            sep.error, sep.error_step = e, "marker"
+        return True
+
+
+def _newer_marker(data: bytes) -> bool:
+    """A marker of a later format version (``stemflow.commit/<n>``, not ours): committed, not corrupt."""
+    try:
+        value = json.loads(data.decode("utf-8")).get("format", "")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return False
+    prefix = MARKER_FORMAT.rsplit("/", 1)[0] + "/"
+    return isinstance(value, str) and value.startswith(prefix) and value != MARKER_FORMAT

@@ -13,6 +13,10 @@ torch, soundfile, Ray or Prefect).
 - ``commit``: exactly-once stems: write-once stem objects and ``_COMMITTED.json`` markers.
 - ``redact``: secrets masked out of settings before they are written anywhere.
 - ``sources``: reading a URL that stored data names only under the roots the caller expects.
-- ``records``: the quality records (Parquet schema, rows, parts, reading them back).
-- ``runs``: the run manifest ``runs/<run_id>.json``.
+- ``records``: the quality records (Parquet schema, rows, parts); ``record_scan``: reading them
+  back part by part, column-projected, foreign files quarantined.
+- ``runs``: the run manifest ``runs/<run_id>.json``; ``journal``: a run's intent journal.
+- ``index``: the committed index of a model (sorted 80-bit keys) that planning anti-joins with.
+- ``quarantine``: what a run could not read in its output, counted and reported.
+- ``lookahead``: a streaming, order-keeping thread-pool map for I/O-bound items.
 """

@@ -59,13 +59,12 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from stemflow import __version__
 from stemflow.errors import StorageError
-from stemflow.store.objects import write_atomic
-from stemflow.store.paths import StorageOptions, check_component, filesystem, join_url
+from stemflow.store.objects import write_atomic, write_create_only
+from stemflow.store.paths import StorageOptions, check_component, join_url
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +122,11 @@ COLUMNS: tuple[Column, ...] = (
     _c("created_at", pa.timestamp("us", tz="UTC"), "UTC", "row", "time the row was built"),
     _c("residual_stem", pa.string(), "", "track",
        "stem the residual was added to (sum_to_mixture: stems sum to the mixture); null: stems as the model gave them"),
+    _c("error_type", pa.string(), "", "track",
+       "class of failure of an error row (see ERROR_TYPES: decode, limit, source, model, storage, crash, marker, "
+       "internal); null when ok or written before 0.2"),
+    _c("source_extra", pa.string(), "", "track",
+       "JSON object of the catalogue manifest row's other columns (artist, isrc...); null for listed catalogues"),
 )
 """Every record column, in stored order (the README's table is :func:`schema_markdown`)."""
 
@@ -145,6 +149,18 @@ TRACK_MEASURES: frozenset[str] = frozenset({"residual_db"})
 
 STATUSES: tuple[str, ...] = ("ok", "error")
 """Values of the ``status`` column."""
+
+ERROR_TYPES: dict[str, str] = {
+    "decode": "the source is empty, undecodable, or holds NaN/inf samples",
+    "limit": "the source is over max_source_bytes or max_duration_s (refused before reading or decoding)",
+    "source": "the catalogue entry cannot be read: missing object, or a manifest row outside the catalogue",
+    "model": "the model failed on the track (e.g. out of memory)",
+    "storage": "reading the source or writing the stems, marker or records failed after the retries",
+    "crash": "the track crashed its worker process max_worker_crashes times",
+    "marker": "the track's _COMMITTED.json exists but cannot be read (left in place, see docs/guarantees.md)",
+    "internal": "anything else (a stemflow bug: please report it)",
+}
+"""Values of the ``error_type`` column of error rows, and what each means."""
 
 _ROW_KEYS = frozenset(FILE_SCHEMA.names)
 
@@ -220,10 +236,19 @@ def stem_rows(track: Mapping[str, Any], stems: Mapping[str, Mapping[str, Any]]) 
     return rows
 
 
-def error_row(track: Mapping[str, Any], message: str) -> dict[str, Any]:
-    """The single row of a failed track: ``status="error"``, ``stem`` null, ``error=message``."""
+def error_row(track: Mapping[str, Any], message: str, error_type: str = "internal") -> dict[str, Any]:
+    """The single row of a failed track: ``status="error"``, ``stem`` null, ``error=message``.
+
+    ``error_type`` is one of :data:`ERROR_TYPES`.
+
+    Raises:
+        StorageError: an unknown column or error type.
+    """
     _check_keys(track, "track columns")
-    return {**track, "stem": None, "stem_url": None, "status": "error", "error": str(message)}
+    if error_type not in ERROR_TYPES:
+        raise StorageError(f"error_type must be one of {sorted(ERROR_TYPES)}, got {error_type!r}")
+    return {**track, "stem": None, "stem_url": None, "status": "error", "error": str(message),
+            "error_type": error_type}
 
 
 def rows_to_table(
@@ -250,6 +275,8 @@ def rows_to_table(
             raise StorageError(f"row {i}: status must be one of {STATUSES}, got {row.get('status')!r}")
         if not row.get("track_id"):
             raise StorageError(f"row {i}: track_id is required")
+        if row.get("error_type") is not None and row["error_type"] not in ERROR_TYPES:
+            raise StorageError(f"row {i}: error_type must be one of {sorted(ERROR_TYPES)}, got {row['error_type']!r}")
         for name in FILE_SCHEMA.names:
             columns[name].append(row.get(name))
         if columns["created_at"][-1] is None:
@@ -300,6 +327,39 @@ def write_part(
     Raises:
         StorageError: invalid rows or names, or the write failed.
     """
+    url, data = _part_bytes(output_url, model_id, run_date, run_id, part_index, rows, created_at)
+    write_atomic(url, data, storage_options)
+    logger.debug("wrote record part %s", url)
+    return url
+
+
+def create_part(
+    output_url: str,
+    model_id: str,
+    run_date: date | str,
+    run_id: str,
+    part_index: int,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    storage_options: StorageOptions = None,
+) -> bool:
+    """Write one Parquet part only if none exists at its URL; ``True`` if this call wrote it.
+
+    Crash recovery writes the part a crashed run did not get to write under that
+    run's own id and part index, create-only: if the run was in fact alive and
+    writes its part later, it replaces this one (same URL), so a shard's rows are
+    never recorded twice.
+
+    Raises:
+        StorageError: invalid rows or names, or the write failed.
+    """
+    url, data = _part_bytes(output_url, model_id, run_date, run_id, part_index, rows, None)
+    return write_create_only(url, data, storage_options)
+
+
+def _part_bytes(output_url: str, model_id: str, run_date: date | str, run_id: str, part_index: int,
+                rows: Iterable[Mapping[str, Any]], created_at: datetime | None) -> tuple[str, bytes]:
+    """The URL and Parquet bytes (zstd) of one part."""
     url = part_url(output_url, model_id, run_date, run_id, part_index)
     day = url.split("/run_date=", 1)[1].split("/", 1)[0]
     table = rows_to_table(
@@ -307,34 +367,26 @@ def write_part(
     )
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    write_atomic(url, buffer.getvalue(), storage_options)
-    logger.debug("wrote %d record rows to %s", table.num_rows, url)
-    return url
-
-
-def _partitioning() -> ds.Partitioning:
-    return ds.partitioning(pa.schema([RECORD_SCHEMA.field(n) for n in PARTITION_COLUMNS]), flavor="hive")
+    return url, buffer.getvalue()
 
 
 def read_records(
-    output_url: str, model_id: str | None = None, *, storage_options: StorageOptions = None
+    output_url: str, model_id: str | None = None, *, storage_options: StorageOptions = None,
+    quarantine: Any = None,
 ) -> pa.Table:
     """All record rows under ``<out>/metadata`` (optionally one model) as a :data:`RECORD_SCHEMA` table.
 
-    Loads the result in memory: for catalogue-scale queries point DuckDB or a
-    pyarrow dataset at the same folder instead.
+    Reads the part files one by one (:mod:`stemflow.store.record_scan`): a file
+    that is not a part of the layout, or that is not readable Parquet, is skipped
+    and reported to ``quarantine`` (a :class:`stemflow.store.quarantine.Quarantine`;
+    logged either way), never failing the read. Files written before a column was
+    added read back with nulls in it. Loads the result in memory: for
+    catalogue-scale queries point DuckDB or a pyarrow dataset at the same folder,
+    or stream with :func:`stemflow.store.record_scan.iter_record_tables`.
     """
-    root = join_url(output_url, "metadata")
-    fs, path = filesystem(root, storage_options)
-    try:
-        if not fs.exists(path):
-            return RECORD_SCHEMA.empty_table()
-        # An explicit schema lets files written before a column was added read back (as nulls).
-        schema = pa.schema([*FILE_SCHEMA, *(RECORD_SCHEMA.field(n) for n in PARTITION_COLUMNS)])
-        dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=_partitioning(), schema=schema)
-        expression = None if model_id is None else ds.field("model_id") == check_component(model_id, "model_id")
-        table = dataset.to_table(filter=expression)
-    except (OSError, pa.ArrowException) as e:
-        raise StorageError(f"cannot read records under {root!r}: {e}") from e
-    return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
+    from stemflow.store.record_scan import iter_record_tables
 
+    tables = list(iter_record_tables(output_url, model_id, storage_options=storage_options, quarantine=quarantine))
+    if not tables:
+        return RECORD_SCHEMA.empty_table()
+    return pa.concat_tables(tables)

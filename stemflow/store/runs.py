@@ -15,17 +15,25 @@ versions read back unchanged (e.g. the output URL is stored under
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stemflow.errors import StorageError
 from stemflow.store.objects import read_bytes, write_atomic
-from stemflow.store.paths import StorageOptions, check_component, join_url
+from stemflow.store.paths import StorageOptions, check_component, filesystem, join_url
 from stemflow.store.redact import redact
 
-RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed", "partial")
-"""Values of :attr:`RunManifest.status`."""
+_SAFE_RUN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}\.json")
+
+RUN_STATUSES: tuple[str, ...] = ("running", "succeeded", "failed", "partial", "cancelled", "crashed")
+"""Values of :attr:`RunManifest.status`: ``partial`` = finished with error rows; ``cancelled`` = stopped
+on request (SIGTERM/SIGINT), nothing half-committed; ``crashed`` = found dead by a later run's
+recovery, which recorded what it had committed."""
+
+FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "partial", "cancelled", "crashed"})
+"""Statuses of runs that will write nothing more."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,9 @@ class RunManifest:
         settings: settings that shaped the output (chunk, overlap, precision, format…).
         versions: software versions (stemflow, torch, …).
         counts: integers (``planned``, ``committed``, ``skipped``, ``errors``, ``shards``…).
+        progress: rewritten during the run: ``done``, ``planned``, ``planning_done``,
+            ``tracks_per_hour``, ``eta_s``, ``updated_at`` (the run's heartbeat)…
+        summary: what an operator needs at the end: ``errors_by_type``, ``quarantine``…
     """
 
     run_id: str
@@ -50,6 +61,8 @@ class RunManifest:
     settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
     versions: Mapping[str, Any] = field(default_factory=dict, hash=False)
     counts: Mapping[str, int] = field(default_factory=dict, hash=False)
+    progress: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    summary: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         check_component(self.run_id, "run_id")
@@ -71,6 +84,7 @@ class RunManifest:
             "versions": dict(self.versions),
             "counts": dict(self.counts),
         }
+        body.update({k: dict(v) for k, v in (("progress", self.progress), ("summary", self.summary)) if v})
         body = redact(body)  # no secret from the settings (storage options, runtime_env) reaches the output
         try:
             return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -92,7 +106,8 @@ class RunManifest:
 
 
 _RUN_MANIFEST_KEYS: Sequence[str] = (
-    "run_id", "status", "started_at", "finished_at", "inputs", "settings", "versions", "counts",
+    "run_id", "status", "started_at", "finished_at", "inputs", "settings", "versions", "counts", "progress",
+    "summary",
 )
 
 
@@ -106,6 +121,23 @@ def write_run_manifest(output_url: str, manifest: RunManifest, *, storage_option
     url = run_manifest_url(output_url, manifest.run_id)
     write_atomic(url, manifest.to_json(), storage_options)
     return url
+
+
+def iter_run_ids(output_url: str, *, storage_options: StorageOptions = None) -> Iterator[str]:
+    """The ids of the runs with a manifest under ``<out>/runs/``, sorted (run ids start with their UTC time).
+
+    Raises:
+        StorageError: the listing failed.
+    """
+    fs, path = filesystem(join_url(output_url, "runs"), storage_options)
+    try:
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)) if fs.exists(path) else []
+    except OSError as e:
+        raise StorageError(f"cannot list the runs of {output_url!r}: {e}") from e
+    fs.invalidate_cache(path)
+    for name in names:
+        if name.endswith(".json") and _SAFE_RUN_FILE.fullmatch(name):
+            yield name[: -len(".json")]
 
 
 def read_run_manifest(output_url: str, run_id: str, *, storage_options: StorageOptions = None) -> RunManifest:

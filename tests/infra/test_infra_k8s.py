@@ -170,6 +170,24 @@ def test_gpu_workers_one_gpu_each_with_autoscaling_bounds() -> None:
     assert pod["containers"][0]["image"] == "stemflow-cuda"
 
 
+def test_head_is_fault_tolerant_and_gpu_workers_reach_32_on_gpu_nodes() -> None:
+    """GCS fault tolerance with an external Redis (password from a Secret), GPU node selection, 32 GPUs."""
+    for where, spec in (("raycluster", load("raycluster.yaml")["spec"]),
+                        ("rayjob", load("rayjob.yaml")["spec"]["rayClusterSpec"])):
+        ft = spec["gcsFaultToleranceOptions"]
+        assert ft["redisAddress"].startswith("redis://"), where
+        assert set(ft["redisPassword"]["valueFrom"]["secretKeyRef"]) == {"name", "key"}, where
+        gpu = next(g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu")
+        assert gpu["maxReplicas"] == 32, where
+        pod = gpu["template"]["spec"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, where
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        assert int(env["RAY_gcs_rpc_server_reconnect_timeout_s"]) >= 300, where  # workers outlive a head restart
+    broken = load("raycluster.yaml")
+    broken["spec"]["gcsFaultToleranceOptions"]["backend"] = "etcd"
+    assert crd_errors("raycluster", broken)
+
+
 def test_rayjob_runs_once_on_the_same_cluster_spec_and_shuts_down() -> None:
     job = load("rayjob.yaml")["spec"]
     assert job["rayClusterSpec"] == load("raycluster.yaml")["spec"]

@@ -53,7 +53,7 @@ def deployment(name: str) -> dict[str, Any]:
 def head_service_address() -> str:
     cluster = yaml.safe_load((K8S / "raycluster.yaml").read_text())
     name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
-    return f"ray://{name}-head-svc.{namespace}.svc.cluster.local:10001"
+    return f"http://{name}-head-svc.{namespace}.svc.cluster.local:8265"  # the Ray Jobs API
 
 
 def kustomized_image(placeholder: str) -> str:
@@ -149,9 +149,9 @@ def test_rendered_pod_reaches_the_ray_cluster_as_non_root_with_the_cache() -> No
 
 
 def test_deployment_env_overrides_one_key_and_keeps_the_rest() -> None:
-    configuration = render(load_template(), {"env": {"RAY_ADDRESS": "ray://elsewhere:10001"}})
+    configuration = render(load_template(), {"env": {"RAY_ADDRESS": "http://elsewhere:8265"}})
     env = {e["name"]: e["value"] for e in configuration["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["RAY_ADDRESS"] == "ray://elsewhere:10001"
+    assert env["RAY_ADDRESS"] == "http://elsewhere:8265"
     assert env["STEMFLOW_CACHE"] == "/cache"
 
 
@@ -175,16 +175,21 @@ def test_project_file_parses_as_prefect_reads_it() -> None:
         assert item.work_pool.job_variables["env"]["RAY_ADDRESS"] == head_service_address()
 
 
-def test_deployments_name_real_flows_and_their_arguments() -> None:
-    top_level = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    top_entrypoints = {d["entrypoint"] for d in top_level["deployments"]}
+def test_deployments_submit_runs_through_the_ray_jobs_api_with_32_gpus() -> None:
+    """The Kubernetes deployments submit ``stemflow run`` as a Ray job (never a Ray Client driver)."""
+    cluster = yaml.safe_load((K8S / "raycluster.yaml").read_text())["spec"]
+    gpu_group = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gpu")
+    registry = yaml.safe_load((REPO / "configs" / "models" / "registry.yaml").read_text())
     for item in load_project()["deployments"]:
-        assert item["entrypoint"] in top_entrypoints
+        assert item["entrypoint"] == "pipelines/submit.py:submit_catalogue"
         arguments = flow_parameters(item["entrypoint"])
         assert set(item["parameters"]) <= set(arguments), set(item["parameters"]) - set(arguments)
-        assert item["parameters"]["gpus_per_worker"] == 1 and item["parameters"]["workers"] >= 1
-        assert item["parameters"]["ray_address"] is None, "RAY_ADDRESS comes from the work pool"
+        assert 1 <= item["parameters"]["gpus"] <= gpu_group["maxReplicas"] == 32
+        assert item["parameters"]["model"] in {m["name"] for m in registry["models"]}
+        limits = gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert item["parameters"]["cpus_per_worker"] < int(limits["cpu"])  # one CPU left to the pod's raylet
         assert item["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+        assert "ray://" not in json.dumps(item)
 
 
 def test_nightly_schedule_and_code_location() -> None:

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.prefect]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_DIR = REPO / "infra" / "prefect"
-HEAD_ADDRESS = "ray://stemflow-head-svc.stemflow.svc.cluster.local:10001"
+HEAD_ADDRESS = "http://stemflow-head-svc.stemflow.svc.cluster.local:8265"  # the Ray Jobs API
 
 
 def prefect_cli(args: list[str], api_url: str, home: Path) -> subprocess.CompletedProcess[str]:

@@ -223,7 +223,8 @@ def test_killed_run_is_completed_exactly_once_by_the_next(
     stems_on_disk = {p.parent.name for p in (tmp_path / "out" / "stems" / model_id).glob("*/*.flac")}
     assert stems_on_disk == set(committed_tracks(out, model_id))
     runs = {json.loads(p.read_text())["status"] for p in (tmp_path / "out" / "runs").glob("*.json")}
-    assert runs == {"running", "succeeded"}  # the killed run's manifest stays "running"
+    assert runs == {"crashed", "succeeded"}  # the next run's recovery marked the killed one
+    assert not list((tmp_path / "out" / "runs" / "journal").glob("*/*.json"))  # nothing left to recover
 
 
 @pytest.mark.slow

@@ -57,8 +57,12 @@ def test_schema_constants() -> None:
 
 
 def test_stored_schema_is_unchanged() -> None:
-    # The Parquet columns and types as stemflow 0.1 wrote them: parts written before read back the same.
-    assert [(f.name, str(f.type)) for f in records.RECORD_SCHEMA] == [
+    # The Parquet columns and types as stemflow 0.1 wrote them (parts written before read back the same),
+    # then the columns added since, at the end, nullable: old parts read back with nulls in them.
+    assert [(f.name, str(f.type)) for f in records.RECORD_SCHEMA][33:] == [
+        ("error_type", "string"), ("source_extra", "string")]
+    assert all(f.nullable for f in records.RECORD_SCHEMA)
+    assert [(f.name, str(f.type)) for f in records.RECORD_SCHEMA][:33] == [
         ("model_id", "string"), ("run_date", "date32[day]"), ("run_id", "string"), ("track_id", "string"),
         ("source_url", "string"), ("stem", "string"), ("stem_url", "string"), ("stem_bytes", "int64"),
         ("stem_sha256", "string"), ("status", "string"), ("error", "string"), ("duration_s", "double"),

@@ -1,11 +1,12 @@
 """Bounded look-ahead on a thread pool: ``map`` that streams and keeps the input order.
 
-The catalogue turns a stream of entries into tracks where each item may cost a
-request or a full read (a stat, a content hash). :func:`ordered_map` overlaps
-those calls while the consumer keeps pulling, without reading the input ahead
-more than a bounded number of items, so a listing or a manifest of any size
-streams in constant memory. Used by :mod:`stemflow.catalogue.listing` and
-:mod:`stemflow.catalogue.manifests`.
+Turning a stream of entries into results where each item costs a request or a
+full read (a stat, a content hash, a Parquet part) is I/O bound.
+:func:`ordered_map` overlaps those calls while the consumer keeps pulling,
+without reading the input ahead more than a bounded number of items, so a
+listing, a manifest or a folder of Parquet parts of any size streams in
+constant memory. Used by :mod:`stemflow.catalogue.listing`,
+:mod:`stemflow.catalogue.manifests` and :mod:`stemflow.store.record_scan`.
 """
 
 from __future__ import annotations
