@@ -46,10 +46,7 @@ SKIPS: tuple[tuple[str, str], ...] = (
 )
 """(regular expression on the command or code, reason): commands and blocks that are not run."""
 
-KNOWN_FAILING: dict[str, tuple[str, str]] = {
-    "stemflow karaoke catalogue.csv s3://datasets/karaoke": (
-        "issue #13 gives the karaoke command an output_url default", "a catalogue needs output_url"),
-}
+KNOWN_FAILING: dict[str, tuple[str, str]] = {}
 """Command prefix -> (why it fails today, text its error must show). xfail only with that error;
 once the command works the test fails, so the entry gets removed."""
 

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,6 @@ pytestmark = [pytest.mark.prefect, pytest.mark.ray]
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="stemflow-prefect-"))
 STAGE = {"local_num_cpus": 2, "tracks_per_call": 1, "torch_threads": 1, "cpus_per_worker": 1}
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def _run(tiny_model: Any, catalogue: str, out: str, **kwargs: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +64,8 @@ def test_a_job_is_submitted_followed_and_not_submitted_twice(job_server: str) ->
 
 
 @pytest.fixture(scope="module")
-def prefect_api_url() -> Iterator[str]:
-    pytest.importorskip("prefect")
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
+def prefect_api_url(prefect_api: str) -> str:
+    return prefect_api
 
 
 @pytest.mark.slow
