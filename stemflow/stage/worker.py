@@ -39,7 +39,8 @@ from stemflow.stage.failures import CorruptMarkerError
 from stemflow.stage.fetching import FetchedSource, SourceLimits, fetch_source
 from stemflow.stage.finishing import SeparatedTrack, StemOutput, finish_track, rows_from_marker, source_extra_json
 from stemflow.stage.settings import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES, ShardJob, TrackOutcome
-from stemflow.store.commit import MARKER_FORMAT, CommitMarker, marker_url
+from stemflow.store.commit import marker_url
+from stemflow.store.marker import MARKER_FORMAT, CommitMarker
 from stemflow.store.objects import read_bytes
 from stemflow.store.retry import RetryPolicy
 
