@@ -91,6 +91,7 @@ class _SeparateActor:
             model_spec, job=job, stem_format=settings.stem_format, bit_depth=settings.bit_depth,
             torch_threads=torch_threads, max_duration_s=settings.max_duration_s,
             max_source_bytes=settings.max_source_bytes, retry=settings.retry_policy(),
+            max_decoded_bytes=settings.max_decoded_bytes,
         )
         self._io = ThreadPoolExecutor(settings.io_threads, thread_name_prefix="stemflow-io")
         self._max_pending = settings.max_pending_uploads

@@ -27,6 +27,7 @@ from concurrent.futures import Future
 
 import torch
 
+from stemflow.audio.blocks import DEFAULT_MAX_DECODED_BYTES
 from stemflow.engine.separator import Separator
 from stemflow.engine.track import measure_track, separate_decoded, sum_to_mixture_stem
 from stemflow.hub.spec import ModelSpec, load_spec
@@ -35,6 +36,7 @@ from stemflow.stage.finishing import SeparatedTrack, StemOutput, finish_track, r
 from stemflow.stage.settings import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES, ShardJob, TrackOutcome
 from stemflow.store.commit import read_marker
 from stemflow.store.retry import RetryPolicy
+from stemflow.tempfiles import sweep_stale
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,10 @@ class TrackWorker:
     """Fetch + decode, separate, then encode, upload and commit the tracks of one shard job.
 
     ``job`` and ``retry`` are read at every step (a test may point a worker
-    elsewhere between tracks). ``max_duration_s`` and ``max_source_bytes``
-    bound the memory per track (:mod:`stemflow.stage.fetching`).
+    elsewhere between tracks). ``max_duration_s``, ``max_source_bytes`` and
+    ``max_decoded_bytes`` bound the memory per track (:mod:`stemflow.stage.fetching`).
+    Starting a worker sweeps the temporary files of dead stemflow processes
+    (:func:`stemflow.tempfiles.sweep_stale`).
     """
 
     def __init__(
@@ -70,13 +74,16 @@ class TrackWorker:
         max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
         max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES,
         retry: RetryPolicy | None = None,
+        max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
     ) -> None:
+        sweep_stale()  # temporary files of workers that died here (SIGKILL, OOM) before this one started
         self.separator = build_separator(spec, torch_threads)
         self.sum_to_mixture = spec.sum_to_mixture
         self.residual_stem = sum_to_mixture_stem(self.separator, spec.sum_to_mixture)
         self.job = job
         self.retry = retry
-        self.limits = SourceLimits(max_duration_s=max_duration_s, max_source_bytes=max_source_bytes)
+        self.limits = SourceLimits(max_duration_s=max_duration_s, max_source_bytes=max_source_bytes,
+                                   max_decoded_bytes=max_decoded_bytes)
         self.output = StemOutput(stem_format=stem_format, bit_depth=bit_depth, device=spec.device)
 
     def fetch(self, url: str) -> FetchedSource:
