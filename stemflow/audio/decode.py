@@ -19,6 +19,13 @@ Input policy, applied by :func:`load_audio` and recorded in
   (:data:`stemflow.audio.resample.RESAMPLE_QUALITY`); the output has
   ``floor(N * to / from + 1/2)`` samples.
 
+Decoding is block by block (:mod:`stemflow.audio.blocks`: libsndfile blocks or an
+ffmpeg pipe, the decoded-bytes limits checked before and while decoding) and the
+policy is applied as the blocks come (:class:`stemflow.audio.resample.StreamPolicy`):
+:func:`load_audio` joins the blocks into one array, :func:`open_track` hands
+them on one by one (with the exact length first) for the bounded-memory path;
+both give the same samples.
+
 :func:`probe` describes a file without decoding it; :func:`load_stems` decodes
 every stream of a ``.stem.mp4`` into named stems. Encoding is
 :mod:`stemflow.audio.encode`.
