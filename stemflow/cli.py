@@ -29,8 +29,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from stemflow.audio.blocks import DEFAULT_MAX_DECODED_BYTES
 from stemflow.commandline.outputs import DEFAULT_TEMPLATE, track_name
 from stemflow.errors import StemflowError
+from stemflow.tempfiles import set_temp_root, sweep_stale
 
 __all__ = ["app", "main", "track_name", "unique_names"]
 
@@ -174,7 +176,14 @@ def separate(
                                           "{model}")] = DEFAULT_TEMPLATE,
     precision: Annotated[Precision, typer.Option(help="auto, float32, or bf16/fp16 autocast")] = Precision.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU; eager fallback)")] = False,
-    stream: Annotated[bool, typer.Option(help="bounded-memory file-to-file path for very long inputs")] = False,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="bounded memory (decode, separate "
+                                                  "and write block by block; the default whenever the options "
+                                                  "allow) or the whole track in memory")] = None,
+    max_decoded_bytes: Annotated[int, typer.Option("--max-decoded-bytes", help="refuse an input that decodes to "
+                                                   "more (seconds x rate x channels x 4), checked before and while "
+                                                   "decoding")] = DEFAULT_MAX_DECODED_BYTES,
+    temp_dir: Annotated[Optional[Path], typer.Option("--temp-dir", help="local folder for temporary files "
+                                                     "(default: TMPDIR); leftovers of dead runs are swept")] = None,
     offline: Annotated[bool, typer.Option(help="never download weights")] = False,
 ) -> None:
     """Separate audio files into stems with one model (loaded once)."""
@@ -186,8 +195,10 @@ def separate(
 
     writing = StemWriting(format=format.value, bit_depth=bit_depth, bitrate_kbps=bitrate, clip=clip_mode.value,
                           sample_rate=sample_rate, only=tuple(stem or ()), two_stems=two_stems,
-                          sum_to_mixture=sum_to_mixture, stream=stream)
+                          sum_to_mixture=sum_to_mixture, stream=stream, max_decoded_bytes=max_decoded_bytes)
     writing.check_stream()
+    set_temp_root(temp_dir)
+    sweep_stale()
     template = FilenameTemplate.parse(filename)
     paths = list(iter_inputs(inputs, exclude=output_dir))
     if not paths:

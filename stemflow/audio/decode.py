@@ -19,6 +19,13 @@ Input policy, applied by :func:`load_audio` and recorded in
   (:data:`stemflow.audio.resample.RESAMPLE_QUALITY`); the output has
   ``floor(N * to / from + 1/2)`` samples.
 
+Decoding is block by block (:mod:`stemflow.audio.blocks`: libsndfile blocks or an
+ffmpeg pipe, the decoded-bytes limits checked before and while decoding) and the
+policy is applied as the blocks come (:class:`stemflow.audio.resample.StreamPolicy`):
+:func:`load_audio` joins the blocks into one array, :func:`open_track` hands
+them on one by one (with the exact length first) for the bounded-memory path;
+both give the same samples.
+
 :func:`probe` describes a file without decoding it; :func:`load_stems` decodes
 every stream of a ``.stem.mp4`` into named stems. Encoding is
 :mod:`stemflow.audio.encode`.
@@ -26,9 +33,10 @@ every stream of a ``.stem.mp4`` into named stems. Encoding is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,9 +44,10 @@ import numpy as np
 import soundfile as sf
 
 from stemflow.audio import ffmpeg
+from stemflow.audio.blocks import UNKNOWN_FRAMES, BlockStream, DecodeLimits, count_frames, open_blocks
 from stemflow.audio.formats import FFMPEG_EXTENSIONS
-from stemflow.audio.resample import RESAMPLE_QUALITY, resample, to_stereo
-from stemflow.audio.source import AudioSource, ResolvedSource, local_path, resolve_source
+from stemflow.audio.resample import RESAMPLE_QUALITY, StreamPolicy, resample, resampled_length, to_stereo
+from stemflow.audio.source import AudioSource, local_path, resolve_source
 from stemflow.errors import AudioDecodeError
 
 logger = logging.getLogger(__name__)
@@ -46,10 +55,6 @@ logger = logging.getLogger(__name__)
 
 #: Stream order of a MUSDB18 / Native Instruments ``.stem.mp4``.
 MUSDB_STEM_NAMES: tuple[str, ...] = ("mixture", "drums", "bass", "other", "vocals")
-
-
-UNKNOWN_FRAMES = 1 << 62
-"""libsndfile's frame count (``SF_COUNT_MAX``) for a stream whose header carries no length."""
 
 
 @dataclass(frozen=True)
@@ -109,70 +114,107 @@ def probe(source: AudioSource, *, name: str | None = None) -> AudioInfo:
     )
 
 
-def _decode_soundfile(src: ResolvedSource) -> tuple[np.ndarray, int]:
-    """``([channels, samples] float32, rate)`` via libsndfile; raises soundfile's errors."""
-    with sf.SoundFile(src.soundfile_input()) as handle:
-        rate = int(handle.samplerate)
-        if handle.frames >= UNKNOWN_FRAMES:  # soundfile cannot read these; ffmpeg can
-            raise sf.SoundFileError("the header carries no length (a streamed file)")
-        data = handle.read(dtype="float32", always_2d=True)
-    return np.ascontiguousarray(data.T), rate
-
-
-def _decode_ffmpeg(src: ResolvedSource, stream: int) -> tuple[np.ndarray, int]:
-    """``([channels, samples] float32, rate)`` of audio stream ``stream`` via ffmpeg."""
-    with local_path(src) as path:
-        streams = ffmpeg.probe_streams(path, name=src.label)
-        if not 0 <= stream < len(streams):
-            raise AudioDecodeError(f"{src.label}: has {len(streams)} audio stream(s); stream {stream} does not exist")
-        info = streams[stream]
-        samples = ffmpeg.decode_stream(path, audio_index=stream, channels=info.channels, name=src.label)
-    return samples, info.sample_rate
-
-
-def _is_mp3_impostor(src: ResolvedSource) -> bool:
-    """A ``.mp3`` whose first bytes are neither an ID3 tag nor an MPEG frame sync.
-
-    libsndfile hands such files to libmpg123, which then writes resync notes to
-    stderr and fails with a misleading message; ffmpeg gives a clear answer.
-    """
-    if src.suffix != ".mp3":
-        return False
-    head = src.head(3)
-    frame_sync = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
-    return not (head.startswith(b"ID3") or frame_sync)
-
-
-def _decode(src: ResolvedSource, stream: int | None) -> tuple[np.ndarray, int, str | None]:
-    """Decode with libsndfile, falling back to ffmpeg; returns samples, rate, decoder note."""
-    if stream is None and src.suffix not in FFMPEG_EXTENSIONS and not _is_mp3_impostor(src):
-        try:
-            samples, rate = _decode_soundfile(src)
-        except (sf.SoundFileError, RuntimeError, ValueError) as e:
-            soundfile_error = str(e)
-        else:
-            return samples, rate, None
-        if not ffmpeg.ffmpeg_available():
-            raise AudioDecodeError(
-                f"{src.label}: not decodable by libsndfile ({soundfile_error}), and ffmpeg is not installed to try it"
-            )
-        try:
-            samples, rate = _decode_ffmpeg(src, 0)
-        except AudioDecodeError as e:
-            raise AudioDecodeError(f"{e} (libsndfile: {soundfile_error})") from e
-        return samples, rate, "decoded with ffmpeg (libsndfile could not read it)"
-    samples, rate = _decode_ffmpeg(src, stream or 0)
-    return samples, rate, f"decoded audio stream {stream or 0} with ffmpeg"
-
-
-def _check_samples(samples: np.ndarray, label: str) -> None:
-    """Reject decoded audio that has no frames or holds NaN/inf."""
-    if samples.shape[-1] == 0 or samples.shape[0] == 0:
-        raise AudioDecodeError(f"{label}: contains no audio samples (0 frames)")
-    finite = np.isfinite(samples)
+def _check_block(block: np.ndarray, done: int, label: str) -> None:
+    """Reject a native block holding NaN/inf (``done``: frames before it, for the message)."""
+    finite = np.isfinite(block)
     if not finite.all():
-        bad = int(samples.size - np.count_nonzero(finite))
-        raise AudioDecodeError(f"{label}: {bad} of {samples.size} samples are NaN or infinite")
+        bad = int(block.size - np.count_nonzero(finite))
+        raise AudioDecodeError(f"{label}: {bad} of {block.size} samples are NaN or infinite "
+                               f"(frames {done}..{done + block.shape[-1]})")
+
+
+@dataclass(frozen=True)
+class TrackStream:
+    """An input opened for streaming at the policy's rate and channels (:func:`open_track`).
+
+    ``num_samples``: the exact length after the policy; ``blocks``: ``[channels, n]``
+    float32 blocks covering exactly ``[0, num_samples)``; ``notes``/``source_*`` as in :class:`DecodedAudio`.
+    """
+
+    num_samples: int
+    sample_rate: int
+    source_sample_rate: int
+    source_channels: int
+    notes: tuple[str, ...]
+    blocks: Iterator[np.ndarray]
+
+
+def _notes(opened: BlockStream, target_rate: int, channels: int, label: str) -> tuple[str, ...]:
+    """What the policy changes for this input, in words (a >2-channel input is also logged)."""
+    notes = [opened.note] if opened.note else []
+    if channels == 2 and opened.channels != 2:
+        notes.append("mono duplicated to stereo" if opened.channels == 1
+                     else f"kept the first two of {opened.channels} channels")
+    elif channels == 1 and opened.channels > 1:
+        notes.append(f"averaged {opened.channels} channels to mono")
+    if opened.channels > 2:
+        logger.warning("%s: %s", label, notes[-1])
+    if target_rate != opened.sample_rate:
+        notes.append(f"resampled {opened.sample_rate} -> {target_rate} Hz (soxr {RESAMPLE_QUALITY})")
+    return tuple(notes)
+
+
+def _policy_blocks(opened: BlockStream, policy: StreamPolicy, label: str, counted: list[int]) -> Iterator[np.ndarray]:
+    """The policy applied to ``opened``'s blocks, each native block checked; ``counted[0]`` ends as the native frames."""
+    done = 0
+    for block in opened.blocks:
+        _check_block(block, done, label)
+        done += block.shape[-1]
+        counted[0] = done
+        out = policy.push(block)
+        if out.shape[-1]:
+            yield out
+    if done == 0:
+        raise AudioDecodeError(f"{label}: contains no audio samples (0 frames)")
+    tail = policy.flush(opened.channels)
+    if tail.shape[-1]:
+        yield tail
+
+
+def _fit(blocks: Iterator[np.ndarray], length: int, channels: int) -> Iterator[np.ndarray]:
+    """``blocks`` cut or zero-padded to exactly ``length`` frames in total (as :func:`resample` fits its output)."""
+    done = 0
+    for block in blocks:
+        take = min(block.shape[-1], length - done)
+        if take > 0:
+            yield block[:, :take]
+            done += take
+    if done < length:
+        yield np.zeros((channels, length - done), dtype=np.float32)
+
+
+def _check_args(sample_rate: int | None, channels: int) -> None:
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, got {channels}")
+    if sample_rate is not None and operator.index(sample_rate) <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+
+
+@contextlib.contextmanager
+def open_track(
+    source: AudioSource,
+    *,
+    sample_rate: int | None = 44100,
+    channels: Literal[1, 2] = 2,
+    name: str | None = None,
+    limits: DecodeLimits = DecodeLimits(),
+) -> Iterator[TrackStream]:
+    """Open a file to stream it through the input policy, knowing its exact length first.
+
+    Where the header's length is not exact (MP3, Ogg, ffmpeg inputs) a first
+    decoding pass counts the frames (:func:`stemflow.audio.blocks.count_frames`,
+    bounded like the decode). The blocks equal :func:`load_audio`'s samples.
+    """
+    _check_args(sample_rate, channels)
+    src = resolve_source(source, name)
+    frames = count_frames(src, limits=limits)
+    with open_blocks(src, limits=limits) as opened:
+        target_rate = sample_rate or opened.sample_rate
+        length = resampled_length(frames, opened.sample_rate, target_rate)
+        policy = StreamPolicy(opened.sample_rate, target_rate, channels)
+        blocks = _fit(_policy_blocks(opened, policy, src.label, [0]), length, channels)
+        yield TrackStream(length, target_rate, opened.sample_rate, opened.channels,
+                          _notes(opened, target_rate, channels, src.label), blocks)
 
 
 def load_audio(
@@ -182,6 +224,7 @@ def load_audio(
     channels: Literal[1, 2] = 2,
     stream: int | None = None,
     name: str | None = None,
+    limits: DecodeLimits = DecodeLimits(),
 ) -> DecodedAudio:
     """Decode a file and apply the input policy (channels, rate, validity).
 
@@ -193,50 +236,61 @@ def load_audio(
         stream: audio stream index in a multi-stream container (``.stem.mp4``:
             0 = mixture); forces the ffmpeg decoder. ``None`` = the first stream.
         name: shown in error messages and logs instead of the path.
+        limits: decoded-bytes (and duration) limits, checked before and while
+            decoding (:mod:`stemflow.audio.blocks`).
 
     Returns:
         :class:`DecodedAudio` with ``samples`` of shape ``[channels, samples]`` float32.
 
     Raises:
-        AudioDecodeError: empty, undecodable, zero frames, or NaN/inf samples.
+        AudioDecodeError: empty, undecodable, zero frames, or NaN/inf samples;
+            :class:`~stemflow.audio.blocks.DecodedSizeError` over a limit.
     """
-    if channels not in (1, 2):
-        raise ValueError(f"channels must be 1 or 2, got {channels}")
-    if sample_rate is not None and operator.index(sample_rate) <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    _check_args(sample_rate, channels)
     src = resolve_source(source, name)
-    samples, source_rate, decoder_note = _decode(src, stream)
-    _check_samples(samples, src.label)
-    return _apply_policy(samples, source_rate, sample_rate, channels, src.label, decoder_note)
+    with open_blocks(src, stream=stream, limits=limits) as opened:
+        target_rate = sample_rate or opened.sample_rate
+        policy = StreamPolicy(opened.sample_rate, target_rate, channels)
+        counted = [0]
+        expected = None if opened.frames is None else resampled_length(opened.frames, opened.sample_rate, target_rate)
+        samples = _collect(_policy_blocks(opened, policy, src.label, counted), channels, expected)
+        notes = _notes(opened, target_rate, channels, src.label)
+    length = resampled_length(counted[0], opened.sample_rate, target_rate)
+    if samples.shape[-1] != length:
+        samples = np.concatenate(list(_fit(iter([samples]), length, channels)), axis=1)
+    return DecodedAudio(samples=samples, sample_rate=target_rate, source_sample_rate=opened.sample_rate,
+                        source_channels=opened.channels, notes=notes)
 
 
-def _apply_policy(
-    samples: np.ndarray, source_rate: int, sample_rate: int | None, channels: int, label: str, note: str | None
-) -> DecodedAudio:
-    """The input policy on decoded samples: channels (1 or 2), then the rate; ``note`` starts the notes."""
-    notes: list[str] = [note] if note else []
-    source_channels = samples.shape[0]
-    if channels == 2:
-        samples, channel_note = to_stereo(samples)
-    elif source_channels > 1:
-        samples, channel_note = samples.mean(axis=0, keepdims=True), f"averaged {source_channels} channels to mono"
-    else:
-        channel_note = None
-    if channel_note:
-        notes.append(channel_note)
-        if source_channels > 2:
-            logger.warning("%s: %s", label, channel_note)
+def _collect(blocks: Iterator[np.ndarray], channels: int, expected: int | None) -> np.ndarray:
+    """Join blocks into one ``[channels, n]`` array, filling a preallocated one when the length is announced."""
+    if expected is None or expected <= 0:
+        parts = list(blocks)
+        return np.concatenate(parts, axis=1) if parts else np.zeros((channels, 0), np.float32)
+    out = np.empty((channels, expected), dtype=np.float32)
+    done = 0
+    extra: list[np.ndarray] = []
+    for block in blocks:
+        take = max(0, min(block.shape[-1], expected - done))
+        out[:, done : done + take] = block[:, :take]
+        done += take
+        if take < block.shape[-1]:
+            extra.append(block[:, take:])
+    if extra:  # the header under-stated the length
+        return np.concatenate([out, *extra], axis=1)
+    return out[:, :done]
+
+
+def _apply_policy(samples: np.ndarray, source_rate: int, sample_rate: int | None, label: str) -> np.ndarray:
+    """The stereo input policy on samples already in memory (one stream of a multi-stream file)."""
+    if not np.isfinite(samples).all():
+        _check_block(samples, 0, label)
+    if samples.shape[-1] == 0 or samples.shape[0] == 0:
+        raise AudioDecodeError(f"{label}: contains no audio samples (0 frames)")
+    stereo = to_stereo(samples)[0]
     target_rate = sample_rate or source_rate
-    if target_rate != source_rate:
-        samples = resample(samples, source_rate, target_rate)
-        notes.append(f"resampled {source_rate} -> {target_rate} Hz (soxr {RESAMPLE_QUALITY})")
-    return DecodedAudio(
-        samples=np.ascontiguousarray(samples, dtype=np.float32),
-        sample_rate=target_rate,
-        source_sample_rate=source_rate,
-        source_channels=source_channels,
-        notes=tuple(notes),
-    )
+    out = resample(stereo, source_rate, target_rate) if target_rate != source_rate else stereo
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def load_stems(
@@ -265,8 +319,8 @@ def load_stems(
         decoded = ffmpeg.decode_all_streams(path, streams, name=src.label)
     stems: dict[str, np.ndarray] = {}
     for index, (stem_name, samples, info) in enumerate(zip(names, decoded, streams, strict=True)):
-        _check_samples(samples, f"{src.label} (stream {index}, {stem_name})")
-        stems[stem_name] = _apply_policy(samples, info.sample_rate, sample_rate, 2, src.label, None).samples
+        stems[stem_name] = _apply_policy(samples, info.sample_rate, sample_rate, f"{src.label} (stream {index}, "
+                                         f"{stem_name})")
     length = min(s.shape[-1] for s in stems.values())
     return {stem_name: np.ascontiguousarray(s[:, :length]) for stem_name, s in stems.items()}
 

@@ -24,12 +24,16 @@ import logging
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from stemflow.errors import AudioDecodeError, AudioEncodeError
+from stemflow.tempfiles import temp_dir, temp_root
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +80,31 @@ def _binary(name: str, *, purpose: str, error: type[Exception]) -> str:
     if found is None:
         raise error(f"{purpose}: the `{name}` binary was not found on PATH; {_INSTALL_HINT}")
     return found
+
+
+def binary_path(name: str, label: str) -> str:
+    """The full path of ffmpeg/ffprobe for decoding ``label``; :class:`AudioDecodeError` with a hint if missing."""
+    return _binary(name, purpose=f"{label}: decoding", error=AudioDecodeError)
+
+
+@contextmanager
+def stderr_sink() -> Iterator[IO[bytes]]:
+    """An anonymous temporary file for a piped ffmpeg's messages (a pipe could fill and block it)."""
+    with tempfile.TemporaryFile(dir=temp_root()) as sink:
+        yield sink
+
+
+def check_exit(returncode: int, errors: IO[bytes], label: str, *, timed_out_s: float | None) -> None:
+    """Raise :class:`AudioDecodeError` for a piped ffmpeg decode that failed or was killed; log its warnings."""
+    errors.seek(0)
+    lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+    if timed_out_s is not None:
+        raise AudioDecodeError(f"{label}: not decodable: ffmpeg gave no data for {timed_out_s:.0f} s (killed)")
+    if returncode != 0:
+        detail = lines[-1] if lines else f"exit status {returncode}"
+        raise AudioDecodeError(f"{label}: not decodable: ffmpeg failed: {detail}")
+    if lines:  # e.g. a damaged AAC frame that was skipped
+        logger.warning("%s: ffmpeg reported %d problem(s), last: %s", label, len(lines), lines[-1])
 
 
 def _run(
@@ -198,8 +227,8 @@ def decode_all_streams(
     """
     label = name or str(path)
     ffmpeg = _binary(FFMPEG_BINARY, purpose=f"{label}: decoding", error=AudioDecodeError)
-    with tempfile.TemporaryDirectory(prefix="stemflow-ffmpeg-") as folder:
-        outputs = [Path(folder) / f"stream{info.audio_index}.f32" for info in streams]
+    with temp_dir("ffmpeg") as folder:
+        outputs = [folder / f"stream{info.audio_index}.f32" for info in streams]
         args = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path)]
         for info, output in zip(streams, outputs, strict=True):
             args += ["-map", f"0:a:{info.audio_index}", "-f", "f32le", "-acodec", "pcm_f32le", str(output)]
@@ -235,8 +264,8 @@ def encode_with_ffmpeg(
     ffmpeg = _binary(FFMPEG_BINARY, purpose=f"{name}: encoding", error=AudioEncodeError)
     channels = samples.shape[0]
     interleaved = np.ascontiguousarray(samples.T, dtype="<f4").tobytes()
-    with tempfile.TemporaryDirectory(prefix="stemflow-ffmpeg-") as folder:
-        output = Path(folder) / "encoded"
+    with temp_dir("ffmpeg") as folder:
+        output = folder / "encoded"
         args = [
             ffmpeg, "-nostdin", "-v", "error",
             "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",

@@ -61,3 +61,38 @@ def to_stereo(samples: np.ndarray) -> tuple[np.ndarray, str | None]:
         return np.repeat(rows, 2, axis=0), "mono duplicated to stereo"
     return rows[:2], f"kept the first two of {channels} channels"
 
+
+
+class StreamPolicy:
+    """The input policy (channels, then rate) applied block by block, as :func:`to_stereo` + :func:`resample` would.
+
+    ``channels``: 2 (as :func:`to_stereo`) or 1 (channels averaged). The rate
+    goes through one :class:`soxr.ResampleStream` at :data:`RESAMPLE_QUALITY`,
+    whose output equals :func:`resample`'s sample for sample; the caller cuts
+    or pads the total to :func:`resampled_length` of the input frames, as
+    :func:`resample` does.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int, channels: int) -> None:
+        if from_rate <= 0 or to_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+        self.channels = channels
+        self._stream = (None if from_rate == to_rate else
+                        soxr.ResampleStream(from_rate, to_rate, channels, dtype="float32", quality=RESAMPLE_QUALITY))
+
+    def _layout(self, block: np.ndarray) -> np.ndarray:
+        if self.channels == 2:
+            return to_stereo(block)[0]
+        return block.mean(axis=0, keepdims=True, dtype=np.float32) if block.shape[0] > 1 else block
+
+    def push(self, block: np.ndarray, *, last: bool = False) -> np.ndarray:
+        """Convert one native ``[channels, n]`` block; ``last`` flushes the resampler. Returns ``[channels, m]``."""
+        laid_out = np.ascontiguousarray(self._layout(block), dtype=np.float32)
+        if self._stream is None:
+            return laid_out
+        converted = self._stream.resample_chunk(np.ascontiguousarray(laid_out.T), last=last)
+        return np.ascontiguousarray(np.asarray(converted, dtype=np.float32).reshape(-1, self.channels).T)
+
+    def flush(self, native_channels: int) -> np.ndarray:
+        """The resampler's last samples (none without resampling)."""
+        return self.push(np.zeros((native_channels, 0), dtype=np.float32), last=True)

@@ -9,14 +9,14 @@ file object or a zero-byte input raises
 :class:`~stemflow.errors.AudioDecodeError` here, before any decoder runs.
 
 ffmpeg reads files, not memory: :func:`local_path` gives a path for either
-kind, writing bytes to a temporary file only when they have no path.
+kind, writing bytes to a temporary file only when they have no path (named by
+:mod:`stemflow.tempfiles`, so a killed process's copy is swept later).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from stemflow.audio.formats import DECODABLE_EXTENSIONS, file_suffix
 from stemflow.errors import AudioDecodeError
+from stemflow.tempfiles import temp_dir
 
 AudioSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 """What the decoder accepts: a local path, the file's bytes, or a binary file object."""
@@ -113,7 +114,7 @@ def local_path(source: ResolvedSource) -> Iterator[Path]:
     if source.path is not None:
         yield source.path
         return
-    with tempfile.TemporaryDirectory(prefix="stemflow-audio-") as folder:
-        temp_path = Path(folder) / f"input{source.suffix if source.suffix in DECODABLE_EXTENSIONS else ''}"
+    with temp_dir("audio") as folder:
+        temp_path = folder / f"input{source.suffix if source.suffix in DECODABLE_EXTENSIONS else ''}"
         temp_path.write_bytes(source.data or b"")
         yield temp_path

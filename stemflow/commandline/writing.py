@@ -1,8 +1,13 @@
 """One input of ``stemflow separate``, start to finish: separate, pick the stems, convert, write, record the owner.
 
-The separation itself is :func:`stemflow.engine.track.separate_track` (the same
-function the catalogue workers use) or, with ``stream``, the bounded-memory
-:func:`stemflow.engine.streaming.separate_file`. Then, in memory:
+The separation itself is, by default, the bounded-memory
+:func:`stemflow.engine.streaming.separate_file` (decoded, separated and written
+block by block, for any input format) whenever the options allow it (flac/wav
+output, no ``two_stems``, ``sum_to_mixture``, ``sample_rate``, ``bitrate`` or
+clipping policy other than ``none``); otherwise, or with ``stream=False``,
+:func:`stemflow.engine.track.separate_track` (the same function the catalogue
+workers use), which holds the track and its stems in memory. Both give the
+same stems and honour the decoded-bytes limit (``max_decoded_bytes``). Then, in memory:
 
 * stem selection: ``only`` keeps some of the model's stems; ``two_stems=S``
   writes ``S`` and ``no_S``, the sum of every other stem (demucs'
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stemflow.audio.blocks import DEFAULT_MAX_DECODED_BYTES, DecodeLimits
 from stemflow.audio.encode import ClipPolicy, lossy_codec, save_audio
 from stemflow.audio.resample import resample
 from stemflow.commandline.outputs import PlannedResult, write_owner
@@ -44,7 +50,8 @@ class StemWriting:
     only: tuple[str, ...] = ()
     two_stems: str | None = None
     sum_to_mixture: bool = False
-    stream: bool = False
+    stream: bool | None = None
+    max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES
 
     def __post_init__(self) -> None:
         """Usage errors before any model is loaded: a bitrate for a lossless format or out of range, a bad rate.
@@ -55,6 +62,26 @@ class StemWriting:
         lossy_codec(self.format, self.bitrate_kbps, "--bitrate")  # type: ignore[arg-type]
         if self.sample_rate is not None and not 8000 <= self.sample_rate <= 384000:
             raise ConfigError(f"--sample-rate must be 8000-384000 Hz, got {self.sample_rate}")
+        if self.max_decoded_bytes is not None and self.max_decoded_bytes <= 0:
+            raise ConfigError(f"--max-decoded-bytes must be > 0, got {self.max_decoded_bytes}")
+
+    @property
+    def limits(self) -> DecodeLimits:
+        """The decoded-bytes limit of every input."""
+        return DecodeLimits(max_decoded_bytes=self.max_decoded_bytes)
+
+    def streams(self) -> bool:
+        """Whether inputs go through the bounded-memory path: ``stream``, or by default when the options allow."""
+        return self.stream if self.stream is not None else not self._stream_blockers()
+
+    def _stream_blockers(self) -> list[str]:
+        """The options the streamed path does not do (they need the whole stem, or a format it cannot write)."""
+        return [name for name, on in (("--format " + self.format, self.format not in ("flac", "wav")),
+                                      ("--two-stems", bool(self.two_stems)),
+                                      ("--sum-to-mixture", self.sum_to_mixture),
+                                      ("--sample-rate", self.sample_rate is not None),
+                                      ("--bitrate", self.bitrate_kbps is not None),
+                                      ("--clip-mode " + self.clip, self.clip != "none")) if on]
 
     def output_stems(self, model_stems: tuple[str, ...]) -> tuple[str, ...]:
         """The stems written for a model giving ``model_stems``.
@@ -78,15 +105,8 @@ class StemWriting:
         Raises:
             ConfigError: naming the options that do not combine with it.
         """
-        if not self.stream:
-            return
-        blocked = [name for name, on in (("--format " + self.format, self.format not in ("flac", "wav")),
-                                         ("--two-stems", bool(self.two_stems)),
-                                         ("--sum-to-mixture", self.sum_to_mixture),
-                                         ("--sample-rate", self.sample_rate is not None),
-                                         ("--bitrate", self.bitrate_kbps is not None),
-                                         ("--clip-mode " + self.clip, self.clip != "none")) if on]
-        if blocked:
+        blocked = self._stream_blockers()
+        if self.stream and blocked:
             raise ConfigError(f"--stream writes the model's stems as flac or wav in bounded memory; it does not "
                               f"combine with {', '.join(blocked)}")
 
@@ -95,16 +115,17 @@ def write_result(separator: Separator, planned: PlannedResult, owner_model: str,
                  progress: Progress | None = None) -> list[str]:
     """Separate ``planned.input`` and write its files (owner records name ``owner_model``); the notes to show."""
     owner = planned.input.owner(owner_model)
-    if writing.stream:
+    if writing.streams():
         from stemflow.engine.streaming import separate_file
 
         _make_folders(planned)
-        separate_file(separator, planned.input.path, planned.files, bit_depth=writing.bit_depth, progress=progress)
+        streamed = separate_file(separator, planned.input.path, planned.files, bit_depth=writing.bit_depth,
+                                 progress=progress, limits=writing.limits)
         for file in planned.files.values():
             write_owner(file, owner)
-        return ["streamed"]
+        return [*streamed.notes, "streamed"]
     result = separate_track(separator, planned.input.path, name=str(planned.input.path), measure_quality=False,
-                            progress=progress, sum_to_mixture=writing.sum_to_mixture)
+                            progress=progress, sum_to_mixture=writing.sum_to_mixture, limits=writing.limits)
     stems = _chosen(result.stems, writing)
     notes = list(result.decoded.notes)
     rate = result.sample_rate

@@ -1,17 +1,20 @@
 """File-to-file separation in memory bounded by the chunk, not the track.
 
-:func:`separate_file` reads the input with soundfile block by block, runs the
-same chunk plan as :meth:`stemflow.engine.separator.Separator.separate` (including the
-reflect padding at both ends, which needs the track length up front: the
-input must be seekable and declare its length) and writes every stem as its
-samples become final. Memory holds about ``chunk_size + batch_size * step``
-input samples, one read block and the open chunks' sums, whatever the track
-length. The output equals the in-memory path's (same code, same order of
-float operations).
+:func:`separate_file` decodes the input block by block
+(:func:`stemflow.audio.decode.open_track`: every format the decoder reads, the
+input policy of resampling and channels applied as it streams, the
+decoded-bytes limits checked before and during decoding), runs the same chunk
+plan as :meth:`stemflow.engine.separator.Separator.separate` (including the
+reflect padding at both ends, which needs the track length up front: where
+the header does not state it exactly, MP3/Ogg/ffmpeg inputs, a first decoding
+pass counts it) and writes every stem as its samples become final. Memory
+holds about ``chunk_size + batch_size * step`` input samples, one read block
+and the open chunks' sums, whatever the track length. The output equals the
+in-memory path's (same decoded samples, same code, same order of float
+operations).
 
-The input must already be at the model's sample rate (no on-the-fly
-resampling: convert first with :mod:`stemflow.audio`); mono is duplicated to
-stereo; more channels are an error. Outputs are FLAC/AIFF (16 or 24-bit PCM) or
+Any channel count is taken (the input policy: mono duplicated, the first two
+of more). Outputs are FLAC/AIFF (16 or 24-bit PCM) or
 WAV (16/24-bit PCM, or 32-bit float with ``bit_depth=32``), chosen by the
 extension (:mod:`stemflow.audio.formats`). PCM saturates at full scale
 (:func:`stemflow.audio.encode.quantise_pcm`, the in-memory encoder's quantiser,
@@ -35,7 +38,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from stemflow.audio.decode import UNKNOWN_FRAMES
+from stemflow.audio.blocks import DecodeLimits
+from stemflow.audio.decode import TrackStream, open_track
 from stemflow.audio.encode import quantise_pcm
 from stemflow.audio.formats import EXTENSIONS, file_suffix
 from stemflow.engine.overlap_add import check_finite
@@ -66,36 +70,45 @@ class StreamResult:
     clipped_samples: dict[str, int] = field(default_factory=dict)
     mono_input: bool = False
     peak_buffered_frames: int = 0
+    notes: tuple[str, ...] = ()
 
 
 class FileSource:
-    """A :class:`stemflow.engine.overlap_add.TrackSource` over an open sound file, read front to back.
+    """A :class:`stemflow.engine.overlap_add.TrackSource` over an opened track (:func:`open_track`), front to back.
 
     Keeps the samples between the last ``release`` and the furthest ``read``;
-    reads ``block_frames`` at a time (more if a read asks for more).
+    takes the decoder's blocks as they come (``block_frames`` or more at a time).
     """
 
-    def __init__(self, sound_file: sf.SoundFile, *, block_frames: int, name: str) -> None:
-        if sound_file.frames <= 0 or sound_file.frames >= UNKNOWN_FRAMES:
-            raise AudioDecodeError(f"{name}: the file declares no length (or is empty); decode it first")
-        if sound_file.channels not in (1, 2):
-            raise AudioDecodeError(
-                f"{name}: {sound_file.channels} channels; streaming takes mono or stereo (convert with stemflow.audio)"
-            )
-        self._file = sound_file
+    def __init__(self, track: TrackStream, *, block_frames: int, name: str) -> None:
+        self._track = track
         self._name = name
         self._block_frames = block_frames
         self._start = 0
         self._buffer = torch.zeros(2, 0, dtype=torch.float32)
+        self._pending: list[np.ndarray] = []
         self.peak_buffered_frames = 0
 
     @property
     def num_samples(self) -> int:
-        return int(self._file.frames)
+        return self._track.num_samples
 
     @property
     def mono(self) -> bool:
-        return self._file.channels == 1
+        return self._track.source_channels == 1
+
+    def _take(self, frames: int) -> torch.Tensor:
+        """The next ``frames`` samples from the decoder (fewer only at its end)."""
+        have = sum(b.shape[-1] for b in self._pending)
+        while have < frames:
+            block = next(self._track.blocks, None)
+            if block is None:
+                break
+            self._pending.append(block)
+            have += block.shape[-1]
+        joined = np.concatenate(self._pending, axis=1) if self._pending else np.zeros((2, 0), np.float32)
+        self._pending = [joined[:, frames:]] if joined.shape[-1] > frames else []
+        return torch.from_numpy(np.ascontiguousarray(joined[:, :frames]))
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Track samples ``[start, stop)``, float32 ``[2, stop - start]`` (a view of the buffer)."""
@@ -104,13 +117,11 @@ class FileSource:
         end = self._start + self._buffer.shape[1]
         if stop > end:
             frames = min(max(self._block_frames, stop - end), self.num_samples - end)
-            data = self._file.read(frames, dtype="float32", always_2d=True)
-            if data.shape[0] != frames:
-                raise AudioDecodeError(f"{self._name}: file ended after {end + data.shape[0]} of {self.num_samples} frames")
-            block = torch.from_numpy(np.ascontiguousarray(data.T))
+            block = self._take(frames)
+            if block.shape[1] != frames:
+                raise AudioDecodeError(f"{self._name}: file ended after {end + block.shape[1]} of "
+                                       f"{self.num_samples} frames")
             check_finite(block, where=f"{self._name} (frames {end}..{end + frames})")
-            if block.shape[0] == 1:
-                block = block.expand(2, -1)
             self._buffer = torch.cat([self._buffer, block], dim=1)
             self.peak_buffered_frames = max(self.peak_buffered_frames, self._buffer.shape[1])
         return self._buffer[:, start - self._start : stop - self._start]
@@ -190,21 +201,6 @@ def _open_writers(
     return writers
 
 
-def _open_input(input_path: str | os.PathLike[str], sample_rate: int, name: str) -> sf.SoundFile:
-    """Open the input with soundfile; it must be at the model's ``sample_rate`` (no resampling here)."""
-    try:
-        sound_file = sf.SoundFile(input_path)
-    except (OSError, sf.LibsndfileError) as e:
-        raise AudioDecodeError(f"{name}: cannot open: {e}") from e
-    if sound_file.samplerate != sample_rate:
-        sound_file.close()
-        raise AudioDecodeError(
-            f"{name}: {sound_file.samplerate} Hz but the model runs at {sample_rate} Hz; "
-            "resample it first (stemflow.audio); streaming does not resample"
-        )
-    return sound_file
-
-
 def _write_blocks(
     separator: Separator, source: FileSource, writers: Mapping[str, _StemWriter], progress: ProgressCallback | None
 ) -> None:
@@ -235,6 +231,7 @@ def separate_file(
     block_seconds: float = 10.0,
     bit_depth: int = 24,
     progress: ProgressCallback | None = None,
+    limits: DecodeLimits = DecodeLimits(),
 ) -> StreamResult:
     """Separate one audio file into per-stem files, in bounded memory.
 
@@ -254,9 +251,9 @@ def separate_file(
         raise ConfigError(f"block_seconds must be positive, got {block_seconds}")
     name = str(input_path)
     paths = {stem: Path(path) for stem, path in output_paths.items()}
-    with _open_input(input_path, separator.sample_rate, name) as sound_file:
+    with open_track(input_path, sample_rate=separator.sample_rate, channels=2, name=name, limits=limits) as track:
         block_frames = max(1, round(block_seconds * separator.sample_rate))
-        source = FileSource(sound_file, block_frames=block_frames, name=name)
+        source = FileSource(track, block_frames=block_frames, name=name)
         with contextlib.ExitStack() as stack:
             writers = _open_writers(stack, paths, separator.sample_rate, bit_depth)
             _write_blocks(separator, source, writers, progress)
@@ -272,4 +269,5 @@ def separate_file(
         clipped_samples={stem: w.clipped for stem, w in writers.items()},
         mono_input=source.mono,
         peak_buffered_frames=source.peak_buffered_frames,
+        notes=track.notes,
     )

@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from stemflow.audio.blocks import DecodeLimits
 from stemflow.audio.decode import DecodedAudio, load_audio
 from stemflow.audio.encode import ClipPolicy, EncodedAudio, encode
 from stemflow.audio.formats import AudioFormat
@@ -65,9 +66,10 @@ class TrackResult:
         return self.mixture.shape[-1] / self.sample_rate
 
 
-def decode_track(separator: Separator, source: AudioSource, *, name: str) -> DecodedAudio:
-    """Decode ``source`` at the model's rate, stereo (the audio policy of :mod:`stemflow.audio`)."""
-    return load_audio(source, sample_rate=separator.sample_rate, channels=2, name=name)
+def decode_track(separator: Separator, source: AudioSource, *, name: str,
+                 limits: DecodeLimits = DecodeLimits()) -> DecodedAudio:
+    """Decode ``source`` at the model's rate, stereo (the audio policy of :mod:`stemflow.audio`), within ``limits``."""
+    return load_audio(source, sample_rate=separator.sample_rate, channels=2, name=name, limits=limits)
 
 
 def residual_stem_for(stems: Sequence[str]) -> str:
@@ -153,16 +155,18 @@ def separate_track(
     measure_quality: bool = True,
     progress: Callable[[int, int], None] | None = None,
     sum_to_mixture: bool = False,
+    limits: DecodeLimits = DecodeLimits(),
 ) -> TrackResult:
     """Decode ``source`` at the model's rate (stereo), separate it, and measure the stems.
 
     Raises :class:`stemflow.errors.AudioDecodeError` for empty, undecodable or
     NaN/inf input (the message names ``name``). ``progress(done_samples,
-    total_samples)`` follows the separation. ``sum_to_mixture``: see the module docstring.
+    total_samples)`` follows the separation. ``sum_to_mixture``: see the module docstring. ``limits``:
+    the decoded-bytes limit (:class:`stemflow.audio.blocks.DecodeLimits`).
     """
     residual_stem = sum_to_mixture_stem(separator, sum_to_mixture)
     started = time.perf_counter()
-    decoded = decode_track(separator, source, name=name)
+    decoded = decode_track(separator, source, name=name, limits=limits)
     decoded_at = time.perf_counter()
     stems = separator.separate(decoded.samples, decoded.sample_rate, progress=progress)
     timings = {"decode": decoded_at - started, "separate": time.perf_counter() - decoded_at}

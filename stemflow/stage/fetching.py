@@ -8,7 +8,11 @@ track's error row.
 Memory per track is bounded before anything big is read: a source larger than
 ``max_source_bytes`` (one HEAD) is refused unread, and one whose header claims
 more than ``max_duration_s`` is refused undecoded; both errors name the limit.
-``None`` disables a limit.
+The decoder then checks ``max_decoded_bytes`` (``seconds x rate x channels x 4``)
+and ``max_duration_s`` again, before decoding where the header states the
+length and block by block while decoding whether or not it does
+(:mod:`stemflow.audio.blocks`), so a header that lies or tells nothing stops
+the decode at the limit. ``None`` disables a limit.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stemflow.audio.blocks import DEFAULT_MAX_DECODED_BYTES, DecodeLimits
 from stemflow.audio.decode import DecodedAudio, probe
 from stemflow.engine.separator import Separator
 from stemflow.engine.track import decode_track
@@ -33,6 +38,11 @@ class SourceLimits:
 
     max_duration_s: float | None
     max_source_bytes: int | None
+    max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES
+
+    def decode_limits(self) -> DecodeLimits:
+        """The limits the decoder checks before and while decoding (bytes and seconds)."""
+        return DecodeLimits(max_decoded_bytes=self.max_decoded_bytes, max_duration_s=self.max_duration_s)
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ def fetch_source(
         data = read_bytes(url, storage_options, retry=retry)
         check_duration(data, url, limits.max_duration_s)
         decode_started = time.perf_counter()
-        decoded = decode_track(separator, data, name=url)
+        decoded = decode_track(separator, data, name=url, limits=limits.decode_limits())
         separator.check_audio(decoded.samples, decoded.sample_rate)
     except Exception as e:  # noqa: BLE001 - becomes this track's error row
         return FetchedSource(None, e, time.perf_counter() - started)

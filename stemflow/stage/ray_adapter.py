@@ -124,6 +124,7 @@ class _PoolActor:
         worker = TrackWorker(model_spec, job=job, stem_format=settings.stem_format, bit_depth=settings.bit_depth,
                              torch_threads=threads, max_duration_s=settings.max_duration_s,
                              max_source_bytes=settings.max_source_bytes, retry=settings.retry_policy(),
+                             max_decoded_bytes=settings.max_decoded_bytes,
                              separator=separator)
         slots = max(1, int(cpus))
         self._pipeline = BatchPipeline(

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stemflow.audio.blocks import DEFAULT_MAX_DECODED_BYTES
 from stemflow.errors import ConfigError
 from stemflow.store.retry import DEFAULT_RETRY, RetryPolicy
 
@@ -77,6 +78,7 @@ class StageSettings:
     runtime_env: Mapping[str, Any] | None = None
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
     max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES
+    max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES
     retry_attempts: int = DEFAULT_RETRY.attempts
     retry_base_delay_s: float = DEFAULT_RETRY.base_delay_s
     retry_max_delay_s: float = DEFAULT_RETRY.max_delay_s
@@ -98,9 +100,10 @@ class StageSettings:
             raise ConfigError(f"{', '.join(small)} must be >= 1")
         if self.stop_grace_s < 0 or self.progress_interval_s <= 0:
             raise ConfigError("stop_grace_s must be >= 0 and progress_interval_s > 0")
-        if (self.max_duration_s is not None and self.max_duration_s <= 0) or (
-                self.max_source_bytes is not None and self.max_source_bytes <= 0):
-            raise ConfigError("max_duration_s and max_source_bytes must be > 0 (or None for no limit)")
+        if any(limit is not None and limit <= 0
+               for limit in (self.max_duration_s, self.max_source_bytes, self.max_decoded_bytes)):
+            raise ConfigError("max_duration_s and max_source_bytes and max_decoded_bytes must be > 0 (or None for no "
+                              "limit)")
         self.retry_policy()  # validates the retry fields
 
     def retry_policy(self) -> RetryPolicy:

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from stemflow.audio.blocks import DEFAULT_MAX_DECODED_BYTES
 from stemflow.engine.separator import Separator
 from stemflow.engine.track import measure_track, sum_to_mixture_stem
 from stemflow.errors import StorageError
@@ -43,6 +44,7 @@ from stemflow.store.commit import marker_url
 from stemflow.store.marker import MARKER_FORMAT, CommitMarker
 from stemflow.store.objects import read_bytes
 from stemflow.store.retry import RetryPolicy
+from stemflow.tempfiles import sweep_stale
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +68,11 @@ class TrackWorker:
     """Fetch + decode, separate, then measure, encode, upload and commit tracks for one job.
 
     ``job`` and ``retry`` are read at every step (a test may point a worker
-    elsewhere between tracks). ``max_duration_s`` and ``max_source_bytes``
-    bound the memory per track (:mod:`stemflow.stage.fetching`). ``separator``
-    replaces the model of ``spec`` (a stand-in accelerator in the benchmarks).
+    elsewhere between tracks). ``max_duration_s``, ``max_source_bytes`` and
+    ``max_decoded_bytes`` bound the memory per track (:mod:`stemflow.stage.fetching`).
+    ``separator`` replaces the model of ``spec`` (a stand-in accelerator in the
+    benchmarks). Starting a worker sweeps the temporary files of dead stemflow
+    processes (:func:`stemflow.tempfiles.sweep_stale`).
     """
 
     def __init__(
@@ -83,14 +87,17 @@ class TrackWorker:
         max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES,
         retry: RetryPolicy | None = None,
         separator: Separator | None = None,
+        max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
     ) -> None:
+        sweep_stale()  # temporary files of workers that died here (SIGKILL, OOM) before this one started
         if separator is not None and torch_threads:
             torch.set_num_threads(torch_threads)
         self.separator = separator if separator is not None else build_separator(spec, torch_threads)
         self.residual_stem = sum_to_mixture_stem(self.separator, spec.sum_to_mixture)
         self.job = job
         self.retry = retry
-        self.limits = SourceLimits(max_duration_s=max_duration_s, max_source_bytes=max_source_bytes)
+        self.limits = SourceLimits(max_duration_s=max_duration_s, max_source_bytes=max_source_bytes,
+                                   max_decoded_bytes=max_decoded_bytes)
         self.output = StemOutput(stem_format=stem_format, bit_depth=bit_depth, device=spec.device)
 
     def fetch(self, url: str) -> FetchedSource:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import IO, BinaryIO
 
@@ -30,6 +29,7 @@ from stemflow.files import HASH_BLOCK_BYTES, atomic_open
 from stemflow.store.calls import call, is_remote, open_regular_file
 from stemflow.store.paths import StorageOptions, filesystem, is_local_fs
 from stemflow.store.retry import DEFAULT_RETRY, Deadline, RetryPolicy
+from stemflow.tempfiles import temp_file
 
 REMOTE_BLOCK_BYTES = 8 << 20
 """Bytes per ranged GET when streaming a remote object (8 MiB)."""
@@ -131,10 +131,5 @@ def open_atomic_writer(
 @contextlib.contextmanager
 def _spooled() -> Iterator[tuple[IO[bytes], str]]:
     """A local temporary file, open for writing, and its path; removed when the block ends."""
-    descriptor, local_path = tempfile.mkstemp(prefix="stemflow-upload-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            yield handle, local_path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(local_path)
+    with temp_file("upload", ".tmp") as (descriptor, local_path), os.fdopen(descriptor, "wb") as handle:
+        yield handle, str(local_path)
