@@ -56,7 +56,9 @@ def test_both_deployments_land_on_the_kubernetes_pool(deployed: dict[str, Any]) 
         assert item.work_pool_name == "stemflow-k8s"
         assert item.job_variables["env"]["RAY_ADDRESS"] == HEAD_ADDRESS
         assert item.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/stemflow"}}]
-        assert item.parameters["gpus_per_worker"] == 1 and item.parameters["ray_address"] is None
+        # submitted through the Ray Jobs API: GPU actors and their CPUs, no Ray Client address
+        assert (item.parameters["gpus"], item.parameters["cpus_per_worker"]) == (32, 7)
+        assert "ray_address" not in item.parameters and "gpus_per_worker" not in item.parameters
         assert item.global_concurrency_limit is not None and item.global_concurrency_limit.limit == 1
         assert item.concurrency_options.collision_strategy.value == "CANCEL_NEW"
 
