@@ -1,10 +1,12 @@
 """Peak RSS of ``stemflow separate`` (default path, tiny Mel-RoFormer fixture) on a long 48 kHz MP3.
 
-The MP3 is a 10 s tone concatenated without re-encoding (seconds to make, even
+The MP3 is a 5 s tone concatenated without re-encoding (seconds to make, even
 for 2 hours). The CLI runs in a subprocess; its peak is the children's
-``ru_maxrss``. The 2-hour case is the issue's bound (< 1.2 GB); on a 2-core
-CPU it runs for hours (the model's own compute), hence ``slow``; the 15 s case
-checks the same mechanics in about a minute.
+``ru_maxrss``. The 15 s case runs in the suite (about a minute) through the same
+streamed path. The 2-hour case is the bound users care about (< 1.2 GB): the
+fixture model's own compute makes it hours on a 2-core CPU, so it runs only when
+``STEMFLOW_LONG_TESTS=1`` (the streamed path's peak does not grow with the input:
+``benchmarks/bench_memory.py`` measures it from 1 to 120 minutes).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def test_a_short_mp3_separates_within_the_bound(tmp_path: Path, tiny_model: Any)
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("STEMFLOW_LONG_TESTS") != "1",
+                    reason="hours of model compute on a CPU: set STEMFLOW_LONG_TESTS=1 (bench_memory.py has the figure)")
 def test_a_two_hour_48k_mp3_separates_in_under_1_2_gb(tmp_path: Path, tiny_model: Any) -> None:
     peak = cli_peak_mib(tmp_path, tiny_model, 2 * 3600)
     assert peak < LIMIT_MIB, f"peak RSS {peak:.0f} MiB"
