@@ -52,7 +52,7 @@ def resolve_model(model: str, checkpoint: str | None, settings: Mapping[str, Any
         offline=bool(settings.get("offline", False)),
         device=str(settings.get("device", "cpu")),
         batch_size=settings.get("batch_size"),
-        precision=str(settings.get("precision", "float32")),
+        precision=str(settings.get("precision", "auto")),
         chunk_size=settings.get("chunk_size"),
         num_overlap=settings.get("num_overlap"),
     )
@@ -62,7 +62,7 @@ def resolve_model(model: str, checkpoint: str | None, settings: Mapping[str, Any
     ident = loaded.model_id(output_settings(
         chunk_size=spec.chunk_size or loaded.config.audio.chunk_size,
         num_overlap=spec.num_overlap or loaded.config.inference.num_overlap,
-        precision=spec.precision, **extra))
+        precision=spec.precision, device=spec.device, **extra))
     return spec, ident
 
 
