@@ -41,8 +41,9 @@ class OutputFormat(str, Enum):
 
 
 class Precision(str, Enum):
-    """Inference precisions of ``separate --precision`` (bf16/fp16: autocast on CUDA)."""
+    """Inference precisions of ``separate --precision`` (bf16/fp16: autocast; auto: float16 on CUDA, else float32)."""
 
+    auto = "auto"
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
@@ -137,7 +138,8 @@ def separate(
     chunk_size: Annotated[Optional[int], typer.Option(help="chunk length in samples (default: the config's)")] = None,
     format: Annotated[OutputFormat, typer.Option("--format", help="output format")] = OutputFormat.flac,
     bit_depth: Annotated[int, typer.Option(help="16 or 24 (flac/wav), 32 = float wav")] = 24,
-    precision: Annotated[Precision, typer.Option(help="float32, or bf16/fp16 autocast")] = Precision.float32,
+    precision: Annotated[Precision, typer.Option(
+        help="auto (float16 autocast on CUDA, float32 elsewhere), float32, or bf16/fp16 autocast")] = Precision.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU; eager fallback)")] = False,
     stream: Annotated[bool, typer.Option(help="bounded-memory file-to-file path for very long inputs")] = False,
     offline: Annotated[bool, typer.Option(help="never download weights")] = False,

@@ -53,9 +53,10 @@ class Separator:
     ``model``: see the module docstring; it is put in eval mode and moved to
     ``device``. ``chunk_size`` / ``num_overlap`` / ``batch_size`` default to the
     config's ``audio.chunk_size``, ``inference.num_overlap`` and
-    ``inference.batch_size``. ``precision``: "float32", or "bfloat16" /
-    "float16" autocast (bfloat16 also on CPU; float16 only on CUDA); sums are
-    always float32. ``stems``: the stems to return (default: all of
+    ``inference.batch_size``. ``precision``: "auto" (the default: float16
+    autocast on CUDA, float32 elsewhere; :mod:`stemflow.models.precision`),
+    "float32", or "bfloat16" / "float16" autocast (bfloat16 also on CPU; float16
+    only on CUDA); sums are always float32. ``stems``: the stems to return (default: all of
     ``config.stems``, i.e. the model's plus the complement ``mixture - target``
     of a single-target model). ``sample_rate``: the rate the model runs at
     (default: ``config.audio.sample_rate``); inputs must already be at it.
@@ -79,7 +80,7 @@ class Separator:
         chunk_size: int | None = None,
         num_overlap: int | None = None,
         batch_size: int | None = None,
-        precision: str = "float32",
+        precision: str = "auto",
         stems: Sequence[str] | None = None,
         sample_rate: int | None = None,
         compile: bool = False,

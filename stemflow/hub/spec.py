@@ -30,7 +30,7 @@ class ModelSpec:
     offline: bool = False
     device: str = "cpu"
     batch_size: int | None = None
-    precision: str = "float32"
+    precision: str = "auto"
     chunk_size: int | None = None
     num_overlap: int | None = None
 
