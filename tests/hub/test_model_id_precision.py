@@ -23,3 +23,16 @@ def test_auto_is_resolved_for_the_device_before_hashing() -> None:
         output_settings(chunk_size=352800, num_overlap=2, precision="auto")
     with pytest.raises(ConfigError, match="CUDA"):
         output_settings(chunk_size=352800, num_overlap=2, precision="float16", device="cpu")
+
+
+def test_the_default_precision_is_auto_and_keeps_the_float32_id_on_cpu(tiny_model) -> None:
+    from pipelines.runtime import resolve_model
+    from stemflow.engine.separator import Separator
+    from stemflow.models import load_model
+
+    spec, default_id = resolve_model(str(tiny_model.config), str(tiny_model.checkpoint), {})
+    assert spec.precision == "auto"
+    _, float32_id = resolve_model(str(tiny_model.config), str(tiny_model.checkpoint), {"precision": "float32"})
+    assert default_id == float32_id  # CPU catalogues are not redone by the new default
+    separator = Separator(load_model(tiny_model.config, tiny_model.checkpoint))
+    assert separator.precision == "float32" and separator.output_settings["precision"] == "float32"
