@@ -153,3 +153,34 @@ def test_operator_count_per_forward_of_the_registry_configs(config: str, most: i
     # the count is a property of the structure, not of the width
     assert sum(count_config_ops(CONFIGS / config, dim=32, dim_head=16).values()) == total
     assert counts["aten.linear"] + counts["aten.baddbmm"] < 130  # 62 or 60 bands x stems used to be 300-640
+
+
+REGISTRY_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in ("registry.yaml", "spleeter_2stems.yaml"))
+
+
+@pytest.mark.parametrize("config", REGISTRY_CONFIGS)
+def test_every_registry_band_layout_loads_strictly_into_the_grouped_kernels(config: str, tmp_path: Path) -> None:
+    """Each registry config's band layout (its bands, widths and stems; the model narrowed to ``dim`` 16):
+    an MSST-layout checkpoint of new weights loads strictly, and the grouped kernels then compute with them."""
+    import dataclasses
+
+    from stemflow.models import build_model
+    from stemflow.models.checkpoint import load_state_strict
+    from stemflow.models.config import load_config
+
+    loaded = load_config(CONFIGS / config)
+    narrow = dataclasses.replace(loaded, model={**dict(loaded.model), "dim": 16, "dim_head": 8, "depth": 1})
+    torch.manual_seed(0)
+    model = build_model(narrow).eval()
+    x = torch.zeros(1, 2, loaded.audio.sample_rate // 4).uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(1))
+    _grouped(model, x)  # the grouped kernels are built (and cached) on the first weights
+    generator = torch.Generator().manual_seed(2)
+    state = {k: v + 0.01 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "model.ckpt")  # the checkpoint a community fine-tune of this layout would be
+    keys = [k for k in state if k.startswith(("band_split.", "mask_estimators."))]
+    assert keys and all(".to_features." in k or ".to_freqs." in k for k in keys)  # MSST names, no grouped entries
+    load_state_strict(model, torch.load(tmp_path / "model.ckpt", weights_only=True), tmp_path / "model.ckpt")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    torch.testing.assert_close(_grouped(model, x), _per_band(model, x), rtol=0, atol=1e-5)
