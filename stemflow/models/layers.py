@@ -92,7 +92,7 @@ class RotaryEmbedding(nn.Module):
         when ``freqs`` changes (a checkpoint load), so every attention layer of
         an axis shares one computation per forward instead of five ops each.
         """
-        if torch.compiler.is_compiling() or self.freqs.is_inference():
+        if self.freqs.is_inference():  # built under inference_mode: no version counter to key a cache on
             return self._angles(seq_len, device, dtype)
         key = (seq_len, str(device), dtype)
         version = (self.freqs.data_ptr(), self.freqs._version)
@@ -106,9 +106,13 @@ class RotaryEmbedding(nn.Module):
         return cached[1]
 
     def _angles(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        positions = torch.arange(seq_len, device=device, dtype=dtype)
-        angles = positions[:, None] * self.freqs.to(device=device, dtype=dtype)[None, :]  # [n, d/2]
+        angles = self._angle_table(seq_len, device, dtype)
         return torch.polar(torch.ones_like(angles), angles)
+
+    def _angle_table(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``position * freqs[i]``, ``[seq_len, d/2]``."""
+        positions = torch.arange(seq_len, device=device, dtype=dtype)
+        return positions[:, None] * self.freqs.to(device=device, dtype=dtype)[None, :]
 
     def rotate(self, t: Tensor) -> Tensor:
         """Rotate queries or keys ``[..., n, d]`` by their position along ``n``.
@@ -119,18 +123,28 @@ class RotaryEmbedding(nn.Module):
         """
         rot_dim = 2 * self.freqs.shape[0]
         compute = torch.float64 if t.dtype == torch.float64 else torch.float32
-        rotation = self.rotation(t.shape[-2], t.device, compute)
         real = t if rot_dim == t.shape[-1] else t[..., :rot_dim]
         real = real if real.dtype == compute else real.to(compute)
-        if real.storage_offset() % 2 or any(stride % 2 for stride in real.stride()[:-1]):
-            real = real.contiguous()  # complex views need even strides and offset
         # Pair (2i, 2i+1) as the complex number x_2i + i x_2i+1; rotating it is one complex product:
         # (x_2i cos - x_2i+1 sin, x_2i+1 cos + x_2i sin).
-        pairs = torch.view_as_complex(real.unflatten(-1, (-1, 2)))  # [..., n, d/2]
-        out = torch.view_as_real(pairs * rotation).flatten(-2)
+        if torch.compiler.is_compiling():  # real arithmetic: inductor fuses it into one kernel
+            angles = self._angle_table(t.shape[-2], t.device, compute)
+            out = _rotate_pairs(real, angles.cos(), angles.sin())
+        else:
+            rotation = self.rotation(t.shape[-2], t.device, compute)
+            if real.storage_offset() % 2 or any(stride % 2 for stride in real.stride()[:-1]):
+                real = real.contiguous()  # complex views need even strides and offset
+            pairs = torch.view_as_complex(real.unflatten(-1, (-1, 2)))  # [..., n, d/2]
+            out = torch.view_as_real(pairs * rotation).flatten(-2)
         if rot_dim < t.shape[-1]:
             out = torch.cat((out, t[..., rot_dim:].to(compute)), dim=-1)
         return out if out.dtype == t.dtype else out.to(t.dtype)
+
+
+def _rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``x [..., n, d]`` with pairs ``(2i, 2i+1)`` rotated by angles of cosine ``cos`` and sine ``sin`` ``[n, d/2]``."""
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
 
 
 class PolarEmbedding(nn.Module):
