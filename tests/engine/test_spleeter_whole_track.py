@@ -133,7 +133,7 @@ def prefect_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):
         yield str(PREFECT_API_URL.value())
 
 
@@ -156,7 +156,7 @@ def test_catalogue_flow_on_ray_gives_the_whole_track_result(cache, excerpt, mode
                                  stage={"local_num_cpus": 2, "tracks_per_call": 2, "torch_threads": 1},
                                  model_settings={"cache_dir": str(cache), "offline": True})
     model_id = summary["model_id"]
-    committed = committed_tracks(str(out), model_id)
+    committed = list(committed_tracks(str(out), model_id))
     assert len(committed) == 2
     for track_id in committed:
         marker = read_marker(str(out), model_id, track_id)
