@@ -281,7 +281,7 @@ def child_ours_e2e(spec: dict[str, Any]) -> dict[str, Any]:
     model = load_model(spec["config"], spec["checkpoint"])
     separator = Separator(
         model, chunk_size=spec["chunk_size"], num_overlap=spec["num_overlap"], batch_size=spec["batch_size"],
-        precision=spec.get("precision", "float32"),
+        precision=spec.get("precision", "float32"), device=spec.get("device", "cpu"),
     )
     loaded = time.perf_counter()
     decoded = load_audio(spec["input"], sample_rate=SAMPLE_RATE)
@@ -314,7 +314,8 @@ def child_peer_e2e(spec: dict[str, Any]) -> dict[str, Any]:
     logger = logging.getLogger("audio_separator_bench")
     common = {
         "logger": logger, "log_level": logging.WARNING,
-        "torch_device": torch.device("cpu"), "torch_device_cpu": torch.device("cpu"), "torch_device_mps": None,
+        "torch_device": torch.device(spec.get("device", "cpu")), "torch_device_cpu": torch.device("cpu"),
+        "torch_device_mps": None,
         "onnx_execution_provider": None, "model_name": "bench", "model_path": spec["checkpoint"],
         "model_data": model_data, "output_dir": str(out_dir), "output_format": "WAV", "output_bitrate": None,
         "normalization_threshold": 1.0e9, "amplification_threshold": None, "enable_denoise": False,

@@ -55,7 +55,8 @@ class ModelSettings(BaseModel):
     offline: bool = Field(False, description="never download weights")
     device: str | None = Field(None, description="cpu, cuda, cuda:1 (GPU actors use cuda)")
     batch_size: int | None = Field(None, ge=1, description="chunks per forward pass (no effect on the output)")
-    precision: Literal["float32", "bfloat16", "float16"] | None = Field(None, description="inference precision")
+    precision: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="inference precision (default auto: float16 autocast on CUDA, float32 elsewhere)")
     chunk_size: int | None = Field(None, ge=1, description="chunk length in samples (default: the config's)")
     num_overlap: int | None = Field(None, ge=1, description="chunks covering each sample")
     sum_to_mixture: bool | None = Field(None, description="add the residual to instrumental/other so the stems "

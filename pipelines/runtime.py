@@ -57,7 +57,7 @@ def resolve_model(model: str, checkpoint: str | None, settings: Mapping[str, Any
         offline=bool(settings.get("offline", False)),
         device=str(settings.get("device") or "cpu"),
         batch_size=settings.get("batch_size"),
-        precision=str(settings.get("precision") or "float32"),
+        precision=str(settings.get("precision") or "auto"),
         chunk_size=settings.get("chunk_size"),
         num_overlap=settings.get("num_overlap"),
         sum_to_mixture=bool(settings.get("sum_to_mixture", False)),
@@ -71,7 +71,7 @@ def resolve_model(model: str, checkpoint: str | None, settings: Mapping[str, Any
     ident = loaded.model_id(output_settings(
         chunk_size=spec.chunk_size or loaded.config.audio.chunk_size,
         num_overlap=spec.num_overlap or loaded.config.inference.num_overlap,
-        precision=spec.precision, **extra))
+        precision=spec.precision, device=spec.device, **extra))
     # every actor that loads the model from this spec refuses weights other than the ones hashed here
     return dataclasses.replace(spec, weights_sha256=loaded.weights_sha256), ident
 

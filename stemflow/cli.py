@@ -55,7 +55,7 @@ class OutputFormat(str, Enum):
 
 
 class Precision(str, Enum):
-    """Inference precisions of ``separate --precision`` (auto: the library's choice for the device)."""
+    """Inference precisions of ``separate --precision`` (bf16/fp16: autocast; auto: float16 on CUDA, else float32)."""
 
     auto = "auto"
     float32 = "float32"
@@ -174,7 +174,8 @@ def separate(
                                                  "input")] = False,
     filename: Annotated[str, typer.Option("--filename", help="path of each file under OUTDIR: {track} {stem} {ext} "
                                           "{model}")] = DEFAULT_TEMPLATE,
-    precision: Annotated[Precision, typer.Option(help="auto, float32, or bf16/fp16 autocast")] = Precision.auto,
+    precision: Annotated[Precision, typer.Option(
+        help="auto (float16 autocast on CUDA, float32 elsewhere), float32, or bf16/fp16 autocast")] = Precision.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU; eager fallback)")] = False,
     stream: Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="bounded memory (decode, separate "
                                                   "and write block by block; the default whenever the options "

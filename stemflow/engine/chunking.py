@@ -32,6 +32,13 @@ Geometry, with ``C = chunk_size`` and ``K = num_overlap``:
 
 With batch size 1 this is exactly the reference. The plan is a list of chunk
 descriptors so that chunks of several tracks can be packed into one batch.
+
+A model may declare another recipe (:mod:`stemflow.models.segmentation`):
+:func:`plan_frame_segments` plans Spleeter's, whose segments are spans of STFT
+frames, zero-padded (a ``lead`` of zeros before the track, zeros after it),
+never windowed, and whose outputs are *summed* (``ChunkPlan.summed``): each
+is the segment's share of one overlap-added inverse STFT. :func:`plan_for`
+picks the planner of a declaration.
 """
 
 from __future__ import annotations
@@ -42,8 +49,10 @@ from typing import Literal
 import torch
 
 from stemflow.errors import ConfigError
+from stemflow.models.segmentation import CrossfadeChunks, FrameSegments, Segmentation
 
 TailPad = Literal["none", "reflect", "zeros"]
+PadMode = Literal["reflect", "zeros"]
 
 
 def chunk_step(chunk_size: int, num_overlap: int) -> int:
@@ -108,10 +117,13 @@ class Chunk:
 class ChunkPlan:
     """How one track is cut into chunks.
 
-    ``num_samples``: the track's length; ``pad``: reflect padding on each side
-    (``border`` or 0); ``padded_length = num_samples + 2 * pad``; padded sample
-    ``j`` is track sample ``j - pad`` in the middle. ``chunks`` are ordered by
-    start.
+    ``num_samples``: the track's length; ``pad``: padding before the track
+    (``border`` or 0 for the cross-fade recipe); ``end_pad``: padding after it
+    (``None``: as much as before); padded sample ``j`` is track sample
+    ``j - pad`` in the middle. ``pad_mode``: the padding mirrors the track
+    (``"reflect"``) or is silence (``"zeros"``). ``summed``: chunk outputs add
+    up as they are (no window, no normalisation) instead of being cross-faded
+    and divided by the summed window. ``chunks`` are ordered by start.
     """
 
     num_samples: int
@@ -122,11 +134,14 @@ class ChunkPlan:
     fade: int
     pad: int
     chunks: tuple[Chunk, ...]
+    pad_mode: PadMode = "reflect"
+    summed: bool = False
+    end_pad: int | None = None
 
     @property
     def padded_length(self) -> int:
-        """Length of the (possibly) reflect-padded track."""
-        return self.num_samples + 2 * self.pad
+        """Length of the padded track."""
+        return self.num_samples + self.pad + (self.pad if self.end_pad is None else self.end_pad)
 
     def final_before(self, index: int) -> int:
         """Padded position below which the output is final once chunks ``0..index`` are added."""
@@ -135,7 +150,9 @@ class ChunkPlan:
         return self.padded_length
 
     def window(self, chunk: Chunk) -> torch.Tensor:
-        """The cross-fade window of ``chunk``, float32 ``[chunk_size]``."""
+        """The cross-fade window of ``chunk``, float32 ``[chunk_size]`` (ones for a summed plan)."""
+        if self.summed:
+            return torch.ones(self.chunk_size, dtype=torch.float32)
         return fade_window(self.chunk_size, fade_in=chunk.fade_in, fade_out=chunk.fade_out)
 
 
@@ -191,6 +208,37 @@ def plan_chunks(num_samples: int, chunk_size: int, num_overlap: int) -> ChunkPla
     )
 
 
+def plan_frame_segments(num_samples: int, segmentation: FrameSegments) -> ChunkPlan:
+    """Cut a track into :class:`~stemflow.models.segmentation.FrameSegments` (Spleeter's recipe).
+
+    Padded coordinates start ``lead`` zeros before the track; segment ``k``
+    covers frames ``[k T, (k + 1) T)``, i.e. padded samples ``[k T hop, k T hop
+    + segment_samples)``; the padded track ends with the last segment, and
+    everything outside the track reads as zeros. Outputs are summed.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+    span, step = segmentation.segment_samples, segmentation.segment_step
+    count = segmentation.num_segments(num_samples)
+    chunks = tuple(Chunk(index=k, start=k * step, valid=span, tail_pad="none", fade_in=False, fade_out=False)
+                   for k in range(count))
+    padded_length = (count - 1) * step + span
+    return ChunkPlan(
+        num_samples=num_samples, chunk_size=span, num_overlap=1, step=step, border=span - step, fade=0,
+        pad=segmentation.lead, chunks=chunks, pad_mode="zeros", summed=True,
+        end_pad=padded_length - segmentation.lead - num_samples,
+    )
+
+
+def plan_for(num_samples: int, segmentation: Segmentation) -> ChunkPlan:
+    """The plan of a track under a model's declared segmentation."""
+    if isinstance(segmentation, FrameSegments):
+        return plan_frame_segments(num_samples, segmentation)
+    if isinstance(segmentation, CrossfadeChunks):
+        return plan_chunks(num_samples, segmentation.chunk_size, segmentation.num_overlap)
+    raise ConfigError(f"unknown segmentation {segmentation!r}")
+
+
 def padded_to_track(positions: torch.Tensor, num_samples: int, pad: int) -> torch.Tensor:
     """Map padded-track positions to track positions under reflect padding by ``pad``.
 
@@ -208,9 +256,12 @@ def chunk_source_indices(plan: ChunkPlan, chunk: Chunk) -> torch.Tensor:
 
     ``-1`` marks a zero-padded sample. The chunk's model input is
     ``track[:, idx]`` with zeros where ``idx == -1``: this equals slicing the
-    reflect-padded track and padding the tail as the reference does.
+    padded track and padding the tail as the reference does.
     """
     local = torch.arange(plan.chunk_size, dtype=torch.int64)
+    if plan.pad_mode == "zeros":
+        indices = local + (chunk.start - plan.pad)
+        return torch.where((indices >= 0) & (indices < plan.num_samples), indices, -1)
     if chunk.tail_pad == "reflect":
         # torch reflect pad of the valid part: sample valid + i mirrors valid - 2 - i.
         local = torch.where(local >= chunk.valid, 2 * (chunk.valid - 1) - local, local)
@@ -235,6 +286,9 @@ def first_track_reads(plan: ChunkPlan) -> list[int]:
     repeat its valid part, so only the valid part counts.
     """
     starts = torch.tensor([chunk.start for chunk in plan.chunks], dtype=torch.int64)
+    if plan.pad_mode == "zeros":  # chunk i reads from track sample start - pad on (chunks are in order)
+        lowest = (starts - plan.pad).clamp(0, plan.num_samples)
+        return [int(i) for i in torch.flip(torch.cummin(torch.flip(lowest, dims=[0]), dim=0).values, dims=[0])]
     lasts = torch.tensor([chunk.stop - 1 for chunk in plan.chunks], dtype=torch.int64)
     # padded -> track is piecewise monotone: its minimum over a chunk sits at an end, or at `pad` (track sample 0).
     lowest = torch.minimum(

@@ -102,9 +102,12 @@ class OverlapAdd:
         begin, end = chunk.start - self.offset, chunk.stop - self.offset
         if end > self._weights.shape[0]:
             self._grow(max(end, self._size))
-        window = self._window(chunk)[: chunk.valid]
-        self._sums[..., begin:end] += output[..., : chunk.valid] * window
-        self._weights[begin:end] += window
+        if self.plan.summed:  # each output is its share of the track's result: add it as it is
+            self._sums[..., begin:end] += output[..., : chunk.valid]
+        else:
+            window = self._window(chunk)[: chunk.valid]
+            self._sums[..., begin:end] += output[..., : chunk.valid] * window
+            self._weights[begin:end] += window
         self._used = max(self._used, end)
 
     def _grow(self, needed: int) -> None:
@@ -120,10 +123,14 @@ class OverlapAdd:
         """Finish padded samples ``[offset, stop)`` and return them cropped to the track.
 
         Each sample is its weighted sum over its window total (0/0 -> 0, as the
-        reference's ``nan_to_num``); the reflect-padded border is dropped.
+        reference's ``nan_to_num``), or the plain sum for a summed plan; the
+        padded border is dropped.
         """
         count = stop - self.offset
-        done = torch.nan_to_num(self._sums[..., :count] / self._weights[:count], nan=0.0)
+        if self.plan.summed:
+            done = self._sums[..., :count].clone()
+        else:
+            done = torch.nan_to_num(self._sums[..., :count] / self._weights[:count], nan=0.0)
         rest = self._used - count
         if rest > 0:
             self._sums[..., :rest] = self._sums[..., count : self._used].clone()

@@ -36,20 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from stemflow.engine.chunking import Chunk, ChunkPlan, chunk_source_indices, plan_chunks
+from stemflow.engine.chunking import Chunk, ChunkPlan, chunk_source_indices, plan_for
+from stemflow.engine.compiled import ModelForward
 from stemflow.engine.overlap_add import SeparatedBlock, TensorSource, TrackJob, TrackSource, check_finite
 from stemflow.errors import AudioDecodeError, ConfigError, StemflowError
 from stemflow.models.config import ModelConfig
+from stemflow.models.precision import PRECISIONS, resolve_precision
+from stemflow.models.segmentation import CrossfadeChunks, FrameSegments, Segmentation
 
 logger = logging.getLogger(__name__)
-
-
-PRECISIONS: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-"""Precision name -> the autocast dtype (``"float32"`` runs without autocast)."""
 
 
 class Separator:
@@ -58,15 +53,23 @@ class Separator:
     ``model``: see the module docstring; it is put in eval mode and moved to
     ``device``. ``chunk_size`` / ``num_overlap`` / ``batch_size`` default to the
     config's ``audio.chunk_size``, ``inference.num_overlap`` and
-    ``inference.batch_size``. ``precision``: "float32", or "bfloat16" /
-    "float16" autocast (bfloat16 also on CPU; float16 only on CUDA); sums are
-    always float32. ``stems``: the stems to return (default: all of
+    ``inference.batch_size``. ``precision``: "auto" (the default: float16
+    autocast on CUDA, float32 elsewhere; :mod:`stemflow.models.precision`),
+    "float32", or "bfloat16" / "float16" autocast (bfloat16 also on CPU; float16
+    only on CUDA); sums are always float32. ``stems``: the stems to return (default: all of
     ``config.stems``, i.e. the model's plus the complement ``mixture - target``
     of a single-target model). ``sample_rate``: the rate the model runs at
     (default: ``config.audio.sample_rate``); inputs must already be at it.
-    ``compile``: run ``separate_chunks`` through ``torch.compile`` (worth it on
-    GPUs for long jobs: the first batches pay the compilation); if compilation
-    fails the separator falls back to eager mode and logs a warning.
+    ``compile``: run the model through ``torch.compile`` (:mod:`stemflow.engine.compiled`:
+    one compilation per model and batch shape, the short last batch padded;
+    ``compile_mode`` "reduce-overhead" adds CUDA graphs); if compilation fails
+    the separator falls back to eager mode and logs a warning.
+
+    A model that declares its own segmentation (``model.segmentation()``,
+    :mod:`stemflow.models.segmentation`) is run that way: Spleeter in segments of
+    STFT frames whose outputs add up to the one-STFT result. For such a model
+    ``chunk_size`` and ``num_overlap`` are fixed by the model (the segment span
+    and 1); passing other values is a :class:`ConfigError`.
     """
 
     def __init__(
@@ -77,37 +80,42 @@ class Separator:
         chunk_size: int | None = None,
         num_overlap: int | None = None,
         batch_size: int | None = None,
-        precision: str = "float32",
+        precision: str = "auto",
         stems: Sequence[str] | None = None,
         sample_rate: int | None = None,
         compile: bool = False,
+        compile_mode: str = "default",
     ) -> None:
         config = _model_config(model)
         self.config = config
         self.device = torch.device(device)
-        self.chunk_size = _positive("chunk_size", chunk_size, config.audio.chunk_size)
-        self.num_overlap = _positive("num_overlap", num_overlap, config.inference.num_overlap)
+        self.segmentation: Segmentation = _segmentation(model, config, chunk_size, num_overlap)
+        self.chunk_size, self.num_overlap = _chunk_settings(self.segmentation)
         self.batch_size = _positive("batch_size", batch_size, config.inference.batch_size)
         self.sample_rate = _positive("sample_rate", sample_rate, config.audio.sample_rate)
-        plan_chunks(1, self.chunk_size, self.num_overlap)  # validates the geometry early
-        self.precision = _checked_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device)
         self.model_stems: tuple[str, ...] = config.model_stems
         self.all_stems: tuple[str, ...] = config.stems
         self.stems: tuple[str, ...] = _selected_stems(stems, self.all_stems)
         self.model = model.eval().to(self.device)
         self._batch: torch.Tensor | None = None
-        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model.separate_chunks
-        self.compiled = False
-        if compile:
-            try:
-                self._forward = torch.compile(self.model.separate_chunks, dynamic=False)
-                self.compiled = True
-            except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
-                logger.warning("torch.compile is not available (%s); running eagerly", e)
+        entry_point = "separate_segments" if isinstance(self.segmentation, FrameSegments) else "separate_chunks"
+        self._forward = ModelForward(self.model, entry_point, batch_size=self.batch_size, compile=compile,
+                                     mode=compile_mode)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether batches run through ``torch.compile`` (False if not asked, or after a fallback)."""
+        return self._forward.compiled
+
+    @property
+    def output_settings(self) -> dict[str, int | str]:
+        """The settings that change the stems, for :func:`stemflow.hub.model_id.model_id` (precision resolved)."""
+        return {"chunk_size": self.chunk_size, "num_overlap": self.num_overlap, "precision": self.precision}
 
     def plan(self, num_samples: int) -> ChunkPlan:
-        """The chunk plan of a track of ``num_samples`` samples with this separator's settings."""
-        return plan_chunks(num_samples, self.chunk_size, self.num_overlap)
+        """The chunk plan of a track of ``num_samples`` samples under this separator's segmentation."""
+        return plan_for(num_samples, self.segmentation)
 
     def check_audio(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Validate a mixture and return it as a float32 CPU tensor ``[2, N]`` (no copy if already so)."""
@@ -222,42 +230,40 @@ class Separator:
             self._batch = buffer.pin_memory() if self.device.type == "cuda" else buffer
         for slot, (job, chunk) in zip(self._batch, batch):
             indices = chunk_source_indices(job.plan, chunk)
-            used = indices[: chunk.valid] if chunk.tail_pad == "zeros" else indices
+            inside = indices >= 0  # the rest is zero padding (the tail, or silence around the track)
+            used = indices[inside]
             first, stop = int(used.min()), int(used.max()) + 1
             window = job.source.read(first, stop)
-            slot[:, : used.shape[0]] = window.index_select(1, used - first)
-            slot[:, used.shape[0] :] = 0
+            if bool(inside.all()):
+                slot.copy_(window.index_select(1, indices - first))
+            else:
+                slot.zero_()
+                slot[:, inside] = window.index_select(1, used - first)
         return self._batch[: len(batch)]
 
     def run_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run the model on chunks ``[B, 2, chunk_size]``; returns float32 CPU ``[B, S, 2, chunk_size]``."""
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
-            if self.precision != "float32"
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            x = batch.to(self.device, non_blocking=True)
-            y = self._run_model(x)
+        """Run the model on chunks ``[B, 2, chunk_size]``; returns float32 CPU ``[B, S, 2, chunk_size]``.
+
+        A half-precision batch whose output is not finite (an overflow) is run
+        again in float32, with a warning.
+        """
+        y = self._run(batch, self.precision)
+        if self.precision != "float32" and not bool(torch.isfinite(y).all()):
+            logger.warning("%s output overflowed (NaN/inf) on a batch; running it again in float32", self.precision)
+            y = self._run(batch, "float32")
         expected = (batch.shape[0], len(self.model_stems), 2, batch.shape[-1])
         if tuple(y.shape) != expected:
             raise StemflowError(f"model returned shape {tuple(y.shape)}, expected {expected} [B, S, 2, L]")
         return y.to(device="cpu", dtype=torch.float32)
 
-    def _run_model(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's ``separate_chunks``, compiled if asked; a compile failure falls back to eager once."""
-        if not self.compiled:
-            return self.model.separate_chunks(x)
-        rows = x.shape[0]
-        if rows < self.batch_size:  # keep one static shape: a short tail batch would recompile
-            x = torch.cat([x, x.new_zeros((self.batch_size - rows, *x.shape[1:]))])
-        try:
-            return self._forward(x)[:rows]
-        except Exception as e:  # noqa: BLE001 - compilation errors surface at the first call
-            logger.warning("torch.compile failed (%s: %s); falling back to eager", type(e).__name__, e)
-            self.compiled = False
-            self._forward = self.model.separate_chunks
-            return self.model.separate_chunks(x[:rows])
+    def _run(self, batch: torch.Tensor, precision: str) -> torch.Tensor:
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=PRECISIONS[precision])
+            if precision != "float32"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            return self._forward(batch.to(self.device, non_blocking=True))
 
 
 def _positive(name: str, value: int | None, default: int) -> int:
@@ -278,13 +284,33 @@ def _model_config(model: nn.Module) -> ModelConfig:
     return config
 
 
-def _checked_precision(precision: str, device: torch.device) -> str:
-    """``precision`` if it is a key of :data:`PRECISIONS` usable on ``device``; else a :class:`ConfigError`."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if precision == "float16" and device.type != "cuda":
-        raise ConfigError("precision 'float16' needs a CUDA device; use 'bfloat16' or 'float32' on CPU")
-    return precision
+def _segmentation(model: nn.Module, config: ModelConfig, chunk_size: int | None,
+                  num_overlap: int | None) -> Segmentation:
+    """The model's declared segmentation, or MSST's cross-fade chunks (config values unless overridden)."""
+    declare = getattr(model, "segmentation", None)
+    declared = declare() if callable(declare) else None
+    if isinstance(declared, FrameSegments):
+        if chunk_size not in (None, declared.segment_samples) or num_overlap not in (None, 1):
+            raise ConfigError(
+                f"this model runs as its authors run it: one STFT over the track in {declared.segment_frames}-frame "
+                f"segments ({declared.segment_samples} samples, no overlap-add of chunks); chunk_size and "
+                f"num_overlap do not apply (got {chunk_size}, {num_overlap})"
+            )
+        if not callable(getattr(model, "separate_segments", None)):
+            raise ConfigError("a model declaring FrameSegments needs a separate_segments(x) method")
+        return declared
+    default = declared if isinstance(declared, CrossfadeChunks) else None
+    return CrossfadeChunks(
+        _positive("chunk_size", chunk_size, default.chunk_size if default else config.audio.chunk_size),
+        _positive("num_overlap", num_overlap, default.num_overlap if default else config.inference.num_overlap),
+    )
+
+
+def _chunk_settings(segmentation: Segmentation) -> tuple[int, int]:
+    """``(chunk_size, num_overlap)`` as the separator reports them (a frame segment's span, and 1)."""
+    if isinstance(segmentation, FrameSegments):
+        return segmentation.segment_samples, 1
+    return segmentation.chunk_size, segmentation.num_overlap
 
 
 def _selected_stems(stems: Sequence[str] | None, all_stems: tuple[str, ...]) -> tuple[str, ...]:

@@ -10,8 +10,8 @@ A ``model_id`` identifies everything that changes the separated audio::
   re-upload, a fine-tune) -- 12 hex digits (48 bits) make an accidental clash
   between the few checkpoints of one name practically impossible;
 * the settings hash covers the separation settings that change the output:
-  ``chunk_size``, ``num_overlap``, ``precision`` and any other setting the
-  caller passes. Pass only settings that change output: ``batch_size`` does not
+  ``chunk_size``, ``num_overlap``, ``precision`` (resolved: never ``"auto"``,
+  see :func:`output_settings`) and any other setting the caller passes. Pass only settings that change output: ``batch_size`` does not
   (the engine's output is identical whatever the batch size), so it must not
   be part of the id, or re-running with a different batch size would redo the
   whole catalogue.
@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from stemflow.errors import ConfigError
+from stemflow.models.precision import AUTO, resolve_precision
 
 WEIGHTS_HASH_CHARS = 12
 SETTINGS_HASH_CHARS = 8
@@ -93,10 +94,18 @@ def settings_hash(settings: Mapping[str, Any]) -> str:
 
 
 def output_settings(
-    *, chunk_size: int, num_overlap: int, precision: str, **extra: Any
+    *, chunk_size: int, num_overlap: int, precision: str, device: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    """The settings mapping for :func:`model_id`, with the three every id should carry."""
-    return {"chunk_size": chunk_size, "num_overlap": num_overlap, "precision": precision, **extra}
+    """The settings mapping for :func:`model_id`, with the three every id should carry.
+
+    ``precision`` enters the id resolved (:func:`stemflow.models.precision.resolve_precision`):
+    ``"auto"`` needs the ``device`` it runs on, and becomes what it means there
+    (float16 on CUDA, float32 elsewhere), so the same stems always get the same id.
+    """
+    if precision == AUTO and device is None:
+        raise ConfigError("precision 'auto' depends on the device: pass device= to resolve it for the model_id")
+    resolved = resolve_precision(precision, device) if device is not None else precision
+    return {"chunk_size": chunk_size, "num_overlap": num_overlap, "precision": resolved, **extra}
 
 
 def model_id(registry_name: str, weights_sha256: str, settings: Mapping[str, Any]) -> str:

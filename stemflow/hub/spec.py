@@ -43,7 +43,7 @@ class ModelSpec:
     offline: bool = False
     device: str = "cpu"
     batch_size: int | None = None
-    precision: str = "float32"
+    precision: str = "auto"
     chunk_size: int | None = None
     num_overlap: int | None = None
     sum_to_mixture: bool = False  # residual into instrumental/other (stemflow.engine.track); changes the output

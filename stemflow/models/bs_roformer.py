@@ -67,7 +67,9 @@ class BSRoformer(RoformerBase):
         super().__init__(options, norm_output=False)
         self.freqs_per_bands = tuple(options.freqs_per_bands)
         self.final_norm = RMSNorm(dim)
-        band_features = tuple(2 * f * self.audio_channels for f in self.freqs_per_bands)  # bins x channels x (re, im)
+        widths = [2 * f * self.audio_channels for f in self.freqs_per_bands]  # bins x channels x (re, im)
+        starts = [sum(widths[:band]) for band in range(len(widths))]  # bands are consecutive feature ranges
+        band_features = [torch.arange(start, start + width, device="cpu") for start, width in zip(starts, widths)]
         self._add_band_modules(options, band_features, max(options.mask_estimator_depth - 1, 0))
 
     def forward(self, raw_audio: Tensor) -> Tensor:
@@ -80,10 +82,12 @@ class BSRoformer(RoformerBase):
         spec = self._stft(raw_audio, window)  # [b, (f s), t, c]
         batch, _, frames, _ = spec.shape
         x = spec.transpose(1, 2).reshape(batch, frames, -1)  # [b, t, (f s c)]
-        x = self._maybe_checkpoint(self.band_split, x)  # [b, t, k, D]
+        grouped = self._use_grouped()
+        x = self._split_bands(x, grouped)  # [b, t, k, D]
         x = self._axial_layers(x)
         x = self.final_norm(x)
-        masks = self._estimate_masks(x).to(spec.dtype)  # [b, n, (f s), t, c]
+        masks = self._estimate_masks(x, grouped)  # [b, n, (f s), t, c]
+        masks = masks if masks.dtype == spec.dtype else masks.to(spec.dtype)
         spec_complex = torch.view_as_complex(spec).unsqueeze(1)  # [b, 1, (f s), t]
         separated = spec_complex * torch.view_as_complex(masks)  # [b, n, (f s), t]
         return self._istft(separated, window, istft_length)

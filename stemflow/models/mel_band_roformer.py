@@ -60,7 +60,10 @@ class MelBandRoformer(RoformerBase):
         super().__init__(options, norm_output=True)
         self.match_input_audio_length = bool(options.match_input_audio_length)
         num_freqs_per_band = self._register_band_buffers(options)
-        band_features = tuple(2 * f * self.audio_channels for f in num_freqs_per_band.tolist())
+        # band k gathers spectrogram rows freq_indices[r] (r in its range), real and imaginary parts each
+        rows = (2 * self.freq_indices[:, None] + torch.arange(2, device=self.freq_indices.device)).split(
+            [f * self.audio_channels for f in num_freqs_per_band.tolist()])
+        band_features = [band_rows.reshape(-1) for band_rows in rows]
         self._add_band_modules(options, band_features, max(options.mask_estimator_depth, 0))
 
     def _register_band_buffers(self, options: MelBandRoformerOptions) -> Tensor:
@@ -83,6 +86,11 @@ class MelBandRoformer(RoformerBase):
     freq_indices: Tensor
     num_bands_per_freq: Tensor
 
+    def _band_features(self, features: Tensor) -> Tensor:
+        """``[b, t, (f s c)]`` -> every band's bins, bands in order: ``[b, t, (F c)]`` (bins shared by two bands twice)."""
+        batch, frames, _ = features.shape
+        return features.view(batch, frames, -1, 2).index_select(2, self.freq_indices).reshape(batch, frames, -1)
+
     def forward(self, raw_audio: Tensor) -> Tensor:
         """``[b, s, L]`` (or ``[b, L]`` when mono) -> ``[b, n, s, L']``, or ``[b, s, L']`` when n == 1."""
         raw_audio = self._as_channels(raw_audio)
@@ -94,11 +102,12 @@ class MelBandRoformer(RoformerBase):
         window = self._window(raw_audio)
         spec = self._stft(raw_audio, window)  # [b, (f s), t, c]
         batch, rows, frames, _ = spec.shape
-        x = spec.index_select(1, self.freq_indices)  # [b, F, t, c], F = bins of all bands (with repeats)
-        x = x.transpose(1, 2).reshape(batch, frames, -1)  # [b, t, (F c)]
-        x = self._maybe_checkpoint(self.band_split, x)  # [b, t, k, D]
+        x = spec.transpose(1, 2).reshape(batch, frames, -1)  # [b, t, (f s c)]
+        grouped = self._use_grouped()
+        x = self._split_bands(x, grouped)  # [b, t, k, D]
         x = self._axial_layers(x)
-        masks = self._estimate_masks(x).to(spec.dtype)  # [b, n, F, t, c]
+        masks = self._estimate_masks(x, grouped)  # [b, n, F, t, c], F = bins of all bands (with repeats)
+        masks = masks if masks.dtype == spec.dtype else masks.to(spec.dtype)
         # Sum each bin's masks over the bands that cover it, then average.
         summed = masks.new_zeros(batch, masks.shape[1], rows, frames, 2).index_add_(2, self.freq_indices, masks)
         denominator = self.num_bands_per_freq.repeat_interleave(self.audio_channels).clamp(min=1)

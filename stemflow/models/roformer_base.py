@@ -22,6 +22,7 @@ Dimension letters: ``b`` batch, ``s`` audio channels (1 or 2), ``f`` STFT bins,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from stemflow.errors import StemflowError
+from stemflow.models.band_groups import GroupedBands
 from stemflow.models.band_layers import BandSplit, MaskEstimator
 from stemflow.models.layers import PolarEmbedding, RotaryEmbedding, Transformer
 from stemflow.models.roformer_options import RoformerOptions, resolve_window_fn
@@ -111,16 +113,51 @@ class RoformerBase(nn.Module):
         self.stft_window_fn = resolve_window_fn(options.stft_window_fn)
         self.num_freqs = options.num_freqs
 
-    def _add_band_modules(self, options: RoformerOptions, band_features: tuple[int, ...], mask_hidden: int) -> None:
-        """Register ``band_split`` and one mask estimator per stem (``mask_hidden`` hidden layers each).
+    def _add_band_modules(self, options: RoformerOptions, band_features: Sequence[Tensor], mask_hidden: int) -> None:
+        """Register ``band_split``, one mask estimator per stem (``mask_hidden`` hidden layers each), and their grouped kernels.
 
-        ``band_features[k]``: the features of band ``k`` (its bins x audio channels x real/imag).
+        ``band_features[k]``: indices of band ``k``'s features (bins x audio channels x
+        real/imag, in the order its Linear reads them) into the flattened spectrogram
+        features ``[b, t, (f s c)]``.
         """
-        self.band_split = BandSplit(options.dim, band_features)
+        widths = tuple(len(features) for features in band_features)
+        self.band_split = BandSplit(options.dim, widths)
         self.mask_estimators = nn.ModuleList(
-            MaskEstimator(options.dim, band_features, mask_hidden, options.mlp_expansion_factor)
+            MaskEstimator(options.dim, widths, mask_hidden, options.mlp_expansion_factor)
             for _ in range(options.num_stems)
         )
+        hidden = options.dim * options.mlp_expansion_factor
+        mlp_dims = list(zip((options.dim, *(hidden,) * mask_hidden), (*(hidden,) * mask_hidden, 0)))
+        self.grouped_bands = GroupedBands(dim=options.dim, band_features=band_features,
+                                          num_features=2 * self.num_freqs * self.audio_channels,
+                                          mlp_dims=mlp_dims, num_stems=options.num_stems)
+        self.grouped_band_kernels = True  # False: always the reference's per-band modules
+        self._grouped_ready = False
+        self.prepare_inference()
+
+    def prepare_inference(self) -> bool:
+        """Make the grouped band kernels read the current weights (cheap when they already do).
+
+        Called by every eager forward; a caller that compiles the forward calls
+        it before each compiled call (:class:`stemflow.engine.separator.Separator`
+        does). Returns whether the grouped kernels can run (not for meta or
+        inference-mode parameters, nor with ``grouped_band_kernels = False``).
+        """
+        grouped = self.grouped_bands
+        ready = self.grouped_band_kernels and (
+            grouped.is_current(self.band_split, self.mask_estimators)
+            or grouped.attach(self.band_split, self.mask_estimators)
+        )
+        self._grouped_ready = bool(ready)
+        return self._grouped_ready
+
+    def _use_grouped(self) -> bool:
+        """Whether this forward runs the grouped band kernels: inference only (autograd needs the per-band path)."""
+        if torch.is_grad_enabled():
+            return False
+        if not torch.compiler.is_compiling():
+            self.prepare_inference()
+        return self._grouped_ready
 
     # ---- output contract -------------------------------------------------------------------
 
@@ -216,8 +253,21 @@ class RoformerBase(nn.Module):
                 store.append(x)
         return x
 
-    def _estimate_masks(self, x: Tensor) -> Tensor:
+    def _split_bands(self, features: Tensor, grouped: bool) -> Tensor:
+        """Spectrogram features ``[b, t, (f s c)]`` -> band tokens ``[b, t, k, D]``."""
+        if grouped:
+            return self.grouped_bands.split(features)
+        return self._maybe_checkpoint(self.band_split, self._band_features(features))
+
+    def _band_features(self, features: Tensor) -> Tensor:
+        """The band split's input (every band's features, bands in order) from ``[b, t, (f s c)]``."""
+        return features
+
+    def _estimate_masks(self, x: Tensor, grouped: bool = False) -> Tensor:
         """Tokens ``[b, t, k, D]`` -> masks ``[b, n, F, t, c]`` (``F`` = the band features / 2)."""
-        masks = torch.stack([self._maybe_checkpoint(estimator, x) for estimator in self.mask_estimators], dim=1)
+        if grouped:
+            masks = self.grouped_bands.masks(x).transpose(0, 1)  # [b, n, t, features]
+        else:
+            masks = torch.stack([self._maybe_checkpoint(estimator, x) for estimator in self.mask_estimators], dim=1)
         batch, stems, frames, features = masks.shape
         return masks.view(batch, stems, frames, features // 2, 2).permute(0, 1, 3, 2, 4)

@@ -186,9 +186,10 @@ def test_yaml_config_matches_built_in_and_builds() -> None:
     built_in = config_from_dict(spleeter_convert.SPLEETER_2STEMS_CONFIG)
     assert from_file.model_type == built_in.model_type == "spleeter"
     assert dict(from_file.model) == dict(built_in.model)
-    assert from_file.audio.chunk_size == built_in.audio.chunk_size == 508 * 1024
+    assert from_file.audio.chunk_size == built_in.audio.chunk_size == 511 * 1024 + 4096
     assert from_file.inference == built_in.inference and from_file.stems == ("vocals", "accompaniment")
+    assert from_file.inference.num_overlap == 1
     model = build_model(from_file)
     assert isinstance(model, SpleeterUNetSeparator) and model.num_output_stems == 2
-    # One chunk plus Spleeter's frame_length zero prefix fills exactly one T-frame segment.
-    assert (from_file.audio.chunk_size + model.frame_length) // model.frame_step == model.segment_frames
+    # The config's chunk is the span of one network segment: the audio under its T frames.
+    assert from_file.audio.chunk_size == model.segmentation().segment_samples

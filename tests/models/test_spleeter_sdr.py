@@ -98,7 +98,7 @@ def test_whole_track_beats_mixture_baseline(excerpt, model, record_property) -> 
 
 
 @pytest.mark.slow
-def test_chunked_engine_matches_whole_track_quality(excerpt, model, record_property) -> None:
+def test_engine_matches_whole_track_quality(excerpt, model, record_property) -> None:
     from stemflow.engine.separator import Separator
 
     separator = Separator(model)  # chunk_size and num_overlap from the config
@@ -111,4 +111,6 @@ def test_chunked_engine_matches_whole_track_quality(excerpt, model, record_prope
     _report("chunked-engine", scores, elapsed, excerpt["mixture"].shape[1] / SAMPLE_RATE, record_property)
     assert scores["vocals"] - scores["vocals_baseline"] >= 6.0
     assert scores["instrumental"] - scores["instrumental_baseline"] >= 3.0
-    assert scores["vocals"] >= PINNED_WHOLE_TRACK_SDR["vocals"] - 1.0
+    # the engine runs Spleeter as its authors do (one STFT over the track): the whole-track result
+    for stem, pinned in PINNED_WHOLE_TRACK_SDR.items():
+        assert scores[stem] == pytest.approx(pinned, abs=0.2), stem

@@ -72,7 +72,7 @@ CONVERSION_VERSION = "1"  # bump when the mapping changes: part of the cache fil
 # configs/models/spleeter_2stems.yaml, as data (a test keeps the two equal).
 SPLEETER_2STEMS_CONFIG: dict[str, Any] = {
     "model_type": "spleeter",
-    "audio": {"chunk_size": 520192, "sample_rate": 44100, "num_channels": 2},
+    "audio": {"chunk_size": 527360, "sample_rate": 44100, "num_channels": 2},
     "model": {
         "instruments": ["vocals", "accompaniment"],
         "num_channels": 2,
@@ -87,7 +87,7 @@ SPLEETER_2STEMS_CONFIG: dict[str, Any] = {
         "segment_batch_size": 4,
     },
     "training": {"instruments": ["vocals", "accompaniment"], "target_instrument": None},
-    "inference": {"batch_size": 1, "num_overlap": 2},
+    "inference": {"batch_size": 1, "num_overlap": 1},
 }
 
 

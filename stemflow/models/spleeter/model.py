@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stemflow.errors import ConfigError
+from stemflow.models.segmentation import FrameSegments
 
 _BATCH_NORM_EPS = 1e-3  # Keras' default; torch's default (1e-5) would be wrong here
 _WINDOW_COMPENSATION = 2.0 / 3.0
@@ -173,23 +174,31 @@ class SpleeterUNetSeparator(nn.Module):
 
     def _stft(self, waveform: Tensor) -> Tensor:
         """``[B, C, N]`` -> complex ``[B, C, frames, frame_length/2 + 1]`` after Spleeter's padding."""
-        batch, channels, length = waveform.shape
+        length = waveform.shape[-1]
         padded_length = length + self.frame_length
         num_frames = -(-padded_length // self.frame_step)
         total = (num_frames - 1) * self.frame_step + self.frame_length
-        padded = F.pad(waveform, (self.frame_length, total - padded_length))
+        return self._frames(F.pad(waveform, (self.frame_length, total - padded_length)))
+
+    def _frames(self, padded: Tensor) -> Tensor:
+        """STFT of already padded audio ``[B, C, N]``, one frame per ``frame_step`` (no centering) -> ``[B, C, frames, bins]``."""
+        batch, channels, total = padded.shape
         spec = torch.stft(
             padded.reshape(batch * channels, total),
             n_fft=self.frame_length,
             hop_length=self.frame_step,
-            window=self.window.to(waveform.dtype),
+            window=self.window.to(padded.dtype),
             center=False,
             return_complex=True,
         )  # [B*C, bins, frames]
-        return spec.transpose(1, 2).reshape(batch, channels, num_frames, -1)
+        return spec.transpose(1, 2).reshape(batch, channels, spec.shape[-1], -1)
 
     def _istft(self, spec: Tensor, length: int) -> Tensor:
         """Complex ``[B, C, frames, bins]`` -> ``[B, C, length]`` (overlap-add, cropped as Spleeter does)."""
+        return self._overlap_add(spec)[..., self.frame_length : self.frame_length + length]
+
+    def _overlap_add(self, spec: Tensor) -> Tensor:
+        """Complex ``[B, C, frames, bins]`` -> ``[B, C, (frames - 1) * step + frame_length]``: ``irfft * hann``, summed."""
         batch, channels, num_frames, _ = spec.shape
         frames = torch.fft.irfft(spec, n=self.frame_length, dim=-1) * self.window  # [B, C, frames, N]
         total = (num_frames - 1) * self.frame_step + self.frame_length
@@ -199,8 +208,7 @@ class SpleeterUNetSeparator(nn.Module):
             kernel_size=(1, self.frame_length),
             stride=(1, self.frame_step),
         )  # [B*C, 1, 1, total]
-        signal = folded.reshape(batch, channels, total) * _WINDOW_COMPENSATION
-        return signal[..., self.frame_length : self.frame_length + length]
+        return folded.reshape(batch, channels, total) * _WINDOW_COMPENSATION
 
     # ----------------------------------------------------------------- masks
 
@@ -234,22 +242,52 @@ class SpleeterUNetSeparator(nn.Module):
 
     # ----------------------------------------------------------------- public API
 
+    def segmentation(self) -> FrameSegments:
+        """How Spleeter runs a track: one STFT (after ``frame_length`` zeros) in ``segment_frames``-frame segments."""
+        return FrameSegments(frame_length=self.frame_length, frame_step=self.frame_step,
+                             segment_frames=self.segment_frames, lead=self.frame_length)
+
     def separate_chunks(self, x: Tensor) -> Tensor:
         """Separate a batch of waveforms ``[B, C, L]`` into ``[B, stems, C, L]`` (exact length L).
 
         Each item goes through Spleeter's whole pipeline on its own (its own
-        zero prefix, STFT and T-frame segments), so this serves both the chunked
-        engine and a whole track. Computed in float32 whatever the input dtype.
+        zero prefix, STFT and T-frame segments): every item is a whole track.
+        Computed in float32 whatever the input dtype.
         """
-        if x.dim() != 3 or x.shape[1] != self.num_channels:
-            raise ValueError(f"expected a waveform [batch, {self.num_channels}, samples], got {tuple(x.shape)}")
+        self._check_waveform(x)
         length = x.shape[-1]
         waveform = x.float()
         spec = self._stft(waveform)
+        stems = [self._istft(masked, length) for masked in self._masked(spec)]  # S x [B, C, L]
+        return torch.stack(stems, dim=1).to(x.dtype)
+
+    def separate_segments(self, x: Tensor) -> Tensor:
+        """One network segment per item: ``[B, C, (T - 1) * step + frame_length]`` -> the same length per stem.
+
+        ``x`` is the audio under the segment's ``T`` frames (zeros where the
+        track's lead or end lies). Returns each stem's share of the inverse
+        STFT, i.e. the overlap-add of the segment's ``T`` masked frames, not
+        cropped: shares of consecutive segments overlap by ``frame_length -
+        frame_step`` samples and add up to :meth:`separate_waveform`'s result
+        (see :class:`stemflow.models.segmentation.FrameSegments`).
+        """
+        self._check_waveform(x)
+        expected = self.segmentation().segment_samples
+        if x.shape[-1] != expected:
+            raise ValueError(f"a segment is {expected} samples ({self.segment_frames} frames), got {x.shape[-1]}")
+        spec = self._frames(x.float())  # [B, C, T, bins]
+        shares = [self._overlap_add(masked) for masked in self._masked(spec)]
+        return torch.stack(shares, dim=1).to(x.dtype)
+
+    def _check_waveform(self, x: Tensor) -> None:
+        if x.dim() != 3 or x.shape[1] != self.num_channels:
+            raise ValueError(f"expected a waveform [batch, {self.num_channels}, samples], got {tuple(x.shape)}")
+
+    def _masked(self, spec: Tensor) -> list[Tensor]:
+        """The mixture's STFT ``[B, C, frames, bins]`` times each stem's ratio mask (stems in order)."""
         magnitude = spec.abs()[..., : self.num_bins]
         masks = self._ratio_masks(self._estimate_magnitudes(magnitude), spec.shape[-1])
-        stems = [self._istft(mask * spec, length) for mask in masks]  # S x [B, C, L]
-        return torch.stack(stems, dim=1).to(x.dtype)
+        return [mask * spec for mask in masks]
 
     def forward(self, x: Tensor) -> Tensor:
         """Same as :meth:`separate_chunks`: ``[B, C, L] -> [B, stems, C, L]``."""
@@ -260,7 +298,8 @@ class SpleeterUNetSeparator(nn.Module):
 
         One STFT over the whole track, cut into T-frame segments with no overlap
         (segments run ``segment_batch_size`` at a time, so memory grows with the
-        track's STFT, not with the network's activations).
+        track's STFT, not with the network's activations). The reference for the
+        engine's segment-by-segment path, which gives the same stems in bounded memory.
         """
         if x.dim() != 2:
             raise ValueError(f"expected a waveform [channels, samples], got {tuple(x.shape)}")

@@ -1,0 +1,74 @@
+"""The model's forward, eager or through ``torch.compile``, always on one static batch shape when compiled.
+
+:class:`ModelForward` is what the :class:`stemflow.engine.separator.Separator`
+calls for each batch. Eagerly it is the model's entry point (``separate_chunks``
+or, for a model run in STFT-frame segments, ``separate_segments``). Compiled,
+it is that entry point through ``torch.compile(dynamic=False)``, and every
+batch is padded with silent rows to ``batch_size`` rows (the extra rows are
+dropped from the output), so the compiled graph sees one shape per model and
+never recompiles across tracks of different lengths, short last batches
+included: one compilation per model, batch size and chunk size.
+
+``mode``: ``"default"`` (inductor kernels: fused norms, rotary, GLU and the
+axial transposes), ``"reduce-overhead"`` (the same plus CUDA graphs: the whole
+forward replayed as one graph launch; on a GPU only, and only because the
+shapes are static) or ``"max-autotune"``. Before each compiled call the model's
+``prepare_inference()`` (if it has one) brings derived inference tensors up to
+date: code that checks them cannot run inside the graph. If compiling fails
+(no C++ compiler, an unsupported op), the forward falls back to eager once and
+logs a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from stemflow.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+class ModelForward:
+    """``forward(x [rows, 2, L]) -> [rows, S, 2, L]``: one model entry point, eager or compiled (module docstring)."""
+
+    def __init__(self, model: nn.Module, entry_point: str, *, batch_size: int, compile: bool = False,
+                 mode: str = "default") -> None:
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"compile mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
+        self.model = model
+        self.batch_size = batch_size
+        self.mode = mode
+        self._eager: Callable[[torch.Tensor], torch.Tensor] = getattr(model, entry_point)
+        self._prepare: Callable[[], object] | None = getattr(model, "prepare_inference", None)
+        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if compile:
+            try:
+                self._compiled = torch.compile(self._eager, dynamic=False, mode=mode)
+            except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
+                logger.warning("torch.compile is not available (%s); running eagerly", e)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether batches go through the compiled graph (False after a fallback)."""
+        return self._compiled is not None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is None:
+            return self._eager(x)
+        rows = x.shape[0]
+        if rows < self.batch_size:  # one static shape: a short last batch would recompile
+            x = torch.cat([x, x.new_zeros((self.batch_size - rows, *x.shape[1:]))])
+        if self._prepare is not None:
+            self._prepare()
+        try:
+            return self._compiled(x)[:rows]
+        except Exception as e:  # noqa: BLE001 - compilation errors surface at the first call
+            logger.warning("torch.compile failed (%s: %s); falling back to eager", type(e).__name__, e)
+            self._compiled = None
+            return self._eager(x[:rows])
