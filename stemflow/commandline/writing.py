@@ -123,7 +123,7 @@ def write_result(separator: Separator, planned: PlannedResult, owner_model: str,
                                  progress=progress, limits=writing.limits)
         for file in planned.files.values():
             write_owner(file, owner)
-        return [*streamed.notes, "streamed"]
+        return [*streamed.notes, *_clip_notes(sum(streamed.clipped_samples.values())), "streamed"]
     result = separate_track(separator, planned.input.path, name=str(planned.input.path), measure_quality=False,
                             progress=progress, sum_to_mixture=writing.sum_to_mixture, limits=writing.limits)
     stems = _chosen(result.stems, writing)
@@ -143,10 +143,14 @@ def write_result(separator: Separator, planned: PlannedResult, owner_model: str,
         clipped += written.clipped_samples
         if written.sample_rate != rate:
             notes.append(f"{writing.format} runs at {written.sample_rate} Hz: {stem} resampled")
-    if clipped:
-        notes.append(f"{clipped} samples clipped to full scale (--clip-mode rescale, or --format wav --bit-depth 32, "
-                     "keeps them)")
-    return notes
+    return [*notes, *_clip_notes(clipped)]
+
+
+def _clip_notes(clipped: int) -> list[str]:
+    """The note on samples saturated at full scale (none when nothing clipped)."""
+    if not clipped:
+        return []
+    return [f"{clipped} samples clipped to full scale (--clip-mode rescale, or --format wav --bit-depth 32, keeps them)"]
 
 
 def _make_folders(planned: PlannedResult) -> None:
