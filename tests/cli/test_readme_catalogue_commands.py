@@ -64,7 +64,8 @@ def test_the_readme_catalogue_commands_work_as_written(tmp_path: Path, repo_root
     assert report["runs"]["latest"]["status"] == "succeeded" and report["quarantine"]["counts"] == {}
 
     text = (repo_root / "README.md").read_text()
-    karaoke = next(line.strip() for line in text.splitlines() if line.strip().startswith("stemflow karaoke "))
+    karaoke = next(line.strip() for line in text.splitlines()  # the example, not the usage synopsis
+                   if line.strip().startswith("stemflow karaoke catalogue.csv "))
     assert "s3://datasets/karaoke" in karaoke and "--output-url" not in karaoke
     (tmp_path / "catalogue.csv").write_text("url,artist\naudio/t00.wav,A\naudio/t01.wav,B\n")
     made = _stemflow(karaoke.replace("s3://datasets/karaoke", "./datasets/karaoke"), tmp_path, env)
