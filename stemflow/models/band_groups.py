@@ -129,7 +129,9 @@ class _GroupStorage(nn.Module):
         for local, width in enumerate(self.group.widths):
             scale[local, :width] = math.sqrt(width / self.width)
         with torch.inference_mode(False), torch.no_grad():
-            self.norm_scale.copy_(scale)
+            # a new normal tensor, not an in-place copy: the buffer may be an inference tensor (a model
+            # built under torch.inference_mode), which cannot be updated outside inference mode
+            self.norm_scale = scale.to(dtype=self.norm_scale.dtype, device=self.norm_scale.device)
 
     band_index: Tensor
     feature_index: Tensor
