@@ -60,7 +60,7 @@ def test_stored_schema_is_unchanged() -> None:
     # The Parquet columns and types as stemflow 0.1 wrote them (parts written before read back the same),
     # then the columns added since, at the end, nullable: old parts read back with nulls in them.
     assert [(f.name, str(f.type)) for f in records.RECORD_SCHEMA][33:] == [
-        ("error_type", "string"), ("source_extra", "string")]
+        ("residual_stem", "string"), ("error_type", "string"), ("source_extra", "string")]
     assert all(f.nullable for f in records.RECORD_SCHEMA)
     assert [(f.name, str(f.type)) for f in records.RECORD_SCHEMA][:33] == [
         ("model_id", "string"), ("run_date", "date32[day]"), ("run_id", "string"), ("track_id", "string"),
@@ -72,7 +72,6 @@ def test_stored_schema_is_unchanged() -> None:
         ("energy_share", "double"), ("bleed_ratio", "double"), ("residual_db", "double"), ("processing_s", "double"),
         ("decode_s", "double"), ("separate_s", "double"), ("encode_s", "double"), ("quality_s", "double"),
         ("device", "string"), ("stemflow_version", "string"), ("created_at", "timestamp[us, tz=UTC]"),
-        ("residual_stem", "string"),  # added after 0.1, last: older parts read back with it null
     ]
 
 
