@@ -202,7 +202,7 @@ def _start_run(request: RunRequest) -> _Run:
     model_settings = {"cache_dir": str(default_cache_dir(os.environ)), **model_overrides(options.model_settings)}
     resolved = resolve_model_task(options.model, options.checkpoint, model_settings)
     model_id = resolved["model_id"]
-    stage_record = {k: v for k, v in asdict(settings).items() if k != "runtime_env"}
+    stage_record = asdict(settings)  # runtime_env included: the manifest masks secret values (store.redact)
     run_manifest = RunManifest(
         run_id=run_id, status="running", started_at=started_at,
         inputs={"flow": request.flow_name, "catalogue_url": request.catalogue_url, "out_url": request.output_url,

@@ -227,7 +227,7 @@ def test_one_flow_run_over_the_corpus_gives_an_error_row_or_correct_stems_per_fi
     for key in (k for k in after if k.startswith("out/")):
         parts = key.split("/")
         assert ".." not in parts and "" not in parts, key
-        assert parts[1] in {"stems", "metadata", "runs"}, key
+        assert parts[1] in {"stems", "metadata", "runs", "index"}, key  # index: the committed index
         if parts[1] == "stems":
             assert parts[2] == model_id and parts[3] in committed | {r["track_id"] for r in rows}, key
     manifest = json.loads(read_bytes(f"{out}/runs/{summary['run_id']}.json", s3_options))
