@@ -33,7 +33,6 @@ recovery goes on.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from stemflow.store.quarantine import Quarantine
 from stemflow.store.record_scan import PartRef, read_part
 from stemflow.store.records import create_part, part_url, stem_rows
 from stemflow.store.runs import FINISHED_STATUSES, RunManifest, read_run_manifest, write_run_manifest
+from stemflow.tempfiles import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def run_is_alive(manifest: RunManifest) -> bool:
         return False
     progress = manifest.progress
     if progress.get("host") == socket.gethostname() and isinstance(progress.get("pid"), int):
-        if not _process_exists(int(progress["pid"])):
+        if not pid_alive(int(progress["pid"])):
             return False
     beat = progress.get("updated_at") or manifest.started_at
     try:
@@ -161,16 +161,6 @@ def run_is_alive(manifest: RunManifest) -> bool:
     except ValueError:
         return False
     return age < lease_s(manifest)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _await_verdict(output_url: str, manifest: RunManifest, storage_options: StorageOptions,
