@@ -7,6 +7,11 @@ deadline (the retry policy's ``deadline_s``: a store that trickles cannot hold
 the reader longer). :class:`BlockReader` wraps it as a read-only file object
 for writers that copy from one (``tarfile``).
 
+:func:`local_copy` gives a decoder that needs a seekable file a local copy of
+an object: a local regular file as it is (no copy), anything else streamed
+into a temporary file of this process (:mod:`stemflow.tempfiles`, so a killed
+process's copies are swept), at most ``max_bytes`` long, removed afterwards.
+
 :func:`open_atomic_writer` is the streamed counterpart of
 :func:`stemflow.store.objects.write_atomic`: whatever is written to the handle
 appears under the URL only when the block ends without an error, and never in
@@ -102,6 +107,46 @@ class BlockReader:
             wanted -= len(part)
             parts.append(part)
         return b"".join(parts)
+
+
+@contextlib.contextmanager
+def local_copy(
+    url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None,
+    max_bytes: int | None = None, suffix: str = "",
+) -> Iterator[str]:
+    """A local path holding the bytes of ``url`` for the duration of the block (see the module docstring).
+
+    ``suffix`` ends the temporary file's name (decoders that go by the
+    extension). Memory stays at one block whatever the object's size.
+
+    Raises:
+        FileNotFoundError: nothing at ``url``.
+        StorageError: the read failed or its deadline passed, the object is over
+            ``max_bytes`` (nothing more than ``max_bytes`` + one block is written),
+            or a local path is not a regular file.
+    """
+    fs, path = filesystem(url, storage_options)
+    if is_local_fs(fs):
+        try:
+            with open_regular_file(path) as handle:  # refuses FIFOs, devices, sockets
+                size = os.fstat(handle.fileno()).st_size
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise StorageError(f"cannot read {url!r}: {e}") from e
+        if max_bytes is not None and size > max_bytes:
+            raise StorageError(f"{url!r} is larger than the {max_bytes} bytes allowed ({size}); not read")
+        yield path
+        return
+    with temp_file("source", suffix) as (descriptor, local_path), os.fdopen(descriptor, "wb") as handle:
+        total = 0
+        for block in read_blocks(url, storage_options, retry=retry):
+            total += len(block)
+            if max_bytes is not None and total > max_bytes:
+                raise StorageError(f"{url!r} is larger than the {max_bytes} bytes allowed; not read")
+            handle.write(block)
+        handle.flush()
+        yield str(local_path)
 
 
 @contextlib.contextmanager
