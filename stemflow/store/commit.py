@@ -60,12 +60,14 @@ absent or malformed hash).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from stemflow.errors import StorageError
+from stemflow.files import sha256_file
 from stemflow.store.objects import (
     exists,
     object_info,
@@ -75,6 +77,7 @@ from stemflow.store.objects import (
     sha256_object,
     size_and_sha256,
     write_create_only,
+    write_create_only_file,
 )
 from stemflow.store.marker import MARKER_NAME, MAX_MARKER_BYTES, CommitMarker, StemObject
 from stemflow.store.paths import StorageOptions, check_component, filesystem, join_url
@@ -85,7 +88,7 @@ logger = logging.getLogger(__name__)
 __all__ = [  # the marker types are part of this module's interface (they were defined here)
     "MARKER_NAME", "CommitMarker", "StemObject", "commit_track", "committed_stem_urls", "committed_tracks",
     "is_committed", "marker_url", "read_marker", "stem_url", "stored_stem_url", "track_url", "verify_track",
-    "write_stem",
+    "write_stem", "write_stem_file",
 ]
 
 
@@ -168,19 +171,55 @@ def write_stem(
     Raises:
         StorageError: unsafe names, or the write or read-back failed.
     """
-    url = stem_url(output_url, model_id, track_id, stem, ext)
     ours = StemObject(stem, stem_file_name(stem, ext), len(data), sha256_hex(data))
-    if write_create_only(url, data, storage_options, retry=retry):
+    return _store_stem(output_url, model_id, track_id, ours, ext, attempt,
+                       lambda url: write_create_only(url, data, storage_options, retry=retry),
+                       storage_options=storage_options, retry=retry)
+
+
+def write_stem_file(
+    output_url: str,
+    model_id: str,
+    track_id: str,
+    stem: str,
+    ext: str,
+    local_path: str | os.PathLike[str],
+    *,
+    storage_options: StorageOptions = None,
+    retry: RetryPolicy | None = None,
+    attempt: str | None = None,
+) -> StemObject:
+    """:func:`write_stem` for an encoded stem in a local file, hashed and uploaded in blocks (bounded memory).
+
+    Raises:
+        StorageError: unsafe names, an unreadable local file, or the write or read-back failed.
+    """
+    try:
+        size, digest = os.path.getsize(local_path), sha256_file(local_path)
+    except OSError as e:
+        raise StorageError(f"cannot read the encoded stem {os.fspath(local_path)!r}: {e}") from e
+    ours = StemObject(stem, stem_file_name(stem, ext), size, digest)
+    return _store_stem(output_url, model_id, track_id, ours, ext, attempt,
+                       lambda url: write_create_only_file(url, local_path, storage_options, retry=retry),
+                       storage_options=storage_options, retry=retry)
+
+
+def _store_stem(output_url: str, model_id: str, track_id: str, ours: StemObject, ext: str, attempt: str | None,
+                create: Callable[[str], bool], *, storage_options: StorageOptions,
+                retry: RetryPolicy | None) -> StemObject:
+    """Create ``<stem>.<ext>``, adopt it when it holds ``ours``' bytes, else create a per-attempt name."""
+    url = stem_url(output_url, model_id, track_id, ours.stem, ext)
+    if create(url):
         return ours
     if _stored_digest(url, storage_options, retry) == (ours.size, ours.sha256):
         logger.info("adopting %s: a crashed or racing attempt stored exactly these bytes", url)
         return ours
-    name = attempt_file_name(stem, ext, attempt or new_attempt_id())
+    name = attempt_file_name(ours.stem, ext, attempt or new_attempt_id())
     logger.warning("%s holds bytes this attempt did not produce; storing %s instead", url, name)
-    if not write_create_only(f"{track_url(output_url, model_id, track_id)}/{name}", data, storage_options,
-                             retry=retry):
-        raise StorageError(f"cannot store stem {stem!r} of {track_id!r}: {name} exists already (reused attempt id)")
-    return StemObject(stem, name, ours.size, ours.sha256)
+    if not create(f"{track_url(output_url, model_id, track_id)}/{name}"):
+        raise StorageError(f"cannot store stem {ours.stem!r} of {track_id!r}: {name} exists already "
+                           "(reused attempt id)")
+    return StemObject(ours.stem, name, ours.size, ours.sha256)
 
 
 def _stored_digest(url: str, storage_options: StorageOptions, retry: RetryPolicy | None) -> tuple[int, str] | None:

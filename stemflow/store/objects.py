@@ -42,6 +42,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem, sync
 
 from stemflow.errors import StorageError
-from stemflow.files import HASH_BLOCK_BYTES, write_file_atomic
+from stemflow.files import HASH_BLOCK_BYTES, atomic_open, write_file_atomic
 from stemflow.store.calls import call, open_regular_file, run
 from stemflow.store.paths import StorageOptions, filesystem, is_local_fs, is_memory_fs, url_of
 from stemflow.store.retry import Deadline, RetryPolicy
@@ -132,6 +133,43 @@ def write_create_only(url: str, data: bytes, storage_options: StorageOptions = N
         return False
     except OSError as e:
         raise StorageError(f"cannot create {url!r}: {e}") from e
+
+
+UPLOAD_CHUNK_BYTES = 64 << 20
+"""Part size of the multipart upload :func:`write_create_only_file` makes of a large local file (64 MiB)."""
+
+
+def write_create_only_file(url: str, local_path: str | os.PathLike[str], storage_options: StorageOptions = None,
+                           *, retry: RetryPolicy | None = None, chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> bool:
+    """:func:`write_create_only` for the content of a local file, copied in blocks (memory stays at one part).
+
+    Locally a temporary sibling is filled and linked into place; on S3 one
+    ``put_file`` (a multipart upload of ``chunk_bytes`` parts for a large file,
+    ``If-None-Match: *`` on its completion); memory:// reads the file (it holds
+    every object in memory anyway).
+
+    Raises:
+        StorageError: the write failed for another reason than "already exists".
+    """
+    fs, path = filesystem(url, storage_options)
+    try:
+        if is_local_fs(fs):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open_regular_file(local_path) as source, atomic_open(path, create_only=True) as target:
+                shutil.copyfileobj(source, target, HASH_BLOCK_BYTES)
+            return True
+        if is_memory_fs(fs):
+            with open_regular_file(local_path) as source:
+                data = source.read()
+            return write_create_only(url, data, fs, retry=retry)
+        call(fs, f"create {url}", "put_file", os.fspath(local_path), path, mode="create", chunksize=chunk_bytes,
+             retry=retry)
+        return True
+    except FileExistsError:
+        logger.debug("create-only write lost: %s already exists", url)
+        return False
+    except OSError as e:
+        raise StorageError(f"cannot create {url!r} from {os.fspath(local_path)!r}: {e}") from e
 
 
 def read_bytes(url: str, storage_options: StorageOptions = None, *, retry: RetryPolicy | None = None,
