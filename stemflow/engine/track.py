@@ -65,6 +65,16 @@ class TrackResult:
         """Length of the track in seconds."""
         return self.mixture.shape[-1] / self.sample_rate
 
+    @property
+    def source_sample_rate(self) -> int:
+        """The input file's sample rate (before the input policy)."""
+        return self.decoded.source_sample_rate
+
+    @property
+    def source_channels(self) -> int:
+        """The input file's channel count (before the input policy)."""
+        return self.decoded.source_channels
+
 
 def decode_track(separator: Separator, source: AudioSource, *, name: str,
                  limits: DecodeLimits = DecodeLimits()) -> DecodedAudio:

@@ -14,9 +14,10 @@ never raises: a failure at any step is the track's ``error`` outcome and row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,8 +28,9 @@ from stemflow.audio.decode import DecodedAudio
 from stemflow.engine.track import TrackResult, encode_stems, measure_track
 from stemflow.errors import StemflowError, StorageError
 from stemflow.stage.failures import error_type_of
+from stemflow.stage.streamed import StreamedResult
 from stemflow.stage.settings import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, ShardJob, TrackOutcome
-from stemflow.store.commit import CommitMarker, commit_track, stored_stem_url, write_stem
+from stemflow.store.commit import CommitMarker, StemObject, commit_track, stored_stem_url, write_stem, write_stem_file
 from stemflow.store.records import error_row, stem_rows
 from stemflow.store.retry import RetryPolicy
 
@@ -54,6 +56,9 @@ class SeparatedTrack:
     committed it (a retried batch), ``()`` when another run did.
     ``source_extra``: the catalogue's extra columns as JSON, for the rows.
     ``residual_stem``: the stem that takes the residual when measured (``sum_to_mixture``).
+    A long track separated block by block has ``streamed`` (its stems in local
+    files, already measured) instead of ``stems``/``result``; ``cleanup``
+    removes its local files and is closed when the track is finished.
     """
 
     track_id: str
@@ -68,11 +73,24 @@ class SeparatedTrack:
     stems: dict[str, np.ndarray] | None = None
     timings_s: dict[str, float] | None = None
     residual_stem: str | None = None
+    streamed: StreamedResult | None = None
+    cleanup: contextlib.ExitStack | None = None
 
 
 def finish_track(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *,
                  retry: RetryPolicy | None) -> TrackOutcome:
-    """Measure, store and commit ``sep`` for ``job``, or record its error (never raises)."""
+    """Measure, store and commit ``sep`` for ``job``, or record its error (never raises).
+
+    Whatever happens, the track's local files (``sep.cleanup``) are removed.
+    """
+    try:
+        return _finish(sep, job, output, retry=retry)
+    finally:
+        if sep.cleanup is not None:
+            sep.cleanup.close()
+
+
+def _finish(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *, retry: RetryPolicy | None) -> TrackOutcome:
     if sep.recorded is not None:  # committed before: by this run (a retried batch) or another
         return track_outcome(sep, STATUS_OK if sep.recorded else STATUS_SKIPPED, None, sep.recorded)
     if sep.error is None and sep.result is None and sep.stems is not None and sep.decoded is not None:
@@ -118,15 +136,13 @@ def store_and_commit(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *,
     Raises:
         StemflowError: the track has no separation, or storing it failed.
     """
-    result = sep.result
+    result = sep.result or sep.streamed
     if result is None:
         raise StemflowError(f"track {sep.track_id!r} has no separation to store")
     started = time.perf_counter()
     stems: dict[str, dict[str, Any]] = {}
     stored = []
-    for stem, encoded in encode_stems(result, format=output.stem_format, bit_depth=output.bit_depth).items():
-        obj = write_stem(job.output_url, job.model_id, sep.track_id, stem, output.stem_format,
-                         encoded.data, storage_options=job.storage_options, retry=retry)
+    for stem, obj in _store_stems(sep, job, output, retry):
         stored.append(obj)
         stems[stem] = {
             **result.stem_quality.get(stem, {}),
@@ -145,6 +161,21 @@ def store_and_commit(sep: SeparatedTrack, job: ShardJob, output: StemOutput, *,
     return track_outcome(sep, STATUS_OK, None, tuple(rows))
 
 
+def _store_stems(sep: SeparatedTrack, job: ShardJob, output: StemOutput,
+                 retry: RetryPolicy | None) -> Iterator[tuple[str, StemObject]]:
+    """Each stem stored write-once: encoded from memory, or uploaded from the streamed track's files."""
+    place = (job.output_url, job.model_id, sep.track_id)
+    if sep.streamed is not None:
+        for stem, path in sep.streamed.files.items():
+            yield stem, write_stem_file(*place, stem, output.stem_format, path, storage_options=job.storage_options,
+                                        retry=retry)
+        return
+    assert sep.result is not None
+    for stem, encoded in encode_stems(sep.result, format=output.stem_format, bit_depth=output.bit_depth).items():
+        yield stem, write_stem(*place, stem, output.stem_format, encoded.data, storage_options=job.storage_options,
+                               retry=retry)
+
+
 def track_columns(sep: SeparatedTrack, device: str) -> dict[str, Any]:
     """The track-level record columns of ``sep`` (the separation's measures once it has them)."""
     columns: dict[str, Any] = {
@@ -154,13 +185,13 @@ def track_columns(sep: SeparatedTrack, device: str) -> dict[str, Any]:
     }
     if sep.source_extra is not None:
         columns["source_extra"] = sep.source_extra
-    result = sep.result
+    result = sep.result or sep.streamed
     if result is not None:
         columns.update(result.track_quality)
         columns.update({
             "duration_s": result.duration_s, "sample_rate": result.sample_rate,
-            "source_sample_rate": result.decoded.source_sample_rate,
-            "channels_in": result.decoded.source_channels,
+            "source_sample_rate": result.source_sample_rate,
+            "channels_in": result.source_channels,
             "decode_s": result.timings_s.get("decode"), "separate_s": result.timings_s.get("separate"),
             "quality_s": result.timings_s.get("quality"), "residual_stem": result.residual_stem,
         })

@@ -125,7 +125,7 @@ class _PoolActor:
                              torch_threads=threads, max_duration_s=settings.max_duration_s,
                              max_source_bytes=settings.max_source_bytes, retry=settings.retry_policy(),
                              max_decoded_bytes=settings.max_decoded_bytes,
-                             separator=separator)
+                             stream_above_bytes=settings.stream_above_bytes, separator=separator)
         slots = max(1, int(cpus))
         self._pipeline = BatchPipeline(
             worker, io_threads=settings.io_threads or max(2, slots),

@@ -27,6 +27,9 @@ STATUS_SKIPPED = "skipped"
 DEFAULT_MAX_DURATION_S = 7200.0
 """Longest source a worker decodes (2 h): decoded at 44.1 kHz stereo float32 that is 2.5 GB."""
 
+DEFAULT_STREAM_ABOVE_BYTES = 128 << 20
+"""Decoded (or source) size above which a track streams (128 MiB: about 6 min at 44.1 kHz stereo float32)."""
+
 DEFAULT_MAX_SOURCE_BYTES = 2 << 30
 """Largest source object a worker reads into memory (2 GiB; a 2 h 16-bit stereo WAV is 1.3 GB)."""
 
@@ -52,6 +55,14 @@ class StageSettings:
     becomes an error row ("crashed its worker N times") and the run goes on.
     ``stop_grace_s``: on a stop request, how long in-flight tracks may finish
     before their actors are killed (nothing is half-committed either way).
+    Memory per track: a track whose source object or decoded size (model rate,
+    stereo float32) is above ``stream_above_bytes`` (default 128 MiB, about six
+    minutes at 44.1 kHz), or whose header does not tell its length, is decoded,
+    separated, measured and encoded block by block from a local copy
+    (:mod:`stemflow.stage.streamed`), so no track length grows a worker's memory;
+    shorter ones are held whole and share the model's batches. ``None``: every
+    track in memory. ``max_duration_s``/``max_source_bytes``/``max_decoded_bytes``
+    refuse a track outright (an error row).
     """
 
     ray_address: str | None = None
@@ -79,6 +90,7 @@ class StageSettings:
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
     max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES
     max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES
+    stream_above_bytes: int | None = DEFAULT_STREAM_ABOVE_BYTES
     retry_attempts: int = DEFAULT_RETRY.attempts
     retry_base_delay_s: float = DEFAULT_RETRY.base_delay_s
     retry_max_delay_s: float = DEFAULT_RETRY.max_delay_s
@@ -101,9 +113,10 @@ class StageSettings:
         if self.stop_grace_s < 0 or self.progress_interval_s <= 0:
             raise ConfigError("stop_grace_s must be >= 0 and progress_interval_s > 0")
         if any(limit is not None and limit <= 0
-               for limit in (self.max_duration_s, self.max_source_bytes, self.max_decoded_bytes)):
-            raise ConfigError("max_duration_s and max_source_bytes and max_decoded_bytes must be > 0 (or None for no "
-                              "limit)")
+               for limit in (self.max_duration_s, self.max_source_bytes, self.max_decoded_bytes,
+                             self.stream_above_bytes)):
+            raise ConfigError("max_duration_s, max_source_bytes, max_decoded_bytes and stream_above_bytes must be "
+                              "> 0 (or None for no limit)")
         self.retry_policy()  # validates the retry fields
 
     def retry_policy(self) -> RetryPolicy:

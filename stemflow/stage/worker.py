@@ -39,12 +39,19 @@ from stemflow.hub.spec import ModelSpec, load_spec
 from stemflow.stage.failures import CorruptMarkerError
 from stemflow.stage.fetching import FetchedSource, SourceLimits, fetch_source
 from stemflow.stage.finishing import SeparatedTrack, StemOutput, finish_track, rows_from_marker, source_extra_json
-from stemflow.stage.settings import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_SOURCE_BYTES, ShardJob, TrackOutcome
+from stemflow.stage.streamed import separate_streamed
+from stemflow.stage.settings import (
+    DEFAULT_MAX_DURATION_S,
+    DEFAULT_MAX_SOURCE_BYTES,
+    DEFAULT_STREAM_ABOVE_BYTES,
+    ShardJob,
+    TrackOutcome,
+)
 from stemflow.store.commit import marker_url
 from stemflow.store.marker import MARKER_FORMAT, CommitMarker
 from stemflow.store.objects import read_bytes
 from stemflow.store.retry import RetryPolicy
-from stemflow.tempfiles import sweep_stale
+from stemflow.tempfiles import sweep_stale, temp_dir
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +76,8 @@ class TrackWorker:
 
     ``job`` and ``retry`` are read at every step (a test may point a worker
     elsewhere between tracks). ``max_duration_s``, ``max_source_bytes`` and
-    ``max_decoded_bytes`` bound the memory per track (:mod:`stemflow.stage.fetching`).
+    ``max_decoded_bytes`` bound what a track may be; above ``stream_above_bytes``
+    it streams block by block (:mod:`stemflow.stage.fetching`, :mod:`stemflow.stage.streamed`).
     ``separator`` replaces the model of ``spec`` (a stand-in accelerator in the
     benchmarks). Starting a worker sweeps the temporary files of dead stemflow
     processes (:func:`stemflow.tempfiles.sweep_stale`).
@@ -88,6 +96,7 @@ class TrackWorker:
         retry: RetryPolicy | None = None,
         separator: Separator | None = None,
         max_decoded_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+        stream_above_bytes: int | None = DEFAULT_STREAM_ABOVE_BYTES,
     ) -> None:
         sweep_stale()  # temporary files of workers that died here (SIGKILL, OOM) before this one started
         if separator is not None and torch_threads:
@@ -97,7 +106,7 @@ class TrackWorker:
         self.job = job
         self.retry = retry
         self.limits = SourceLimits(max_duration_s=max_duration_s, max_source_bytes=max_source_bytes,
-                                   max_decoded_bytes=max_decoded_bytes)
+                                   max_decoded_bytes=max_decoded_bytes, stream_above_bytes=stream_above_bytes)
         self.output = StemOutput(stem_format=stem_format, bit_depth=bit_depth, device=spec.device)
 
     def fetch(self, url: str) -> FetchedSource:
@@ -131,6 +140,9 @@ class TrackWorker:
         ``separator``: another separator around the same model (a second model thread).
         """
         separator = separator or self.separator
+        for sep, got in prepared:
+            if got is not None and got.streamed is not None:
+                self._separate_streamed(sep, got, separator)
         ready = [(sep, got) for sep, got in prepared if got is not None and got.decoded is not None]
         if pack and len(ready) > 1:
             started = time.perf_counter()
@@ -156,6 +168,20 @@ class TrackWorker:
             self._separated(sep, got, stems, time.perf_counter() - started)
         return [sep for sep, _ in prepared]
 
+    def _separate_streamed(self, sep: SeparatedTrack, got: FetchedSource, separator: Separator) -> None:
+        """The model step of a long track: separated, measured and encoded block by block into local files."""
+        assert got.streamed is not None
+        sep.cleanup = got.streamed.stack  # the finishing step closes it: decoder, local copy, encoded files
+        try:
+            folder = sep.cleanup.enter_context(temp_dir("stems"))
+            sep.streamed = separate_streamed(separator, got.streamed, folder=folder,
+                                             stem_format=self.output.stem_format,  # type: ignore[arg-type]
+                                             bit_depth=self.output.bit_depth, residual_stem=self.residual_stem)
+        except Exception as e:  # noqa: BLE001 - becomes this track's error row
+            sep.error, sep.error_step = e, "separate"
+            return
+        sep.streamed.timings_s["decode"] = got.decode_s
+
     def _separated(self, sep: SeparatedTrack, got: FetchedSource, stems: dict[str, Any], seconds: float) -> None:
         sep.decoded, sep.stems, sep.residual_stem = got.decoded, stems, self.residual_stem
         sep.timings_s = {"decode": got.decode_s, "separate": seconds}
@@ -179,7 +205,10 @@ class TrackWorker:
             sep = SeparatedTrack(track_id, url, started=time.perf_counter() - got.seconds)
             if not self._committed(sep) and got.error is not None:
                 sep.error, sep.error_step = got.error, "fetch"
-            prepared.append((sep, got if sep.recorded is None and sep.error is None else None))
+            used = sep.recorded is None and sep.error is None
+            if not used and got.streamed is not None:
+                got.streamed.stack.close()  # never separated: release its decoder and local copy now
+            prepared.append((sep, got if used else None))
         separated = self.separate_prepared(prepared)
         for sep in separated:
             if sep.stems is not None and sep.decoded is not None and sep.error is None:

@@ -1,0 +1,147 @@
+"""Long tracks in the catalogue worker: streamed block by block, with the same stems, hashes and rows as in memory.
+
+``stream_above_bytes=1`` makes every track stream, ``None`` keeps every track
+in memory; the same tracks through both must give byte-identical stems (the
+rows' ``stem_sha256``), the same record columns (the quality measures to float
+rounding) and leave no temporary file behind, on every storage backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stemflow.hub.spec import ModelSpec
+from stemflow.stage.pipeline import BatchPipeline
+from stemflow.stage.settings import ShardJob
+from stemflow.stage.worker import TrackWorker
+from stemflow.tempfiles import PREFIX, temp_root
+
+RATE = 44100
+EXACT = ("track_id", "stem", "stem_sha256", "stem_bytes", "sample_rate", "source_sample_rate", "channels_in",
+         "duration_s", "status", "residual_stem")
+
+
+def _ours() -> set[str]:
+    """This process's temporary files and folders."""
+    return {p.name for p in temp_root().iterdir() if p.name.startswith(PREFIX) and f"-{os.getpid()}-" in p.name}
+
+
+def _tracks(folder: Path) -> dict[str, Path]:
+    """A stereo WAV, a 48 kHz FLAC (resampled as it streams) and a mono FLAC, a few seconds each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    t = np.arange(int(3.3 * RATE)) / RATE
+    stereo = np.stack([0.4 * np.sin(2 * np.pi * 220 * t), 0.3 * np.sin(2 * np.pi * 331 * t)])
+    stereo = (stereo + 0.05 * rng.standard_normal(stereo.shape)).astype(np.float32)
+    t48 = np.arange(int(2.2 * 48000)) / 48000
+    high = (0.5 * np.sin(2 * np.pi * 1000 * t48)[None].repeat(2, 0) + 0.02 * rng.standard_normal((2, t48.size)))
+    mono = 0.6 * np.sin(2 * np.pi * 150 * t[: int(1.7 * RATE)])
+    paths = {"wav": folder / "a.wav", "flac48": folder / "b.flac", "mono": folder / "c.flac"}
+    sf.write(paths["wav"], stereo.T, RATE, subtype="PCM_16")
+    sf.write(paths["flac48"], high.astype(np.float32).T, 48000, subtype="PCM_24")
+    sf.write(paths["mono"], mono.astype(np.float32), RATE, subtype="PCM_16")
+    return paths
+
+
+def _run(model: Any, output_url: str, options: Any, sources: dict[str, str], *, stream_above: int | None,
+         sum_to_mixture: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every source through a worker's pipeline (prepare, model step, finish): ``{(track, stem): row}``."""
+    spec = ModelSpec(config_path=model.config, checkpoint_path=model.checkpoint, sum_to_mixture=sum_to_mixture)
+    job = ShardJob(output_url=output_url, model_id="m-stream", run_id="r1", run_date="2026-12-02",
+                   storage_options=options)
+    worker = TrackWorker(spec, job=job, torch_threads=1, stream_above_bytes=stream_above)
+    pipeline = BatchPipeline(worker, io_threads=2, cpu_threads=2)
+    try:
+        outcomes = pipeline.process([{"track_id": name, "url": url} for name, url in sources.items()])
+    finally:
+        pipeline.close()
+    rows = {}
+    for outcome in outcomes:
+        assert outcome.status == "ok", outcome.error
+        for row in outcome.rows:
+            rows[(row["track_id"], row["stem"])] = dict(row)
+    return rows
+
+
+def _same_rows(streamed: dict[tuple[str, str], dict[str, Any]], whole: dict[tuple[str, str], dict[str, Any]]) -> None:
+    assert streamed.keys() == whole.keys()
+    for key, row in whole.items():
+        other = streamed[key]
+        for column in EXACT:
+            assert other.get(column) == row.get(column), (key, column)
+        measured = [c for c, v in row.items() if isinstance(v, float) and c not in EXACT and not c.endswith("_s")]
+        assert {"loudness_lufs", "true_peak_dbtp", "silence_ratio", "bleed_ratio", "residual_db"} <= set(measured)
+        for column in measured:
+            want, got = row[column], other[column]
+            if math.isnan(want):
+                assert math.isnan(got), (key, column)
+            else:
+                assert got == pytest.approx(want, rel=1e-6, abs=1e-6), (key, column)
+
+
+@pytest.mark.parametrize("sum_to_mixture", [False, True])
+def test_streamed_tracks_store_the_same_stems_and_rows_as_in_memory(backend: tuple[str, Any], tmp_path: Path,
+                                                                    tiny_model: Any, sum_to_mixture: bool) -> None:
+    base, options = backend
+    sources = {name: str(path) for name, path in _tracks(tmp_path / "in").items()}
+    before = _ours()
+    whole = _run(tiny_model, f"{base}/whole", options, sources, stream_above=None, sum_to_mixture=sum_to_mixture)
+    streamed = _run(tiny_model, f"{base}/streamed", options, sources, stream_above=1,
+                    sum_to_mixture=sum_to_mixture)
+    _same_rows(streamed, whole)
+    assert {row["stem"] for row in whole.values()} == {"vocals", "instrumental"}
+    assert _ours() == before  # decoders' copies, encoded stems: all removed
+
+
+def test_a_remote_source_is_copied_locally_then_removed(s3_options: dict[str, Any], s3_bucket: str, tmp_path: Path,
+                                                       tiny_model: Any, catalogue_kit: Any) -> None:
+    local = _tracks(tmp_path / "in")
+    catalogue_kit.upload(tmp_path / "in", f"{s3_bucket}/cat", s3_options)
+    sources = {name: f"{s3_bucket}/cat/{path.name}" for name, path in local.items()}
+    before = _ours()
+    whole = _run(tiny_model, f"{s3_bucket}/whole", s3_options, sources, stream_above=None)
+    streamed = _run(tiny_model, f"{s3_bucket}/streamed", s3_options, sources, stream_above=1)
+    _same_rows(streamed, whole)
+    assert _ours() == before
+
+
+def test_a_source_that_ends_early_is_an_error_row_and_leaves_nothing(tmp_path: Path, tiny_model: Any) -> None:
+    paths = _tracks(tmp_path / "in")
+    cut = tmp_path / "in" / "cut.wav"
+    data = paths["wav"].read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # the header still claims the whole length
+    spec = ModelSpec(config_path=tiny_model.config, checkpoint_path=tiny_model.checkpoint)
+    out = tmp_path / "out"
+    job = ShardJob(output_url=str(out), model_id="m-stream", run_id="r1", run_date="2026-12-02")
+    worker = TrackWorker(spec, job=job, torch_threads=1, stream_above_bytes=1)
+    before = _ours()
+    outcome = worker.finish(worker.separate("cut", str(cut), worker.fetch(str(cut))))
+    assert outcome.status == "error"
+    assert "cut.wav" in outcome.error
+    assert not list(out.rglob("*.flac")) and not list(out.rglob("_COMMITTED.json"))
+    assert _ours() == before
+    good = worker.finish(worker.separate("a", str(paths["wav"]), worker.fetch(str(paths["wav"]))))
+    assert good.status == "ok", good.error  # the worker goes on
+    assert _ours() == before
+
+
+def test_tracks_above_the_threshold_stream_and_shorter_ones_do_not(tmp_path: Path, tiny_model: Any) -> None:
+    paths = _tracks(tmp_path / "in")
+    spec = ModelSpec(config_path=tiny_model.config, checkpoint_path=tiny_model.checkpoint)
+    job = ShardJob(output_url=str(tmp_path / "out"), model_id="m", run_id="r", run_date="2026-12-02")
+    # a.wav decodes to 3.3 s x 44100 x 2 x 4 B = 1.16 MB; c.flac to 1.7 s = 0.6 MB
+    worker = TrackWorker(spec, job=job, torch_threads=1, stream_above_bytes=1_000_000)
+    long, short = worker.fetch(str(paths["wav"])), worker.fetch(str(paths["mono"]))
+    try:
+        assert long.streamed is not None and long.decoded is None
+        assert long.streamed.num_samples == int(3.3 * RATE)
+        assert short.streamed is None and short.decoded is not None
+    finally:
+        long.streamed.stack.close()
