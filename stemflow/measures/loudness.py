@@ -22,6 +22,7 @@ Both take ``[channels, samples]`` arrays, numpy or torch, full scale = 1.0
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -122,7 +123,20 @@ def integrated_loudness(x: Any, sample_rate: float) -> float:
         return float("nan")
     weighted = sps.sosfilt(k_weighting_sos(sample_rate), audio.astype(np.float64, copy=False), axis=-1)
     z = _block_mean_squares(weighted, block, hop)  # [channels, blocks]
-    power = z.sum(axis=0)  # G_i = 1
+    return gated_loudness(z.sum(axis=0))  # G_i = 1
+
+
+def gated_loudness(block_powers: np.ndarray) -> float:
+    """The BS.1770-4 gating of :func:`integrated_loudness` on the blocks' powers, in LUFS.
+
+    ``block_powers``: ``[blocks]``, each block's ``sum_i G_i z_i`` (K-weighted
+    mean squares summed over channels; 400 ms blocks every 100 ms). Blocks at or
+    below -70 LUFS are dropped, then those at or below the relative gate (10 LU
+    under the loudness of the rest). NaN when no block passes the gates (or
+    there is no block). Shared by the whole-array and the streamed
+    (:mod:`stemflow.measures.accumulators`) paths.
+    """
+    power = np.asarray(block_powers, dtype=np.float64)
     with np.errstate(divide="ignore"):
         block_lufs = LOUDNESS_OFFSET_DB + 10.0 * np.log10(power)
     kept = block_lufs > ABSOLUTE_GATE_LUFS
@@ -165,6 +179,82 @@ _TRUE_PEAK_BLOCK = 2048
 _TRUE_PEAK_BATCH = 256
 
 
+@dataclass(frozen=True)
+class TruePeakKernel:
+    """The block kernel of the true-peak search, shared by the whole-array and the streamed paths.
+
+    The output of the interpolator (the 'full' convolution of the zero-padded
+    signal) is cut into blocks of :data:`block` samples; block ``b`` reads the
+    padded input ``padded[:, b * block : b * block + block + taps - 1]`` (a
+    *segment*), where ``padded`` is the track preceded by ``taps - 1`` zeros and
+    followed by zeros. :meth:`segments_peak` interpolates whole segments.
+
+    Attributes:
+        phases: the phases with more than one tap, ``[phases, taps]``.
+        single_tap_gain: the largest ``|h|`` of the phases that are one tap (a
+            delayed, scaled copy of the samples: their peak is ``sample_peak *
+            single_tap_gain``); 0 when there is none.
+        gain: ``max_p sum_k |h_p[k]|``, the bound of an output over its inputs' largest magnitude.
+        responses: float32 rfft of :attr:`phases` at ``n_fft`` points, ``[phases, bins]``.
+        n_fft: FFT length of one segment.
+        block: output samples per segment.
+    """
+
+    phases: np.ndarray
+    single_tap_gain: float
+    gain: float
+    responses: np.ndarray
+    n_fft: int
+    block: int = _TRUE_PEAK_BLOCK
+
+    @classmethod
+    def for_factor(cls, factor: int) -> TruePeakKernel:
+        """The kernel of :func:`interpolation_filter` ``(factor)``, ``factor >= 2``."""
+        phases = interpolation_filter(factor)
+        single_tap = np.count_nonzero(np.abs(phases) > 1e-12, axis=1) == 1
+        single_tap_gain = max((float(np.max(np.abs(phase))) for phase in phases[single_tap]), default=0.0)
+        phases = phases[~single_tap]
+        n_fft = sp_fft.next_fast_len(_TRUE_PEAK_BLOCK + phases.shape[1] - 1, real=True)
+        return cls(
+            phases=phases,
+            single_tap_gain=single_tap_gain,
+            gain=float(np.abs(phases).sum(axis=1).max()),
+            responses=sp_fft.rfft(phases.astype(np.float32), n_fft, axis=-1),
+            n_fft=n_fft,
+        )
+
+    @property
+    def taps(self) -> int:
+        """Taps per phase: a segment is ``block + taps - 1`` input samples."""
+        return int(self.phases.shape[1])
+
+    def segments(self, padded: np.ndarray) -> np.ndarray:
+        """View float32 ``[channels, m]`` as its complete segments ``[channels, blocks, block + taps - 1]`` (no copy)."""
+        width = self.block + self.taps - 1
+        if padded.shape[1] < width:
+            return np.zeros((padded.shape[0], 0, width), dtype=padded.dtype)
+        return np.lib.stride_tricks.sliding_window_view(padded, width, axis=1)[:, :: self.block]
+
+    def segments_peak(self, segments: np.ndarray, peak: float) -> float:
+        """``max(peak, largest |output| of the multi-tap phases over these segments)``.
+
+        A segment whose largest input magnitude times :attr:`gain` does not exceed
+        ``peak`` cannot beat it and is skipped (exact). Batched FFT convolution:
+        one forward FFT per segment, one inverse per phase; float32.
+        """
+        reach = np.abs(segments).max(axis=(0, 2), initial=0.0)  # [blocks]: largest input sample each block reads
+        candidates = np.flatnonzero(reach * self.gain > peak)
+        taps = self.taps
+        for first in range(0, candidates.size, _TRUE_PEAK_BATCH):
+            batch = segments[:, candidates[first : first + _TRUE_PEAK_BATCH]]  # [channels, blocks, block + taps - 1]
+            spectrum = sp_fft.rfft(batch, self.n_fft, axis=-1)
+            for response in self.responses:
+                # circular wrap-around only touches the first taps - 1 outputs, which 'valid' drops
+                y = sp_fft.irfft(spectrum * response, self.n_fft, axis=-1)[..., taps - 1 : taps - 1 + self.block]
+                peak = max(peak, float(np.max(np.abs(y))))
+        return peak
+
+
 def true_peak_dbtp(x: Any, sample_rate: float) -> float:
     """True peak in dBTP: ``20 log10(max |x_oversampled|)`` (ITU-R BS.1770-4 Annex 2).
 
@@ -178,9 +268,9 @@ def true_peak_dbtp(x: Any, sample_rate: float) -> float:
     Exact but fast: the output is cut into blocks of 2048 samples, and a block
     whose input (with the filter's reach) has ``max |x| * max_p sum_k |h_p[k]|``
     below the sample peak cannot beat it, so only the other blocks are
-    interpolated (batched FFT convolution: one forward FFT per block, one
-    inverse per phase; the phase that lands on the original samples is a single
-    tap and needs none).
+    interpolated (:class:`TruePeakKernel`: batched FFT convolution, one forward
+    FFT per block, one inverse per phase; the phase that lands on the original
+    samples is a single tap and needs none).
 
     Args:
         x: ``[channels, samples]`` audio, full scale = 1.0.
@@ -191,33 +281,15 @@ def true_peak_dbtp(x: Any, sample_rate: float) -> float:
     factor = oversampling_factor(sample_rate)
     if factor == 1 or sample_peak == 0.0:
         return _amplitude_db(sample_peak)
-    phases = interpolation_filter(factor)
-    peak = sample_peak
-    single_tap = np.count_nonzero(np.abs(phases) > 1e-12, axis=1) == 1
-    for phase in phases[single_tap]:  # a delayed, scaled copy of the samples
-        peak = max(peak, sample_peak * float(np.max(np.abs(phase))))
-    phases = phases[~single_tap]
-    taps = phases.shape[1]
-    block = _TRUE_PEAK_BLOCK
+    kernel = TruePeakKernel.for_factor(factor)
+    peak = max(sample_peak, sample_peak * kernel.single_tap_gain)
+    taps, block = kernel.taps, kernel.block
     n_out = audio.shape[1] + taps - 1  # length of the 'full' convolution
     n_blocks = -(-n_out // block)
     # zeros before and after: block b's outputs need padded[b * block : b * block + block + taps - 1]
     padded = np.zeros((audio.shape[0], n_blocks * block + taps - 1), dtype=np.float32)
     padded[:, taps - 1 : taps - 1 + audio.shape[1]] = audio
-    segments = np.lib.stride_tricks.sliding_window_view(padded, block + taps - 1, axis=1)[:, ::block]
-    reach = np.abs(segments).max(axis=(0, 2))  # [blocks]: largest input sample each block reads
-    gain = float(np.abs(phases).sum(axis=1).max())
-    candidates = np.flatnonzero(reach * gain > peak)
-    n_fft = sp_fft.next_fast_len(block + taps - 1, real=True)
-    responses = sp_fft.rfft(phases.astype(np.float32), n_fft, axis=-1)  # [phases, bins]
-    for first in range(0, candidates.size, _TRUE_PEAK_BATCH):
-        batch = segments[:, candidates[first : first + _TRUE_PEAK_BATCH]]  # [channels, blocks, block + taps - 1]
-        spectrum = sp_fft.rfft(batch, n_fft, axis=-1)
-        for response in responses:
-            # circular wrap-around only touches the first taps - 1 outputs, which 'valid' drops
-            y = sp_fft.irfft(spectrum * response, n_fft, axis=-1)[..., taps - 1 : taps - 1 + block]
-            peak = max(peak, float(np.max(np.abs(y))))
-    return _amplitude_db(peak)
+    return _amplitude_db(kernel.segments_peak(kernel.segments(padded), peak))
 
 
 def _amplitude_db(amplitude: float) -> float:

@@ -182,6 +182,29 @@ def _power_spectrogram(audio: torch.Tensor) -> torch.Tensor:
     return power.reshape(stems, channels, *power.shape[1:]).sum(dim=1)
 
 
+def bleed_sums(padded: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per stem, the STFT energy of the first ``n_frames`` frames of ``padded``, all and in masked bins.
+
+    ``padded``: float32 ``[stems, channels, samples]`` whose frame ``f`` is
+    ``padded[..., f * BLEED_HOP : f * BLEED_HOP + BLEED_N_FFT]`` (the caller
+    pads and needs ``(n_frames - 1) * BLEED_HOP + BLEED_N_FFT`` samples). Returns
+    two float64 ``[stems]`` tensors: ``sum P_k`` and ``sum_{P_k < max_j P_j} P_k``
+    over those frames (:func:`bleed_ratios` divides them). Chunks of 512 frames
+    (bounded memory); shared by the whole-array and the streamed paths.
+    """
+    total = torch.zeros(padded.shape[0], dtype=torch.float64)
+    masked = torch.zeros(padded.shape[0], dtype=torch.float64)
+    for first in range(0, n_frames, _BLEED_FRAMES_PER_CHUNK):
+        last = min(first + _BLEED_FRAMES_PER_CHUNK, n_frames)
+        chunk = padded[..., first * BLEED_HOP : (last - 1) * BLEED_HOP + BLEED_N_FFT]
+        power = _power_spectrogram(chunk)  # [stems, bins, frames]
+        # "another stem is louder" <=> "below the loudest of all" (the loudest is never masked)
+        loudest = power.amax(dim=0, keepdim=True)
+        total += power.sum(dim=(1, 2), dtype=torch.float64)
+        masked += torch.where(power < loudest, power, 0.0).sum(dim=(1, 2), dtype=torch.float64)
+    return total, masked
+
+
 def bleed_ratios(stems: Mapping[str, Any]) -> dict[str, float]:
     """Per stem, the share of its energy in time-frequency bins another stem dominates (0..1).
 
@@ -208,16 +231,7 @@ def bleed_ratios(stems: Mapping[str, Any]) -> dict[str, float]:
     half = BLEED_N_FFT // 2
     audio = torch.from_numpy(np.pad(np.stack(arrays).astype(np.float32, copy=False), ((0, 0), (0, 0), (half, half))))
     n_frames = 1 + (audio.shape[-1] - BLEED_N_FFT) // BLEED_HOP
-    total = torch.zeros(len(names), dtype=torch.float64)
-    masked = torch.zeros(len(names), dtype=torch.float64)
-    for first in range(0, n_frames, _BLEED_FRAMES_PER_CHUNK):
-        last = min(first + _BLEED_FRAMES_PER_CHUNK, n_frames)
-        chunk = audio[..., first * BLEED_HOP : (last - 1) * BLEED_HOP + BLEED_N_FFT]
-        power = _power_spectrogram(chunk)  # [stems, bins, frames]
-        # "another stem is louder" <=> "below the loudest of all" (the loudest is never masked)
-        loudest = power.amax(dim=0, keepdim=True)
-        total += power.sum(dim=(1, 2), dtype=torch.float64)
-        masked += torch.where(power < loudest, power, 0.0).sum(dim=(1, 2), dtype=torch.float64)
+    total, masked = bleed_sums(audio, n_frames)
     return {
         name: float(masked[k] / total[k]) if total[k] > 0 else float("nan") for k, name in enumerate(names)
     }
