@@ -8,7 +8,11 @@ Each measurement is a fresh subprocess (its ``ru_maxrss``) that separates one
   ``stemflow separate`` runs by default (MP3 decode with a counting pass,
   soxr 48 -> 44.1 kHz as it streams, overlap-add, FLAC written block by block);
 * ``in_memory``: :func:`stemflow.engine.track.separate_track` + ``save_audio``
-  (``stemflow separate --in-memory``, and what the catalogue worker holds).
+  (``stemflow separate --in-memory``);
+* ``worker_streamed`` / ``worker_in_memory``: the catalogue worker
+  (:class:`stemflow.stage.worker.TrackWorker`: fetch, separate, the quality
+  measures, encode, write-once store, commit) with its default
+  ``stream_above_bytes`` (a long track streams) and with ``None`` (held whole).
 
 The model is a stand-in with the fixture Mel-RoFormer's chunking (4410
 samples, overlap 2) whose forward is a gain, so the figures are the
@@ -56,7 +60,17 @@ config = config_from_dict({{"model_type": "test", "audio": {{"chunk_size": 4410,
 separator = Separator(Gain(config), batch_size=16)
 outputs = {{"vocals": {out!r} + "/vocals.flac", "instrumental": {out!r} + "/instrumental.flac"}}
 started = time.perf_counter()
-if {mode!r} == "streamed":
+if {mode!r}.startswith("worker_"):
+    from stemflow.hub.spec import ModelSpec
+    from stemflow.stage.settings import DEFAULT_STREAM_ABOVE_BYTES, ShardJob
+    from stemflow.stage.worker import TrackWorker
+    job = ShardJob(output_url={out!r}, model_id="m-gain", run_id="r", run_date="2026-12-02")
+    worker = TrackWorker(ModelSpec(config_path={fixture_config!r}, checkpoint_path={fixture_checkpoint!r}), job=job,
+                         torch_threads=1, separator=separator, max_duration_s=None,
+                         stream_above_bytes=DEFAULT_STREAM_ABOVE_BYTES if {mode!r} == "worker_streamed" else None)
+    outcome = worker.finish(worker.separate("long", {source!r}, worker.fetch({source!r})))
+    assert outcome.status == "ok", outcome.error
+elif {mode!r} == "streamed":
     from stemflow.engine.streaming import separate_file
     separate_file(separator, {source!r}, outputs)
 else:
@@ -89,7 +103,8 @@ def measure(source: Path, mode: str, folder: Path) -> dict[str, float]:
     """Run one separation in a fresh process; its seconds and peak RSS."""
     out = folder / f"out-{mode}-{source.stem}"
     out.mkdir(exist_ok=True)
-    script = _CHILD.format(root=str(REPO_ROOT), source=str(source), out=str(out), mode=mode)
+    script = _CHILD.format(root=str(REPO_ROOT), source=str(source), out=str(out), mode=mode,
+                           fixture_config=str(FIXTURE / "config.yaml"), fixture_checkpoint=str(FIXTURE / "model.ckpt"))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -119,15 +134,20 @@ def main() -> None:
         folder = Path(temp)
         for minutes in args.minutes:
             source = make_mp3(folder, minutes)
-            row = {"minutes": minutes, "mp3_bytes": source.stat().st_size, "streamed": measure(source, "streamed", folder)}
+            row = {"minutes": minutes, "mp3_bytes": source.stat().st_size,
+                   "streamed": measure(source, "streamed", folder),
+                   "worker_streamed": measure(source, "worker_streamed", folder)}
             if minutes <= args.in_memory_up_to:
                 row["in_memory"] = measure(source, "in_memory", folder)
+                row["worker_in_memory"] = measure(source, "worker_in_memory", folder)
             print(json.dumps(row), flush=True)
             rows.append(row)
             source.unlink()
         fixture = measure_fixture_cli(folder, args.fixture_seconds) if args.fixture_seconds else None
     result = {"benchmark": "memory", "machine": platform.platform(), "cpu_only": True,
-              "input": "48 kHz stereo MP3 (128 kb/s), two 24-bit FLAC stems at 44.1 kHz", "rows": rows,
+              "input": "48 kHz stereo MP3 (128 kb/s), two 24-bit FLAC stems at 44.1 kHz",
+              "worker": "TrackWorker with the quality measures, local output; stream_above_bytes default vs None",
+              "rows": rows,
               "fixture_cli": fixture}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

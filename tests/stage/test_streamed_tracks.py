@@ -145,3 +145,63 @@ def test_tracks_above_the_threshold_stream_and_shorter_ones_do_not(tmp_path: Pat
         assert short.streamed is None and short.decoded is not None
     finally:
         long.streamed.stack.close()
+
+
+_CHILD = """
+import json, resource, sys
+sys.path.insert(0, {root!r})
+import torch
+from stemflow.engine.separator import Separator
+from stemflow.hub.spec import ModelSpec
+from stemflow.models.config import config_from_dict
+from stemflow.stage.settings import ShardJob
+from stemflow.stage.worker import TrackWorker
+
+class Gain(torch.nn.Module):  # a stand-in with the fixture's chunking: the pipeline's memory, not a model's
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.num_output_stems = 1
+    def separate_chunks(self, x):
+        return 0.5 * x.unsqueeze(1)
+
+config = config_from_dict({{"model_type": "test", "audio": {{"chunk_size": 44100, "sample_rate": 44100}},
+    "model": {{}}, "training": {{"instruments": ["vocals", "instrumental"], "target_instrument": "vocals"}},
+    "inference": {{"num_overlap": 2, "batch_size": 8}}}})
+job = ShardJob(output_url={out!r}, model_id="m-gain", run_id="r", run_date="2026-12-02")
+worker = TrackWorker(ModelSpec(config_path={config!r}, checkpoint_path={checkpoint!r}), job=job, torch_threads=1,
+                     separator=Separator(Gain(config), batch_size=8), stream_above_bytes={stream_above!r})
+outcome = worker.finish(worker.separate("long", {source!r}, worker.fetch({source!r})))
+print(json.dumps({{"status": outcome.status, "error": outcome.error,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def _worker_peak_mib(tmp_path: Path, model: Any, source: Path, stream_above: int | None) -> float:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / f"out-{stream_above}"
+    script = _CHILD.format(root=str(Path(__file__).resolve().parents[2]), out=str(out), source=str(source),
+                           config=model.config, checkpoint=model.checkpoint, stream_above=stream_above)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == "ok", result["error"]
+    assert sorted(p.name for p in out.rglob("*.flac")) == ["instrumental.flac", "vocals.flac"]
+    return float(result["peak_rss_mib"])
+
+
+@pytest.mark.slow
+def test_a_long_track_streams_through_the_worker_in_bounded_memory(tmp_path: Path, tiny_model: Any) -> None:
+    """A 12-minute track: held whole it is 254 MB decoded plus two stems and their encodings; streamed, a few blocks."""
+    source = tmp_path / "long.flac"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(source, "w", samplerate=RATE, channels=2, subtype="PCM_16") as handle:
+        for _ in range(12 * 6):  # 10 s at a time: the test itself never holds the track
+            handle.write((0.2 * rng.standard_normal((10 * RATE, 2))).astype(np.float32))
+    streamed = _worker_peak_mib(tmp_path, tiny_model, source, 128 << 20)
+    whole = _worker_peak_mib(tmp_path, tiny_model, source, None)
+    assert streamed < 600, f"streamed worker peak {streamed:.0f} MiB"
+    assert whole > streamed + 400, f"in memory {whole:.0f} MiB vs streamed {streamed:.0f} MiB"
