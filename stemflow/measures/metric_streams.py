@@ -31,7 +31,8 @@ over the blocks it spans; only whole frames count, except that a track
 shorter than one window is one frame (museval's framing, as
 :func:`~.metrics.frame_count`); the silence (NaN) and ``+inf`` rules are
 :func:`~.metrics.framewise_sdr`'s. The spectral scores carry the last
-``n_fft`` samples over block boundaries (:class:`_StftFramer`) and pad the two
+``n_fft`` samples over block boundaries
+(:class:`stemflow.measures.stft_frames.StftFramer`) and pad the two
 ends exactly as ``torch.stft(center=True)`` does (zeros for bleedless,
 reflection for L1Freq), so every STFT frame is the whole-array one.
 
@@ -58,6 +59,7 @@ from stemflow.measures.metrics import (
     slaney_mel_filterbank,
 )
 from stemflow.measures.signals import as_signal
+from stemflow.measures.stft_frames import StftFramer
 
 
 def _block_pair(reference: Any, estimate: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -263,109 +265,6 @@ class SiSdrStream(MetricStream):
         )
 
 
-class _StftFramer:
-    """``torch.stft(x, center=True)`` frames of a signal that arrives in blocks, in order.
-
-    Pads the start as soon as it can (``reflect`` needs the first ``n_fft // 2 + 1``
-    samples) and the end in :meth:`finish`; keeps fewer than ``n_fft`` samples
-    between calls (plus, for ``reflect``, the last ``n_fft // 2 + 1`` for the end).
-    ``window``: float64 ``[n_fft]``. Each call returns complex ``[channels, bins, k]``
-    (``k`` may be 0).
-    """
-
-    def __init__(
-        self, n_fft: int, hop_length: int, window: torch.Tensor, pad_mode: str
-    ) -> None:
-        self.n_fft, self.hop, self.window, self.pad_mode = (
-            n_fft,
-            hop_length,
-            window,
-            pad_mode,
-        )
-        self.pad = n_fft // 2
-        self._buffer: np.ndarray | None = (
-            None  # padded-signal samples from the next frame's start
-        )
-        self._head: list[
-            np.ndarray
-        ] = []  # raw samples held until the start can be padded
-        self._tail = np.zeros((0, 0))  # the last pad + 1 raw samples (reflect)
-        self.samples = 0
-
-    def push(self, x: np.ndarray) -> torch.Tensor:
-        """The frames ``x`` completes (``x``: float64 ``[channels, n]``)."""
-        self.samples += x.shape[1]
-        if self.pad_mode == "reflect":
-            self._tail = (
-                np.concatenate([self._tail, x], axis=1)[:, -(self.pad + 1) :]
-                if self._tail.size
-                else x[:, -(self.pad + 1) :]
-            )
-        if self._buffer is None:
-            self._head.append(x)
-            held = np.concatenate(self._head, axis=1)
-            if self.pad_mode == "reflect" and held.shape[1] <= self.pad:
-                return self._none(x.shape[0])
-            self._head = []
-            front = (
-                held[:, self.pad : 0 : -1]
-                if self.pad_mode == "reflect"
-                else np.zeros((held.shape[0], self.pad))
-            )
-            self._buffer = np.concatenate([front, held], axis=1)
-        else:
-            self._buffer = np.concatenate([self._buffer, x], axis=1)
-        return self._frames()
-
-    def finish(self) -> torch.Tensor:
-        """The frames the end padding completes.
-
-        Raises:
-            ValueError: a ``reflect`` signal of ``n_fft // 2`` samples or fewer (as ``torch.stft``).
-        """
-        if self._buffer is None:
-            held = np.concatenate(self._head, axis=1)
-            if self.pad_mode == "reflect":
-                raise ValueError(
-                    f"signal of {held.shape[1]} samples is too short for n_fft={self.n_fft} "
-                    "with reflect padding"
-                )
-            self._buffer = np.concatenate(
-                [np.zeros((held.shape[0], self.pad)), held], axis=1
-            )
-        channels = self._buffer.shape[0]
-        end = (
-            self._tail[:, -2::-1]
-            if self.pad_mode == "reflect"
-            else np.zeros((channels, self.pad))
-        )
-        self._buffer = np.concatenate([self._buffer, end[:, : self.pad]], axis=1)
-        return self._frames()
-
-    def _none(self, channels: int) -> torch.Tensor:
-        return torch.zeros((channels, self.n_fft // 2 + 1, 0), dtype=torch.complex128)
-
-    def _frames(self) -> torch.Tensor:
-        assert self._buffer is not None
-        length = self._buffer.shape[1]
-        if length < self.n_fft:
-            return self._none(self._buffer.shape[0])
-        count = 1 + (length - self.n_fft) // self.hop
-        used = torch.from_numpy(
-            np.ascontiguousarray(self._buffer[:, : (count - 1) * self.hop + self.n_fft])
-        )
-        spec = torch.stft(
-            used,
-            self.n_fft,
-            self.hop,
-            window=self.window,
-            center=False,
-            return_complex=True,
-        )
-        self._buffer = self._buffer[:, count * self.hop :]
-        return spec
-
-
 class BleedlessFullnessStream(MetricStream):
     """:func:`~stemflow.measures.metrics.bleedless_fullness` over two passes: each mel dB maximum, then the sums."""
 
@@ -387,9 +286,9 @@ class BleedlessFullnessStream(MetricStream):
         self._sums = [0.0, 0, 0.0, 0]  # sum and count of d > 0, then of -d for d < 0
         self._framers = self._new_framers()
 
-    def _new_framers(self) -> tuple[_StftFramer, _StftFramer]:
+    def _new_framers(self) -> tuple[StftFramer, StftFramer]:
         return tuple(
-            _StftFramer(self.n_fft, self.hop_length, self._window, "constant")
+            StftFramer(self.n_fft, self.hop_length, self._window, "constant")
             for _ in range(2)
         )
 
@@ -438,7 +337,7 @@ class L1FreqStream(MetricStream):
         super().__init__()
         window = torch.ones(n_fft, dtype=torch.float64)
         self._framers = tuple(
-            _StftFramer(n_fft, hop_length, window, "reflect") for _ in range(2)
+            StftFramer(n_fft, hop_length, window, "reflect") for _ in range(2)
         )
         self._sum = 0.0
         self._count = 0
