@@ -53,7 +53,7 @@ from stemflow.evaluation.references import (
     reference_inputs,
 )
 from stemflow.evaluation.scoring import _QUALITY
-from stemflow.measures.metric_streams import StemMetricsStream
+from stemflow.measures.metric_streams import MetricStream, StemMetricsStream
 from stemflow.measures.quality import stem_quality, track_quality
 from stemflow.store.paths import StorageOptions
 
@@ -169,7 +169,7 @@ def _run_pass(
     opened: Mapping[AudioInput, TrackStream],
     references: Mapping[str, AudioInput],
     estimates: Mapping[str, AudioInput],
-    metrics: Mapping[str, StemMetricsStream],
+    metrics: Mapping[str, MetricStream],
     length: int,
     block_frames: int,
     quality: QualityHook | None,
@@ -209,6 +209,7 @@ def score_track_streamed(
     block_s: float = DEFAULT_BLOCK_S,
     quality: QualityFactory | None = CollectedQuality,
     quality_max_duration_s: float | None = WHOLE_QUALITY_MAX_S,
+    metrics: Callable[[int], MetricStream] = StemMetricsStream,
 ) -> list[dict[str, Any]]:
     """Metrics rows (:data:`~stemflow.evaluation.scoring.METRICS_SCHEMA`) of one model's estimates, streamed.
 
@@ -221,6 +222,8 @@ def score_track_streamed(
         quality: the quality hook factory; ``None`` leaves the quality columns null.
         quality_max_duration_s: longest track given to ``quality`` (``None``: any). QUALITY-ACCUMULATOR:
             drop this limit once the hook is the streamed accumulator.
+        metrics: ``sample_rate -> accumulator`` of one stem's reference metrics, whose
+            ``result()`` is a dict of metrics columns (default: the five of a metrics row).
 
     Raises:
         StorageError, AudioDecodeError: an input is missing, not what its marker lists, or undecodable.
@@ -256,7 +259,7 @@ def score_track_streamed(
             max_duration_s,
         )
         block_frames = max(1, round(block_s * rate))
-        metrics = {stem: StemMetricsStream(rate) for stem in labels}
+        scores = {stem: metrics(rate) for stem in labels}
         hook = None
         if quality is not None and (
             quality_max_duration_s is None or length <= quality_max_duration_s * rate
@@ -271,36 +274,53 @@ def score_track_streamed(
                 length / rate,
                 quality_max_duration_s,
             )
-        _run_pass(opened, references, estimates, metrics, length, block_frames, hook)
-    for stream in metrics.values():
-        stream.next_pass()
-    second = [i for s, i in references.items() if s != "mixture"] + list(
-        estimates.values()
-    )
-    with open_inputs(second, rate, storage_options=storage_options) as opened:
-        _run_pass(opened, references, estimates, metrics, length, block_frames, None)
-    per_stem, per_track = hook.result() if hook is not None else ({}, {})
-    rows = []
-    for stem, label in labels.items():
-        quality_row = per_stem.get(stem, {})
-        row: dict[str, Any] = {
-            "model_name": model_name,
-            "model_id": model_id,
-            "track": track,
-            "stem": stem,
-            "reference": label,
-            "status": "ok",
-            "error": None,
-            **metrics[stem].result(),
-            "duration_s": length / rate,
-            "sample_rate": rate,
-            **{k: quality_row[k] for k in _QUALITY if k in quality_row},
-        }
-        if not baseline:
-            row["bleed_ratio"] = per_track.get(f"bleed_ratio_{stem}")
-            row["residual_db"] = per_track.get("residual_db")
-        rows.append(row)
-    return rows
+        _run_pass(opened, references, estimates, scores, length, block_frames, hook)
+    if any(stream.passes > 1 for stream in scores.values()):
+        for stream in scores.values():
+            stream.next_pass()
+        second = [i for s, i in references.items() if s != "mixture"] + list(
+            estimates.values()
+        )
+        with open_inputs(second, rate, storage_options=storage_options) as opened:
+            _run_pass(opened, references, estimates, scores, length, block_frames, None)
+    quality_rows = hook.result() if hook is not None else ({}, {})
+    common = {
+        "model_name": model_name,
+        "model_id": model_id,
+        "track": track,
+        "status": "ok",
+        "error": None,
+        "duration_s": length / rate,
+        "sample_rate": rate,
+    }
+    return [
+        _row(common, stem, label, scores[stem].result(), quality_rows, baseline)
+        for stem, label in labels.items()
+    ]
+
+
+def _row(
+    common: Mapping[str, Any],
+    stem: str,
+    label: str,
+    scores: Mapping[str, float],
+    quality: tuple[Mapping[str, Mapping[str, float]], Mapping[str, float]],
+    baseline: bool,
+) -> dict[str, Any]:
+    """One ``ok`` metrics row (the columns of :func:`~stemflow.evaluation.scoring.score_track`)."""
+    per_stem, per_track = quality
+    quality_row = per_stem.get(stem, {})
+    row: dict[str, Any] = {
+        **common,
+        "stem": stem,
+        "reference": label,
+        **scores,
+        **{k: quality_row[k] for k in _QUALITY if k in quality_row},
+    }
+    if not baseline:
+        row["bleed_ratio"] = per_track.get(f"bleed_ratio_{stem}")
+        row["residual_db"] = per_track.get("residual_db")
+    return row
 
 
 def baseline_rows_streamed(
