@@ -357,37 +357,59 @@ class L1FreqStream(MetricStream):
         return 100.0 / (1.0 + 10.0 * self._sum / self._count)
 
 
-class StemMetricsStream(MetricStream):
-    """The reference metrics of a metrics row over two passes (what :func:`stemflow.evaluation.scoring.score_stem` gives).
+METRIC_COLUMNS: tuple[str, ...] = (
+    "csdr_db",
+    "usdr_db",
+    "si_sdr_db",
+    "bleedless",
+    "fullness",
+)
+"""The reference metrics columns of a metrics row, in order."""
 
-    ``result()``: ``{"csdr_db", "usdr_db", "si_sdr_db", "bleedless", "fullness"}``.
-    cSDR and uSDR are one-pass scores: they take only pass 1's blocks.
+
+class StemMetricsStream(MetricStream):
+    """The reference metrics of a metrics row (what :func:`stemflow.evaluation.scoring.score_stem` gives).
+
+    ``result()``: ``{column: value}`` for ``columns`` (a subset of :data:`METRIC_COLUMNS`).
+    cSDR and uSDR are one-pass scores (they take only pass 1's blocks); the
+    stream takes two passes when SI-SDR, bleedless or fullness is asked for, else one.
     """
 
-    passes = 2
-
-    def __init__(self, sample_rate: int) -> None:
+    def __init__(
+        self, sample_rate: int, columns: tuple[str, ...] = METRIC_COLUMNS
+    ) -> None:
         super().__init__()
-        self._one_pass = {"csdr_db": CsdrStream(sample_rate), "usdr_db": UsdrStream()}
-        self._si_sdr = SiSdrStream()
-        self._spectral = BleedlessFullnessStream(sample_rate)
+        unknown = set(columns) - set(METRIC_COLUMNS)
+        if unknown:
+            raise ValueError(
+                f"unknown metrics column(s) {sorted(unknown)}; valid: {', '.join(METRIC_COLUMNS)}"
+            )
+        self.columns = tuple(columns)
+        one_pass = {"csdr_db": lambda: CsdrStream(sample_rate), "usdr_db": UsdrStream}
+        self._one_pass = {c: make() for c, make in one_pass.items() if c in columns}
+        self._si_sdr = SiSdrStream() if "si_sdr_db" in columns else None
+        wants_spectral = {"bleedless", "fullness"} & set(columns)
+        self._spectral = (
+            BleedlessFullnessStream(sample_rate) if wants_spectral else None
+        )
+        self._two_pass = [s for s in (self._si_sdr, self._spectral) if s is not None]
+        self.passes = 2 if self._two_pass else 1
 
     def _push(self, ref: np.ndarray, est: np.ndarray) -> None:
         if self.pass_index == 0:
             for stream in self._one_pass.values():
                 stream.push(ref, est)
-        self._si_sdr.push(ref, est)
-        self._spectral.push(ref, est)
+        for stream in self._two_pass:
+            stream.push(ref, est)
 
     def _end_pass(self) -> None:
-        self._si_sdr.next_pass()
-        self._spectral.next_pass()
+        for stream in self._two_pass:
+            stream.next_pass()
 
     def _result(self) -> dict[str, float]:
-        bleedless, fullness = self._spectral.result()
-        return {
-            **{name: stream.result() for name, stream in self._one_pass.items()},
-            "si_sdr_db": self._si_sdr.result(),
-            "bleedless": bleedless,
-            "fullness": fullness,
-        }
+        out = {name: stream.result() for name, stream in self._one_pass.items()}
+        if self._si_sdr is not None:
+            out["si_sdr_db"] = self._si_sdr.result()
+        if self._spectral is not None:
+            out["bleedless"], out["fullness"] = self._spectral.result()
+        return {column: out[column] for column in self.columns}
