@@ -146,6 +146,28 @@ class BlockCursor:
         return np.ascontiguousarray(joined[:, :frames])
 
 
+def centre_excerpts(
+    tracks: Mapping[str, TrackStream],
+    sample_rate: int,
+    excerpt_s: float,
+) -> tuple[dict[str, np.ndarray], int, int]:
+    """The middle ``excerpt_s`` seconds of every track (all cut to the shortest): ``(excerpts, start, span)``.
+
+    Reads each track up to the end of the excerpt, keeping only the excerpt
+    (the samples before it are decoded and dropped a block at a time).
+    """
+    length = min(t.num_samples for t in tracks.values())
+    span = min(length, int(excerpt_s * sample_rate))
+    start = (length - span) // 2
+    excerpts = {}
+    for name, track in tracks.items():
+        cursor = BlockCursor(track, name)
+        for _, frames in block_spans(start, 1 << 18):
+            cursor.read(frames)
+        excerpts[name] = cursor.read(span)
+    return excerpts, start, span
+
+
 def cursors(opened: Mapping[AudioInput, TrackStream]) -> dict[AudioInput, BlockCursor]:
     """A :class:`BlockCursor` per opened input."""
     return {item: BlockCursor(track, item.label) for item, track in opened.items()}
