@@ -122,7 +122,7 @@ def vocal_coverage(
 
 
 def coverage_of_windows(e_voc: np.ndarray, e_mix: np.ndarray, counts: np.ndarray,
-                        presence: PresenceSettings = PresenceSettings()) -> float:
+                        presence: PresenceSettings) -> float:
     """``vocal_coverage`` from per-window energies of the vocal and the mixture and the windows' value counts."""
     ratio_ok = e_voc > e_mix * 10.0 ** (presence.presence_ratio_db / 10.0)
     level_ok = e_voc > counts * 10.0 ** (presence.presence_level_dbfs / 10.0)
