@@ -223,9 +223,7 @@ class SiSdrStream(MetricStream):
         super().__init__()
         self.zero_mean = zero_mean
         self.eps = eps
-        self._sums = np.zeros(
-            (3, 0)
-        )  # per channel: sum s, sum s_hat (rows 0, 1); row 2 unused
+        self._sums = np.zeros((3, 0))  # [2, channels]: sums of s and of s_hat
         self._ref_energy = 0.0
         self._dot = 0.0
         self._noise = 0.0
