@@ -35,7 +35,7 @@ from pipelines.parameters import ModelSettings, StageParameters, model_overrides
 from stemflow.evaluation.leaderboard import leaderboard, leaderboard_markdown, reported_notes
 from stemflow.evaluation.references import MIXTURE_BASELINE, ReferenceTrack, discover_dataset, load_references
 from stemflow.evaluation.results import new_eval_id, write_evaluation
-from stemflow.evaluation.scoring import baseline_rows, error_metrics_row, metrics_table, score_track
+from stemflow.evaluation.scoring import error_metrics_row, metrics_table, score_track
 from stemflow.hub.model_id import parse_model_id
 
 ENGINES = ("ray", "local")
@@ -132,35 +132,46 @@ def score_committed_task(tracks: list[dict[str, Any]], model: Mapping[str, Any],
                          outcomes: Mapping[str, Mapping[str, Any]], output_url: str,
                          storage_options: Mapping[str, Any] | None,
                          max_duration_s: float | None) -> list[dict[str, Any]]:
-    """Score the committed stems of every track (read back from the output store, verified by their markers)."""
+    """Score the committed stems of every track, streamed from the output store (verified by their markers)."""
     from stemflow.errors import StemflowError
-    from stemflow.evaluation.committed import read_committed
+    from stemflow.evaluation.committed import committed_inputs
+    from stemflow.evaluation.references import reference_inputs
+    from stemflow.evaluation.streamed import score_track_streamed
 
-    def estimates_of(track: ReferenceTrack) -> tuple[dict[str, np.ndarray], int]:
+    def score(track: ReferenceTrack) -> list[dict[str, Any]]:
         outcome = outcomes[track.name]
         if outcome["status"] == "error":
             raise StemflowError(outcome["error"] or "separation failed")
-        committed = read_committed(output_url, model["model_id"], outcome["track_id"],
-                                   storage_options=storage_options)
+        committed = committed_inputs(output_url, model["model_id"], outcome["track_id"],
+                                     storage_options=storage_options)
         if committed is None:
             raise StemflowError(f"track {outcome['track_id']} is not committed for {model['model_id']}")
-        decoded = committed.stems
-        return {s: d.samples for s, d in decoded.items()}, next(iter(decoded.values())).sample_rate
+        return score_track_streamed(model_name=model["name"], model_id=model["model_id"], track=track.name,
+                                    references=reference_inputs(track), estimates=committed[1],
+                                    max_duration_s=max_duration_s, storage_options=storage_options)
 
-    return [row for t in tracks for row in _score_or_error(model, _track(t), estimates_of, storage_options,
-                                                               max_duration_s)]
+    rows: list[dict[str, Any]] = []
+    for record in tracks:
+        track = _track(record)
+        try:
+            rows += score(track)
+        except Exception as e:  # noqa: BLE001 - one bad track is a row, not a failed evaluation
+            rows.append(error_metrics_row(model["name"], model["model_id"], track.name, f"{type(e).__name__}: {e}"))
+    return rows
 
 
 @task(name="score-mixture-baseline")
 def baseline_task(tracks: list[dict[str, Any]], sample_rate: int, storage_options: Mapping[str, Any] | None,
                   max_duration_s: float | None) -> list[dict[str, Any]]:
-    """The mixture as the estimate of every reference stem, per track."""
+    """The mixture as the estimate of every reference stem, per track (streamed from the data set's objects)."""
+    from stemflow.evaluation.streamed import baseline_rows_streamed
+
     rows: list[dict[str, Any]] = []
     for record in tracks:
         track = _track(record)
         try:
-            references = load_references(track, sample_rate, storage_options=storage_options)
-            rows += baseline_rows(track.name, references, max_duration_s=max_duration_s)
+            rows += baseline_rows_streamed(track, sample_rate, max_duration_s=max_duration_s,
+                                           storage_options=storage_options)
         except Exception as e:  # noqa: BLE001 - an unreadable reference is a row, not a failed evaluation
             rows.append(error_metrics_row(MIXTURE_BASELINE, MIXTURE_BASELINE, track.name, f"{type(e).__name__}: {e}"))
     return rows

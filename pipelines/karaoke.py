@@ -52,19 +52,36 @@ def is_separation_output(url: str, storage_options: Mapping[str, Any] | None = N
     return exists(join_url(url, "stems"), storage_options)
 
 
+class _LockedVocals:
+    """The vocal model of a spec, one caller at a time: whole-array ``__call__`` or streamed ``vocals_blocks``."""
+
+    def __init__(self, separator: Any) -> None:
+        from stemflow.karaoke.streamed import separator_vocals
+
+        self._separator = separator
+        self._streaming = separator_vocals(separator)
+
+    def __call__(self, audio: Any, sample_rate: int) -> Any:
+        with _SEPARATORS_LOCK:  # a Separator keeps a batch buffer: one call at a time
+            return self._separator.separate(audio, sample_rate)["vocals"]
+
+    def vocals_blocks(self, blocks: Any, num_samples: int, sample_rate: int) -> Any:
+        """The vocals of the backing's blocks, through the engine's bounded-memory path."""
+        if sample_rate != self._separator.sample_rate:
+            raise ValueError(f"the backing is at {sample_rate} Hz but the vocal model runs at "
+                             f"{self._separator.sample_rate} Hz")
+        with _SEPARATORS_LOCK:
+            yield from self._streaming.vocals_blocks(blocks, num_samples, sample_rate)
+
+
 def _vocal_separator(spec: Mapping[str, Any]) -> Any:
-    """``(audio, sample_rate) -> vocals`` with the model of ``spec``, loaded once per process."""
+    """The model of ``spec`` as a vocal separator (whole-array or streamed), loaded once per process."""
     key = json.dumps(dict(spec), sort_keys=True)
     with _SEPARATORS_LOCK:
         if key not in _SEPARATORS:
             _SEPARATORS[key] = build_separator(ModelSpec(**spec))
         separator = _SEPARATORS[key]
-
-    def separate_vocals(audio: Any, sample_rate: int) -> Any:
-        with _SEPARATORS_LOCK:  # a Separator keeps a batch buffer: one call at a time
-            return separator.separate(audio, sample_rate)["vocals"]
-
-    return separate_vocals
+    return _LockedVocals(separator)
 
 
 @task(name="list-catalogue", retries=2, retry_delay_seconds=2)

@@ -198,17 +198,20 @@ def open_track(
     channels: Literal[1, 2] = 2,
     name: str | None = None,
     limits: DecodeLimits = DecodeLimits(),
+    stream: int | None = None,
 ) -> Iterator[TrackStream]:
     """Open a file to stream it through the input policy, knowing its exact length first.
 
     Where the header's length is not exact (MP3, Ogg, ffmpeg inputs) a first
     decoding pass counts the frames (:func:`stemflow.audio.blocks.count_frames`,
     bounded like the decode). The blocks equal :func:`load_audio`'s samples.
+    ``stream``: one audio stream of a multi-stream container (``.stem.mp4``: 0 =
+    mixture), read through ffmpeg as :func:`load_audio` reads it; ``None`` = the first.
     """
     _check_args(sample_rate, channels)
     src = resolve_source(source, name)
-    frames = count_frames(src, limits=limits)
-    with open_blocks(src, limits=limits) as opened:
+    frames = count_frames(src, stream=stream, limits=limits)
+    with open_blocks(src, stream=stream, limits=limits) as opened:
         target_rate = sample_rate or opened.sample_rate
         length = resampled_length(frames, opened.sample_rate, target_rate)
         policy = StreamPolicy(opened.sample_rate, target_rate, channels)

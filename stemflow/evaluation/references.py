@@ -8,7 +8,9 @@ A data set with references is either
 * ``.stem.mp4`` files (MUSDB18 / Native Instruments stems): streams ``mixture, drums,
   bass, other, vocals``.
 
-:func:`discover_dataset` lists the tracks, :func:`load_references` decodes one.
+:func:`discover_dataset` lists the tracks, :func:`load_references` decodes one
+(whole); :func:`reference_inputs` names its objects for the streamed scoring of
+:mod:`stemflow.evaluation.streamed` (one block at a time).
 Model stems are scored against the reference they estimate (:func:`reference_for`):
 a stem with a reference of its own name is scored on it; ``instrumental`` (2-stem
 vocals/instrumental models, or the complement of a vocals model) on ``drums + bass +
@@ -27,6 +29,7 @@ import numpy as np
 from stemflow.audio.decode import load_audio, load_stems
 from stemflow.audio.formats import DECODABLE_EXTENSIONS
 from stemflow.errors import StorageError
+from stemflow.evaluation.inputs import AudioInput
 from stemflow.store.objects import read_bytes
 from stemflow.store.paths import StorageOptions, filesystem, url_of
 
@@ -140,6 +143,18 @@ def load_references(
     trimmed = {stem: np.ascontiguousarray(a[:, :length]) for stem, a in decoded.items()}
     mixture = trimmed.pop("mixture")
     return References(mixture, trimmed, sample_rate)
+
+
+def reference_inputs(track: ReferenceTrack) -> dict[str, AudioInput]:
+    """``{"mixture": ..., <stem>: ...}``: the objects :func:`load_references` decodes, to stream instead.
+
+    A ``.stem.mp4`` gives one input per stream (MUSDB18 order: mixture, drums, bass,
+    other, vocals); a folder its files.
+    """
+    if track.is_stem_file:
+        names = ("mixture", *REFERENCE_STEMS)
+        return {name: AudioInput(track.mixture_url, stream=i) for i, name in enumerate(names)}
+    return {"mixture": AudioInput(track.mixture_url), **{s: AudioInput(u) for s, u in track.stem_urls.items()}}
 
 
 def reference_for(stem: str, references: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray] | None:

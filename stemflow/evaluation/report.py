@@ -26,6 +26,7 @@ This module composes the sections; the HTML building blocks are
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from stemflow.audio.decode import load_audio
+from stemflow.audio.decode import open_track
 from stemflow.audio.encode import encode
 from stemflow.errors import StemflowError
 from stemflow.evaluation.flags import Flag, Thresholds, flag_rows
@@ -44,7 +45,8 @@ from stemflow.evaluation.plots import box_plot_png, finite_summary, histogram_pn
 from stemflow.evaluation.references import MIXTURE_BASELINE
 from stemflow.evaluation.results import read_evaluations, read_leaderboard_json
 from stemflow.catalogue.manifests import MANIFEST_SUFFIXES
-from stemflow.evaluation.committed import read_committed
+from stemflow.evaluation.committed import committed_inputs
+from stemflow.evaluation.inputs import centre_excerpts, open_inputs
 from stemflow.store.commit import CommitMarker
 from stemflow.store.objects import write_atomic
 from stemflow.store.paths import StorageOptions, check_component, join_url
@@ -205,39 +207,35 @@ class SourcePolicy:
         return self._by_run[run_id]
 
 
-def _committed_signals(output_url: str, model_id: str, track_id: str, sources: SourcePolicy,
-                       ) -> tuple[dict[str, np.ndarray], int, list[str], CommitMarker] | None:
-    """Decoded ``{"mixture": …, <stem>: …}`` of a committed track, its sample rate, notes, and its marker.
+def _committed_excerpt(output_url: str, model_id: str, track_id: str, sources: SourcePolicy, excerpt_s: float,
+                       ) -> tuple[dict[str, np.ndarray], int, int, int, list[str], CommitMarker] | None:
+    """The centre excerpt of a committed track's mixture and stems: ``(excerpt, rate, start, span, notes, marker)``.
 
     ``None`` when the track is not committed. The stems are read at their stored
-    rate, by their marker only (:func:`stemflow.evaluation.committed.read_committed`);
-    the mixture (the marker's source URL) only when it lies where ``sources``
-    allows, resampled to the stems' rate, and left out with a note otherwise.
+    rate, by their marker only (:func:`stemflow.evaluation.committed.committed_inputs`,
+    each checked against the marker before decoding); the mixture (the marker's
+    source URL) only when it lies where ``sources`` allows, resampled to the
+    stems' rate, and left out with a note otherwise. Only the excerpt is kept
+    (:func:`stemflow.evaluation.inputs.centre_excerpts`).
     """
-    committed = read_committed(output_url, model_id, track_id, storage_options=sources.storage_options)
+    committed = committed_inputs(output_url, model_id, track_id, storage_options=sources.storage_options)
     if committed is None:
         return None
-    marker = committed.marker
-    sample_rate = next(iter(committed.stems.values())).sample_rate
-    signals: dict[str, np.ndarray] = {}
+    marker, inputs = committed
     notes = []
-    try:
-        data = read_source(marker.source_url, sources.roots(marker.run_id), max_bytes=MAX_MIXTURE_BYTES,
-                           storage_options=sources.storage_options)
-        signals["mixture"] = load_audio(data, sample_rate=sample_rate, name=marker.source_url).samples
-    except (StemflowError, OSError) as e:
-        notes.append(f"mixture not read ({e}); stems only")
-    signals.update({name: decoded.samples for name, decoded in committed.stems.items()})
-    return signals, sample_rate, notes, marker
-
-
-def _centre_excerpt(signals: Mapping[str, np.ndarray], sample_rate: int, excerpt_s: float,
-                    ) -> tuple[dict[str, np.ndarray], int, int]:
-    """The middle ``excerpt_s`` seconds of every signal (all cut to the shortest): ``(excerpt, start, span)``."""
-    length = min(s.shape[-1] for s in signals.values())
-    span = min(length, int(excerpt_s * sample_rate))
-    start = (length - span) // 2
-    return {name: s[:, start:start + span] for name, s in signals.items()}, start, span
+    with contextlib.ExitStack() as stack:
+        opened = stack.enter_context(open_inputs(inputs.values(), None, storage_options=sources.storage_options))
+        tracks = {stem: opened[item] for stem, item in inputs.items()}
+        sample_rate = next(iter(tracks.values())).sample_rate
+        try:
+            data = read_source(marker.source_url, sources.roots(marker.run_id), max_bytes=MAX_MIXTURE_BYTES,
+                               storage_options=sources.storage_options)
+            tracks = {"mixture": stack.enter_context(open_track(data, sample_rate=sample_rate,
+                                                                name=marker.source_url)), **tracks}
+        except (StemflowError, OSError) as e:
+            notes.append(f"mixture not read ({e}); stems only")
+        excerpt, start, span = centre_excerpts(tracks, sample_rate, excerpt_s)
+    return excerpt, sample_rate, start, span, notes, marker
 
 
 def _track_section(output_url: str, model_id: str, track_id: str, reasons: Sequence[Flag], excerpt_s: float,
@@ -246,11 +244,10 @@ def _track_section(output_url: str, model_id: str, track_id: str, reasons: Seque
     tags = "".join(f'<span class="flag">{escape(f.kind)} {escape(f.stem or "")}</span> '
                    for f in reasons) or "(not flagged)"
     header = f"<h3>{escape(track_id)} <small>{escape(model_id)}</small></h3><p>{tags}</p>"
-    found = _committed_signals(output_url, model_id, track_id, sources)
+    found = _committed_excerpt(output_url, model_id, track_id, sources, excerpt_s)
     if found is None:
         return f'<div class="track">{header}<p class="note">not committed: no stems to show.</p></div>'
-    signals, sample_rate, notes, marker = found
-    excerpt, start, span = _centre_excerpt(signals, sample_rate, excerpt_s)
+    excerpt, sample_rate, start, span, notes, marker = found
     title = f"{track_id}: {start / sample_rate:.1f}-{(start + span) / sample_rate:.1f} s"
     figure = plots.figure(f"spectrogram_{model_id}_{track_id}.png",
                           spectrogram_strip_png(excerpt, sample_rate, title=title),

@@ -53,12 +53,13 @@ from typing import Any
 
 import numpy as np
 
-from stemflow.audio.encode import encode
 from stemflow.errors import ConfigError, StemflowError, StorageError
 from stemflow.hub.model_id import parse_model_id
 from stemflow.karaoke.card import write_card
-from stemflow.karaoke.index import FOUR_STEMS, SPLIT_NAMES, write_index, write_webdataset_shards
-from stemflow.karaoke.scores import VocalSeparator, judge, karaoke_scores, loudness_gain_db, residue_vocals
+from stemflow.karaoke.index import SPLIT_NAMES, write_index, write_webdataset_shards
+from stemflow.karaoke.scores import VocalSeparator
+from stemflow.karaoke.streamed import backing_of  # noqa: F401 - public here since the first versions
+from stemflow.karaoke.track_build import score_and_write
 from stemflow.karaoke.settings import DatasetSettings
 from stemflow.evaluation.committed import read_committed
 from stemflow.store.objects import exists, read_bytes, write_create_only
@@ -163,21 +164,6 @@ def read_committed_stems(
     return stems, rates.pop(), committed.marker.source_url
 
 
-def backing_of(stems: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
-    """The backing track ``[2, N]`` and where it came from (``instrumental`` or ``drums+bass+other``).
-
-    Raises:
-        StemflowError: no vocals, or neither an instrumental stem nor drums, bass and other.
-    """
-    if "vocals" not in stems:
-        raise StemflowError(f"no 'vocals' stem among {sorted(stems)}: not a vocal separation")
-    if "instrumental" in stems:
-        return stems["instrumental"], "instrumental"
-    if all(s in stems for s in FOUR_STEMS):
-        return np.sum([stems[s].astype(np.float32) for s in FOUR_STEMS], axis=0, dtype=np.float32), "+".join(FOUR_STEMS)
-    raise StemflowError(f"cannot build a backing track from stems {sorted(stems)}")
-
-
 def prepare_track(
     track: DatasetTrack,
     *,
@@ -210,36 +196,9 @@ def _score_and_write(
     track: DatasetTrack, split: str, output_url: str, model_id: str, version_url: str, settings: DatasetSettings,
     vocal_separator: VocalSeparator | None, storage_options: StorageOptions,
 ) -> dict[str, Any]:
-    stems, sample_rate, source_url = read_committed_stems(output_url, model_id, track.track_id, storage_options)
-    backing, backing_source = backing_of(stems)
-    vocals = stems["vocals"]
-    found = None
-    if settings.residue and vocal_separator is not None:
-        found = residue_vocals(vocal_separator, backing, sample_rate)
-    scores = karaoke_scores(vocals, backing, sample_rate, presence=settings.presence, vocals_of_backing=found)
-    verdict = judge(scores, settings.thresholds)
-    files = {"backing": backing, "vocals": vocals}
-    if settings.stems4 and all(s in stems for s in FOUR_STEMS):
-        files.update({s: stems[s] for s in FOUR_STEMS})
-    elif settings.stems4:
-        logger.info("track %s: stems4 asked but the model gives %s", track.track_id, sorted(stems))
-    gain_db = loudness_gain_db(backing, sample_rate, settings.loudness_lufs,
-                               peak_signals=tuple(a for n, a in files.items() if n != "backing"),
-                               max_true_peak_dbtp=settings.max_true_peak_dbtp)
-    row: dict[str, Any] = {"source_url": track.source_url or source_url, "backing_source": backing_source,
-                           "sample_rate": sample_rate, **scores,
-                           "instrumental_only": verdict.instrumental_only, "vocals_too_loud": verdict.vocals_too_loud,
-                           "accepted": verdict.accepted, "reasons": list(verdict.reasons),
-                           "loudness_gain_db": gain_db, "backing_lufs_out": scores["backing_lufs"] + gain_db}
-    if verdict.accepted or settings.include_rejected:
-        scale = np.float32(10.0 ** (gain_db / 20.0))
-        for name, audio in files.items():
-            relative = f"{split}/{track.track_id}/{name}.{settings.format}"
-            encoded = encode(audio * scale, sample_rate, format=settings.format, bit_depth=settings.bit_depth,
-                             name=f"{track.track_id}/{name}")
-            write_create_or_same(f"{version_url}/{relative}", encoded.data, storage_options)
-            row[f"{name}_path"] = relative
-    return row
+    return score_and_write(track.track_id, track.source_url, split, output_url=output_url, model_id=model_id,
+                           version_url=version_url, settings=settings, vocal_separator=vocal_separator,
+                           storage_options=storage_options)
 
 
 def write_create_or_same(url: str, data: bytes, storage_options: StorageOptions = None) -> None:

@@ -118,6 +118,12 @@ def vocal_coverage(
     window = max(1, int(round(presence.window_s * sample_rate)))
     e_voc, counts = window_energies(voc, window)
     e_mix, _ = window_energies(mix, window)
+    return coverage_of_windows(e_voc, e_mix, counts, presence)
+
+
+def coverage_of_windows(e_voc: np.ndarray, e_mix: np.ndarray, counts: np.ndarray,
+                        presence: PresenceSettings) -> float:
+    """``vocal_coverage`` from per-window energies of the vocal and the mixture and the windows' value counts."""
     ratio_ok = e_voc > e_mix * 10.0 ** (presence.presence_ratio_db / 10.0)
     level_ok = e_voc > counts * 10.0 ** (presence.presence_level_dbfs / 10.0)
     present = ratio_ok & level_ok & (e_mix > 0)
@@ -127,7 +133,11 @@ def vocal_coverage(
 def vocal_residue_db(vocals_of_backing: Any, vocals: Any) -> float:
     """``10 log10(E(vocals(backing)) / E(vocals))`` in dB; -200 floor, NaN for a silent vocal."""
     found = energy(as_signal(vocals_of_backing, "vocals_of_backing"))
-    original = energy(as_signal(vocals, "vocals"))
+    return residue_of_energies(found, energy(as_signal(vocals, "vocals")))
+
+
+def residue_of_energies(found: float, original: float) -> float:
+    """``vocal_residue_db`` from ``E(vocals(backing))`` and ``E(vocals)`` (-200 floor, NaN for a silent vocal)."""
     if original <= 0:
         return float("nan")
     if found <= 0:
@@ -244,13 +254,18 @@ def loudness_gain_db(
     """
     back = as_signal(backing, "backing")
     signals = [back, *(as_signal(s, "peak signal") for s in peak_signals)]
-    peaks = [_true_peak(s, sample_rate) for s in signals]
-    loudest = max(peaks)
+    lufs = integrated_loudness(back, sample_rate) if target_lufs is not None else float("nan")
+    return gain_of_levels(lufs, [_true_peak(s, sample_rate) for s in signals], target_lufs,
+                          max_true_peak_dbtp=max_true_peak_dbtp)
+
+
+def gain_of_levels(backing_lufs: float, true_peaks_dbtp: list[float], target_lufs: float | None, *,
+                   max_true_peak_dbtp: float = -1.0) -> float:
+    """:func:`loudness_gain_db` from the backing's loudness and every signal's true peak (floored at -200 dBTP)."""
+    loudest = max(true_peaks_dbtp)
     headroom = max_true_peak_dbtp - loudest if loudest > DB_FLOOR else math.inf
     wanted = 0.0
-    if target_lufs is not None:
-        lufs = integrated_loudness(back, sample_rate)
-        if not math.isnan(lufs):
-            wanted = target_lufs - lufs
+    if target_lufs is not None and not math.isnan(backing_lufs):
+        wanted = target_lufs - backing_lufs
     gain = min(wanted, headroom)
     return 0.0 if math.isinf(gain) else float(gain)
