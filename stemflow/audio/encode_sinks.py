@@ -113,6 +113,8 @@ class FfmpegSink:
 
     ``output_args`` name the codec and container (``-f``), as for
     :func:`stemflow.audio.ffmpeg.encode_with_ffmpeg`; ``path`` is overwritten.
+    ``timeout_s``: the watchdog's limit per write and for the final wait
+    (default :data:`stemflow.audio.ffmpeg.DEFAULT_TIMEOUT_S`, read when the sink starts).
     """
 
     def __init__(
@@ -123,10 +125,10 @@ class FfmpegSink:
         *,
         output_args: list[str],
         name: str,
-        timeout_s: float = ffmpeg.DEFAULT_TIMEOUT_S,
+        timeout_s: float | None = None,
     ) -> None:
         self.name = name
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s if timeout_s is not None else ffmpeg.DEFAULT_TIMEOUT_S
         self._channels = channels
         self._timed_out = False
         binary = ffmpeg.encoder_path(name)
@@ -167,7 +169,7 @@ class FfmpegSink:
     def _failure(self, action: str) -> str:
         """What went wrong, for the error message: the watchdog, or ffmpeg's last message."""
         if self._timed_out:
-            return f"{self.name}: encoding failed: ffmpeg made no progress for {self.timeout_s:.0f} s (killed)"
+            return f"{self.name}: encoding failed: ffmpeg made no progress for {self.timeout_s:g} s (killed)"
         with contextlib.suppress(OSError, ValueError):
             self._errors.seek(0, 2)
             size = self._errors.tell()
