@@ -25,10 +25,14 @@ warning; ``"rescale"`` scales the whole signal down to a peak of
 
 Integer PCM is quantised here by :func:`quantise_pcm` (``rint(x * 2**(bits-1))``,
 saturated to the integer range) rather than by libsndfile, so the count is
-exact; the streaming writer (:mod:`stemflow.engine.streaming`) uses the same
-function, so both paths write the same bytes. libsndfile 1.2.2's own
-float-to-int path saturates the same way (checked: +1.5 -> 32767, -1.5 ->
--32768), it does not wrap. MP3 goes through ffmpeg when libsndfile lacks it.
+exact. The block-by-block writer (:mod:`stemflow.audio.stream_encode`) shares
+every step with :func:`encode`: the checks (:func:`check_request`), the
+clipping (:func:`limit_samples`), the choice of libsndfile or ffmpeg and its
+arguments (:func:`lossy_route`) and the libsndfile sink
+(:class:`stemflow.audio.encode_sinks.SoundFileSink`), so both write the same
+files. libsndfile 1.2.2's own float-to-int path saturates the same way
+(checked: +1.5 -> 32767, -1.5 -> -32768), it does not wrap. MP3 goes through
+ffmpeg when libsndfile lacks it.
 
 All arrays are ``[channels, samples]`` float32.
 """
