@@ -102,9 +102,9 @@ def separate(
     precision: Annotated[Precision, typer.Option(
         help="auto (float16 autocast on CUDA, float32 elsewhere), float32, or bf16/fp16 autocast")] = Precision.auto,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU; eager fallback)")] = False,
-    stream: Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="bounded memory (decode, separate "
-                                                  "and write block by block; the default whenever the options "
-                                                  "allow) or the whole track in memory")] = None,
+    stream: Annotated[Optional[bool], typer.Option("--stream/--in-memory", help="bounded memory (decode, separate, "
+                                                  "convert and write block by block; the default, with every "
+                                                  "option) or the whole track in memory")] = None,
     max_decoded_bytes: Annotated[int, typer.Option("--max-decoded-bytes", help="refuse an input that decodes to "
                                                    "more (seconds x rate x channels x 4), checked before and while "
                                                    "decoding")] = DEFAULT_MAX_DECODED_BYTES,
@@ -122,7 +122,6 @@ def separate(
     writing = StemWriting(format=format.value, bit_depth=bit_depth, bitrate_kbps=bitrate, clip=clip_mode.value,
                           sample_rate=sample_rate, only=tuple(stem or ()), two_stems=two_stems,
                           sum_to_mixture=sum_to_mixture, stream=stream, max_decoded_bytes=max_decoded_bytes)
-    writing.check_stream()
     set_temp_root(temp_dir)
     sweep_stale()
     template = FilenameTemplate.parse(filename)

@@ -25,10 +25,14 @@ warning; ``"rescale"`` scales the whole signal down to a peak of
 
 Integer PCM is quantised here by :func:`quantise_pcm` (``rint(x * 2**(bits-1))``,
 saturated to the integer range) rather than by libsndfile, so the count is
-exact; the streaming writer (:mod:`stemflow.engine.streaming`) uses the same
-function, so both paths write the same bytes. libsndfile 1.2.2's own
-float-to-int path saturates the same way (checked: +1.5 -> 32767, -1.5 ->
--32768), it does not wrap. MP3 goes through ffmpeg when libsndfile lacks it.
+exact. The block-by-block writer (:mod:`stemflow.audio.stream_encode`) shares
+every step with :func:`encode`: the checks (:func:`check_request`), the
+clipping (:func:`limit_samples`), the choice of libsndfile or ffmpeg and its
+arguments (:func:`lossy_route`) and the libsndfile sink
+(:class:`stemflow.audio.encode_sinks.SoundFileSink`), so both write the same
+files. libsndfile 1.2.2's own float-to-int path saturates the same way
+(checked: +1.5 -> 32767, -1.5 -> -32768), it does not wrap. MP3 goes through
+ffmpeg when libsndfile lacks it.
 
 All arrays are ``[channels, samples]`` float32.
 """
@@ -45,6 +49,7 @@ import numpy as np
 import soundfile as sf
 
 from stemflow.audio import ffmpeg
+from stemflow.audio.encode_sinks import SoundFileSink
 from stemflow.audio.formats import LOSSY_CODECS, AudioFormat, LossyCodec, format_for_path
 from stemflow.audio.resample import resample
 from stemflow.errors import AudioEncodeError
@@ -58,8 +63,12 @@ ClipPolicy = Literal["none", "clamp", "rescale"]
 _PCM_SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
 
 
-def _subtype(format: AudioFormat, bit_depth: int) -> str:
-    """The libsndfile subtype written for ``format`` at ``bit_depth`` (ignored by the lossy formats)."""
+def subtype_for(format: AudioFormat, bit_depth: int) -> str:
+    """The libsndfile subtype written for ``format`` at ``bit_depth`` (the codec's name for the lossy formats).
+
+    Raises:
+        AudioEncodeError: a bit depth the format does not take.
+    """
     if format in LOSSY_CODECS:
         return LOSSY_CODECS[format].ffmpeg_codec
     if format == "wav" and bit_depth == 32:
@@ -68,6 +77,20 @@ def _subtype(format: AudioFormat, bit_depth: int) -> str:
         allowed = "16, 24 or 32 (float)" if format == "wav" else "16 or 24"
         raise AudioEncodeError(f"{format}: bit_depth must be {allowed}, got {bit_depth}")
     return _PCM_SUBTYPES[bit_depth]
+
+
+def check_request(format: AudioFormat, bit_depth: int, clip: ClipPolicy, bitrate_kbps: int | None,
+                  name: str) -> tuple[str, LossyCodec | None]:
+    """The subtype (:func:`subtype_for`) and lossy codec (:func:`lossy_codec`) of an encoding request.
+
+    Raises:
+        AudioEncodeError: an unknown format or clip policy, a bit depth or bitrate the format does not take.
+    """
+    if format not in get_args(AudioFormat):
+        raise AudioEncodeError(f"{name}: unknown format {format!r}; use one of {', '.join(get_args(AudioFormat))}")
+    if clip not in get_args(ClipPolicy):
+        raise AudioEncodeError(f"{name}: unknown clip policy {clip!r}; use one of {', '.join(get_args(ClipPolicy))}")
+    return subtype_for(format, bit_depth), lossy_codec(format, bitrate_kbps, name)
 
 
 #: Peak that ``clip="rescale"`` scales an over-full-scale signal down to.
@@ -144,12 +167,7 @@ def encode(
     combination (a bitrate for a lossless format, a bitrate or sample rate the
     codec does not take), or an encoder failure.
     """
-    if format not in get_args(AudioFormat):
-        raise AudioEncodeError(f"{name}: unknown format {format!r}; use one of {', '.join(get_args(AudioFormat))}")
-    if clip not in get_args(ClipPolicy):
-        raise AudioEncodeError(f"{name}: unknown clip policy {clip!r}; use one of {', '.join(get_args(ClipPolicy))}")
-    subtype = _subtype(format, bit_depth)
-    codec = lossy_codec(format, bitrate_kbps, name)
+    subtype, codec = check_request(format, bit_depth, clip, bitrate_kbps, name)
     rows = np.atleast_2d(np.asarray(samples, dtype=np.float32))
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] == 0:
         raise AudioEncodeError(f"{name}: expected non-empty [channels, samples], got shape {np.shape(samples)}")
@@ -162,11 +180,12 @@ def encode(
         rows = rows * np.float32(gain)
     if codec is not None and codec.resample_to is not None and sample_rate != codec.resample_to:
         rows, sample_rate = resample(rows, sample_rate, codec.resample_to), codec.resample_to
-    data, clipped = _limit(rows, subtype, clip)
+    data, clipped = limit_samples(rows, subtype, clip)
     if clipped and clip == "none":
         logger.warning("%s: %d samples beyond full scale saturated in %s %s", name, clipped, format, subtype)
     if codec is not None:
-        payload, bitrate_kbps = _write_lossy(data, sample_rate, format, codec, bitrate_kbps, name)
+        route = lossy_route(format, codec, sample_rate, bitrate_kbps, name)
+        payload, bitrate_kbps = _write_lossy(data, sample_rate, format, route, name), route.bitrate_kbps
     else:
         payload = _write_bytes(data, sample_rate, format, subtype, name)
     result = EncodeResult(
@@ -203,11 +222,27 @@ def lossy_codec(format: AudioFormat, bitrate_kbps: int | None, name: str) -> Los
     return codec
 
 
-def _write_lossy(data: np.ndarray, sample_rate: int, format: AudioFormat, codec: LossyCodec,
-                 bitrate_kbps: int | None, name: str) -> tuple[bytes, int | None]:
-    """Encode float32 ``[channels, samples]`` to a lossy format; the bytes and the bitrate asked of ffmpeg.
+@dataclass(frozen=True)
+class LossyRoute:
+    """How a lossy format is written: by libsndfile (``soundfile_subtype`` set) or by ffmpeg (``ffmpeg_args``).
 
-    libsndfile writes MP3/Vorbis when no bitrate is asked and it has the format; ffmpeg the rest.
+    ``bitrate_kbps``: the bitrate asked of ffmpeg (``None`` for libsndfile's default quality).
+    """
+
+    soundfile_subtype: str | None
+    ffmpeg_args: tuple[str, ...]
+    bitrate_kbps: int | None
+
+
+def lossy_route(format: AudioFormat, codec: LossyCodec, sample_rate: int, bitrate_kbps: int | None,
+                name: str) -> LossyRoute:
+    """How ``format`` is encoded at ``sample_rate`` (the codec's rate, after any resampling).
+
+    libsndfile writes MP3/Vorbis when no bitrate is asked and it has the format;
+    ffmpeg the rest, with ``-c:a <codec> -b:a <kbps>k -f <container>``.
+
+    Raises:
+        AudioEncodeError: a sample rate the codec does not take (``name`` first).
     """
     if codec.sample_rates is not None and sample_rate not in codec.sample_rates:
         rates = ", ".join(str(r) for r in codec.sample_rates)
@@ -215,14 +250,25 @@ def _write_lossy(data: np.ndarray, sample_rate: int, format: AudioFormat, codec:
                                f"it takes {rates} Hz")
     subtype = codec.libsndfile_subtype
     if bitrate_kbps is None and subtype is not None and format.upper() in sf.available_formats():
-        return _write_bytes(data, sample_rate, format, subtype, name), None
+        return LossyRoute(subtype, (), None)
     kbps = bitrate_kbps if bitrate_kbps is not None else codec.default_kbps
-    args = ["-c:a", codec.ffmpeg_codec, "-b:a", f"{kbps}k", "-f", codec.container]
-    return ffmpeg.encode_with_ffmpeg(data.astype(np.float32), sample_rate, output_args=args, name=name), kbps
+    return LossyRoute(None, ("-c:a", codec.ffmpeg_codec, "-b:a", f"{kbps}k", "-f", codec.container), kbps)
 
 
-def _limit(rows: np.ndarray, subtype: str, clip: ClipPolicy) -> tuple[np.ndarray, int]:
-    """What is written for ``rows`` under the clipping policy, and how many samples it changed."""
+def _write_lossy(data: np.ndarray, sample_rate: int, format: AudioFormat, route: LossyRoute, name: str) -> bytes:
+    """Encode float32 ``[channels, samples]`` to a lossy format by ``route``."""
+    if route.soundfile_subtype is not None:
+        return _write_bytes(data, sample_rate, format, route.soundfile_subtype, name)
+    return ffmpeg.encode_with_ffmpeg(data.astype(np.float32), sample_rate, output_args=list(route.ffmpeg_args),
+                                     name=name)
+
+
+def limit_samples(rows: np.ndarray, subtype: str, clip: ClipPolicy) -> tuple[np.ndarray, int]:
+    """What is written for ``rows`` under the clipping policy, and how many samples it changed.
+
+    Element-wise, so a signal limited block by block gives the same samples and
+    (summed) count as limited whole. ``rows`` is not modified.
+    """
     if subtype in ("PCM_16", "PCM_24"):  # "none" and "clamp" both saturate at full scale
         return quantise_pcm(rows, 16 if subtype == "PCM_16" else 24)
     if subtype == "FLOAT":
@@ -234,15 +280,14 @@ def _limit(rows: np.ndarray, subtype: str, clip: ClipPolicy) -> tuple[np.ndarray
 
 
 def _write_bytes(data: np.ndarray, sample_rate: int, format: AudioFormat, subtype: str, name: str) -> bytes:
-    """Write ``[channels, samples]`` (float32 or integer PCM) with libsndfile."""
+    """Write ``[channels, samples]`` (float32 or integer PCM) with libsndfile (:class:`SoundFileSink`)."""
     buffer = io.BytesIO()
-    options: dict[str, object] = {}
-    if format == "mp3":
-        options = {"compression_level": 0.0, "bitrate_mode": "CONSTANT"}
+    sink = SoundFileSink(buffer, sample_rate, data.shape[0], format=format, subtype=subtype, name=name)
     try:
-        sf.write(buffer, data.T, sample_rate, subtype=subtype, format=format.upper(), **options)  # type: ignore[arg-type]
-    except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as e:
-        raise AudioEncodeError(f"{name}: cannot encode {format} {subtype} at {sample_rate} Hz: {e}") from e
+        sink.write(data)
+        sink.close()
+    finally:
+        sink.abort()
     return buffer.getvalue()
 
 

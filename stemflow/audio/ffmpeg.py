@@ -87,6 +87,11 @@ def binary_path(name: str, label: str) -> str:
     return _binary(name, purpose=f"{label}: decoding", error=AudioDecodeError)
 
 
+def encoder_path(label: str) -> str:
+    """The full path of ffmpeg for encoding ``label``; :class:`AudioEncodeError` with a hint if missing."""
+    return _binary(FFMPEG_BINARY, purpose=f"{label}: encoding", error=AudioEncodeError)
+
+
 @contextmanager
 def stderr_sink() -> Iterator[IO[bytes]]:
     """An anonymous temporary file for a piped ffmpeg's messages (a pipe could fill and block it)."""

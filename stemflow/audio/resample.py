@@ -5,6 +5,9 @@ fixed quality (:data:`RESAMPLE_QUALITY`) and a length that depends only on the
 input length and the two rates (:func:`resampled_length`), so a track has the
 same number of samples however it was decoded. :func:`to_stereo` makes any
 channel count stereo. :mod:`stemflow.audio.decode` applies both after decoding.
+:class:`StreamPolicy` applies both to a decoder's blocks as they come, and
+:class:`StreamResampler` gives :func:`resample` of a signal that arrives block by
+block (the stem writer, :mod:`stemflow.audio.stream_encode`).
 """
 
 from __future__ import annotations
@@ -96,3 +99,52 @@ class StreamPolicy:
     def flush(self, native_channels: int) -> np.ndarray:
         """The resampler's last samples (none without resampling)."""
         return self.push(np.zeros((native_channels, 0), dtype=np.float32), last=True)
+
+
+class StreamResampler:
+    """:func:`resample` of a signal that arrives block by block, sample for sample.
+
+    One :class:`soxr.ResampleStream` at :data:`RESAMPLE_QUALITY` over
+    ``channels`` channels (its output equals :func:`resample`'s, whatever the
+    block sizes). :meth:`push` hands out at most :func:`resampled_length` of the
+    frames pushed so far (that length only grows, so nothing handed out is ever
+    beyond the end); :meth:`finish` flushes soxr and cuts or zero-pads the total
+    to :func:`resampled_length` of every frame pushed, as :func:`resample` does.
+    Blocks are float32 ``[channels, n]``; ``n`` may be 0.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int, channels: int) -> None:
+        if from_rate <= 0 or to_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+        self.from_rate, self.to_rate, self.channels = from_rate, to_rate, channels
+        self._stream = soxr.ResampleStream(from_rate, to_rate, channels, dtype="float32", quality=RESAMPLE_QUALITY)
+        self._frames_in = 0
+        self._frames_out = 0
+        self._held = np.zeros((channels, 0), dtype=np.float32)
+
+    def _hand_out(self, converted: np.ndarray, allowed: int) -> np.ndarray:
+        """``converted`` after what was held back, cut to ``allowed`` frames in all; the rest held back."""
+        joined = np.concatenate([self._held, converted], axis=1) if self._held.shape[1] else converted
+        take = max(0, min(joined.shape[1], allowed - self._frames_out))
+        self._held = joined[:, take:]
+        self._frames_out += take
+        return joined[:, :take]
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Resample one ``[channels, n]`` block; returns ``[channels, m]`` (``m`` may be 0)."""
+        self._frames_in += block.shape[1]
+        chunk = np.ascontiguousarray(block.T, dtype=np.float32)
+        converted = np.asarray(self._stream.resample_chunk(chunk), dtype=np.float32).reshape(-1, self.channels).T
+        return self._hand_out(converted, resampled_length(self._frames_in, self.from_rate, self.to_rate))
+
+    def finish(self) -> np.ndarray:
+        """The last frames: the total is then exactly :func:`resampled_length` of the frames pushed."""
+        empty = np.zeros((0, self.channels), dtype=np.float32)
+        flushed = np.asarray(self._stream.resample_chunk(empty, last=True), dtype=np.float32)
+        total = resampled_length(self._frames_in, self.from_rate, self.to_rate)
+        tail = self._hand_out(flushed.reshape(-1, self.channels).T, total)
+        missing = total - self._frames_out
+        self._frames_out = total
+        if missing > 0:
+            tail = np.concatenate([tail, np.zeros((self.channels, missing), dtype=np.float32)], axis=1)
+        return np.ascontiguousarray(tail)

@@ -1,21 +1,23 @@
 """One input of ``stemflow separate``, start to finish: separate, pick the stems, convert, write, record the owner.
 
-The separation itself is, by default, the bounded-memory
-:func:`stemflow.engine.streaming.separate_file` (decoded, separated and written
-block by block, for any input format) whenever the options allow it (flac/wav
-output, no ``two_stems``, ``sum_to_mixture``, ``sample_rate``, ``bitrate`` or
-clipping policy other than ``none``); otherwise, or with ``stream=False``,
-:func:`stemflow.engine.track.separate_track` (the same function the catalogue
-workers use), which holds the track and its stems in memory. Both give the
-same stems and honour the decoded-bytes limit (``max_decoded_bytes``). Then, in memory:
+By default every input goes through the bounded-memory
+:func:`stemflow.engine.streaming.separate_file`, for every option: decoded,
+separated, turned into the output stems and encoded block by block, any input
+format, any output format. With ``stream=False`` (``--in-memory``) it goes
+through :func:`stemflow.engine.track.separate_track` (the same function the
+catalogue workers use), which holds the track and its stems in memory. Both
+honour the decoded-bytes limit (``max_decoded_bytes``) and write the same
+files (PCM: the same bytes; lossy: the same decoded samples):
 
 * stem selection: ``only`` keeps some of the model's stems; ``two_stems=S``
   writes ``S`` and ``no_S``, the sum of every other stem (demucs'
   ``--two-stems``; with ``sum_to_mixture`` that is exactly ``mixture - S``);
 * ``sample_rate``: the stems are resampled (soxr) before encoding;
 * encoding: format, bit depth, bitrate and clipping policy of
-  :func:`stemflow.audio.encode.save_audio`; each file is written atomically,
-  then its owner record (:mod:`stemflow.commandline.outputs`).
+  :func:`stemflow.audio.encode.save_audio` (``rescale`` needs each stem's peak
+  first: the streamed path spools the stem to a temporary file, not to memory);
+  each file is written atomically, then its owner record
+  (:mod:`stemflow.commandline.outputs`).
 
 Returns human-readable notes (input policy, resampling, clipping) for the CLI to show.
 """
@@ -28,11 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from stemflow.audio.blocks import DEFAULT_MAX_DECODED_BYTES, DecodeLimits
-from stemflow.audio.encode import ClipPolicy, lossy_codec, save_audio
+from stemflow.audio.encode import ClipPolicy, EncodeResult, lossy_codec, save_audio
 from stemflow.audio.resample import resample
 from stemflow.commandline.outputs import PlannedResult, write_owner
 from stemflow.engine.separator import Separator
-from stemflow.engine.track import separate_track
+from stemflow.engine.track import separate_track, split_two_stems
 from stemflow.errors import ConfigError
 
 Progress = Callable[[int, int], None]
@@ -71,17 +73,8 @@ class StemWriting:
         return DecodeLimits(max_decoded_bytes=self.max_decoded_bytes)
 
     def streams(self) -> bool:
-        """Whether inputs go through the bounded-memory path: ``stream``, or by default when the options allow."""
-        return self.stream if self.stream is not None else not self._stream_blockers()
-
-    def _stream_blockers(self) -> list[str]:
-        """The options the streamed path does not do (they need the whole stem, or a format it cannot write)."""
-        return [name for name, on in (("--format " + self.format, self.format not in ("flac", "wav")),
-                                      ("--two-stems", bool(self.two_stems)),
-                                      ("--sum-to-mixture", self.sum_to_mixture),
-                                      ("--sample-rate", self.sample_rate is not None),
-                                      ("--bitrate", self.bitrate_kbps is not None),
-                                      ("--clip-mode " + self.clip, self.clip != "none")) if on]
+        """Whether inputs go through the bounded-memory path: always, unless ``stream`` is ``False``."""
+        return self.stream is not False
 
     def output_stems(self, model_stems: tuple[str, ...]) -> tuple[str, ...]:
         """The stems written for a model giving ``model_stems``.
@@ -99,31 +92,13 @@ class StemWriting:
             return (self.two_stems, f"no_{self.two_stems}")
         return tuple(s for s in model_stems if s in self.only) if self.only else model_stems
 
-    def check_stream(self) -> None:
-        """``--stream`` writes the model's stems as they come: flac or wav, no conversion.
-
-        Raises:
-            ConfigError: naming the options that do not combine with it.
-        """
-        blocked = self._stream_blockers()
-        if self.stream and blocked:
-            raise ConfigError(f"--stream writes the model's stems as flac or wav in bounded memory; it does not "
-                              f"combine with {', '.join(blocked)}")
-
 
 def write_result(separator: Separator, planned: PlannedResult, owner_model: str, writing: StemWriting,
                  progress: Progress | None = None) -> list[str]:
     """Separate ``planned.input`` and write its files (owner records name ``owner_model``); the notes to show."""
     owner = planned.input.owner(owner_model)
     if writing.streams():
-        from stemflow.engine.streaming import separate_file
-
-        _make_folders(planned)
-        streamed = separate_file(separator, planned.input.path, planned.files, bit_depth=writing.bit_depth,
-                                 progress=progress, limits=writing.limits)
-        for file in planned.files.values():
-            write_owner(file, owner)
-        return [*streamed.notes, *_clip_notes(sum(streamed.clipped_samples.values())), "streamed"]
+        return _write_streamed(separator, planned, owner, writing, progress)
     result = separate_track(separator, planned.input.path, name=str(planned.input.path), measure_quality=False,
                             progress=progress, sum_to_mixture=writing.sum_to_mixture, limits=writing.limits)
     stems = _chosen(result.stems, writing)
@@ -133,17 +108,41 @@ def write_result(separator: Separator, planned: PlannedResult, owner_model: str,
         stems = {stem: resample(audio, rate, writing.sample_rate) for stem, audio in stems.items()}
         notes.append(f"stems resampled {rate} -> {writing.sample_rate} Hz")
         rate = writing.sample_rate
-    clipped = 0
     _make_folders(planned)
+    written: dict[str, EncodeResult] = {}
     for stem, audio in stems.items():
-        written = save_audio(planned.files[stem], audio, rate, format=writing.format,  # type: ignore[arg-type]
-                             bit_depth=writing.bit_depth, clip=writing.clip,  # type: ignore[arg-type]
-                             bitrate_kbps=writing.bitrate_kbps)
+        written[stem] = save_audio(planned.files[stem], audio, rate, format=writing.format,  # type: ignore[arg-type]
+                                   bit_depth=writing.bit_depth, clip=writing.clip,  # type: ignore[arg-type]
+                                   bitrate_kbps=writing.bitrate_kbps)
         write_owner(planned.files[stem], owner)
-        clipped += written.clipped_samples
-        if written.sample_rate != rate:
-            notes.append(f"{writing.format} runs at {written.sample_rate} Hz: {stem} resampled")
-    return [*notes, *_clip_notes(clipped)]
+    return [*notes, *_encoding_notes(written, rate, writing.format)]
+
+
+def _write_streamed(separator: Separator, planned: PlannedResult, owner: str, writing: StemWriting,
+                    progress: Progress | None) -> list[str]:
+    """:func:`write_result` through the bounded-memory path; the same files and notes, plus "streamed"."""
+    from stemflow.engine.streaming import separate_file
+
+    _make_folders(planned)
+    streamed = separate_file(separator, planned.input.path, planned.files, bit_depth=writing.bit_depth,
+                             progress=progress, limits=writing.limits, format=writing.format,  # type: ignore[arg-type]
+                             clip=writing.clip, bitrate_kbps=writing.bitrate_kbps, output_rate=writing.sample_rate,
+                             two_stems=writing.two_stems, sum_to_mixture=writing.sum_to_mixture)
+    for file in planned.files.values():
+        write_owner(file, owner)
+    notes = list(streamed.notes)
+    rate = streamed.sample_rate
+    if writing.sample_rate is not None and writing.sample_rate != rate:
+        notes.append(f"stems resampled {rate} -> {writing.sample_rate} Hz")
+        rate = writing.sample_rate
+    return [*notes, *_encoding_notes(streamed.encoded, rate, writing.format), "streamed"]
+
+
+def _encoding_notes(written: dict[str, EncodeResult], rate: int, format: str) -> list[str]:
+    """Notes on stems the codec resampled (Opus runs at 48 kHz) and on samples clipped to full scale."""
+    notes = [f"{format} runs at {result.sample_rate} Hz: {stem} resampled"
+             for stem, result in written.items() if result.sample_rate != rate]
+    return [*notes, *_clip_notes(sum(result.clipped_samples for result in written.values()))]
 
 
 def _clip_notes(clipped: int) -> list[str]:
@@ -162,9 +161,7 @@ def _make_folders(planned: PlannedResult) -> None:
 def _chosen(stems: dict[str, np.ndarray], writing: StemWriting) -> dict[str, np.ndarray]:
     """The stems to write: all, the ``only`` ones, or ``two_stems`` and the sum of the others."""
     if writing.two_stems:
-        others = [audio for stem, audio in stems.items() if stem != writing.two_stems]
-        rest = np.sum(others, axis=0, dtype=np.float32) if others else np.zeros_like(stems[writing.two_stems])
-        return {writing.two_stems: stems[writing.two_stems], f"no_{writing.two_stems}": rest}
+        return split_two_stems(stems, writing.two_stems)
     if writing.only:
         return {stem: audio for stem, audio in stems.items() if stem in writing.only}
     return stems

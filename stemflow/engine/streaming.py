@@ -14,12 +14,27 @@ in-memory path's (same decoded samples, same code, same order of float
 operations).
 
 Any channel count is taken (the input policy: mono duplicated, the first two
-of more). Outputs are FLAC/AIFF (16 or 24-bit PCM) or
-WAV (16/24-bit PCM, or 32-bit float with ``bit_depth=32``), chosen by the
-extension (:mod:`stemflow.audio.formats`). PCM saturates at full scale
-(:func:`stemflow.audio.encode.quantise_pcm`, the in-memory encoder's quantiser,
-so nothing wraps and both paths write the same samples); float WAV is written
-as is. Every output is written to a temporary sibling
+of more). Outputs are every format :func:`stemflow.audio.encode.encode`
+writes (chosen by ``format`` or the extension, :mod:`stemflow.audio.formats`),
+with its bit depths, bitrates, clipping policies and an output rate, through
+:func:`stemflow.audio.stream_encode.open_stem_writer`: the same files as the
+in-memory encoder (PCM: the same bytes; lossy: the same decoded samples).
+``clip="rescale"`` spools each stem to a temporary file to find its peak
+first (disk, not memory).
+
+The outputs can be a selection of the model's stems, ``two_stems`` (``S`` and
+``no_S``, the sum of the others) and ``sum_to_mixture`` (the residual
+``mixture - sum(stems)`` added to ``instrumental``/``other``), computed block
+by block with the in-memory path's functions
+(:func:`stemflow.engine.track.add_residual`,
+:func:`stemflow.engine.track.split_two_stems`), so the float operations are the
+same, in the same order. The residual needs the block's input: it is read
+back from the source when the block comes out of
+:meth:`stemflow.engine.separator.Separator.iter_blocks`, which releases input
+only before the block it yields (for cross-faded chunks and for a model's
+own frame segments alike; the complement stem is made the same way).
+
+Every output is written to a temporary sibling
 (:func:`stemflow.files.atomic_path`) and the stems are published under their
 final names only after all of them succeeded, so no half-written file ever
 carries a final name.
@@ -30,28 +45,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, get_args
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from stemflow.audio.blocks import DecodeLimits
 from stemflow.audio.decode import TrackStream, open_track
-from stemflow.audio.encode import quantise_pcm
-from stemflow.audio.formats import EXTENSIONS, file_suffix
+from stemflow.audio.encode import ClipPolicy, EncodeResult
+from stemflow.audio.formats import EXTENSIONS, AudioFormat, file_suffix
+from stemflow.audio.stream_encode import StemWriter, open_stem_writer
 from stemflow.engine.overlap_add import check_finite
 from stemflow.engine.separator import Separator
+from stemflow.engine.track import add_residual, split_two_stems, sum_to_mixture_stem
 from stemflow.errors import AudioDecodeError, AudioEncodeError, ConfigError, StemflowError
 from stemflow.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
 
-STREAMED_FORMATS = ("flac", "wav", "aiff")
-"""Output formats written block by block (from the extension, :data:`stemflow.audio.formats.EXTENSIONS`)."""
+STREAMED_FORMATS: tuple[str, ...] = get_args(AudioFormat)
+"""Output formats written block by block: every format :func:`stemflow.audio.encode.encode` writes."""
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -60,8 +77,9 @@ ProgressCallback = Callable[[int, int], None]
 class StreamResult:
     """What :func:`separate_file` did: the track's length and rate, where each stem went.
 
-    ``clipped_samples``: per stem, samples saturated at full scale (PCM only).
-    ``peak_buffered_frames``: the most input frames held at once.
+    ``clipped_samples``: per output, samples saturated or clamped (:attr:`EncodeResult.clipped_samples`).
+    ``peak_buffered_frames``: the most input frames held at once. ``encoded``: per output,
+    what its writer reported (format, rate, frames, gain, peak, bytes).
     """
 
     num_samples: int
@@ -71,6 +89,7 @@ class StreamResult:
     mono_input: bool = False
     peak_buffered_frames: int = 0
     notes: tuple[str, ...] = ()
+    encoded: dict[str, EncodeResult] = field(default_factory=dict)
 
 
 class FileSource:
@@ -134,85 +153,78 @@ class FileSource:
             self._start += drop
 
 
-class _StemWriter:
-    """One output stem, appended block by block to an open sound file (a temporary sibling of ``path``)."""
-
-    def __init__(self, path: Path, sound_file: sf.SoundFile, bit_depth: int) -> None:
-        self.path = path
-        self.bit_depth = bit_depth
-        self.clipped = 0
-        self._file = sound_file
-
-    def write(self, block: torch.Tensor) -> None:
-        """Append float32 ``[2, n]`` samples (quantised to PCM unless ``bit_depth`` is 32)."""
-        samples = block.numpy()
-        if self.bit_depth == 32:
-            data = samples
-        else:
-            data, clipped = quantise_pcm(samples, self.bit_depth)  # type: ignore[arg-type]
-            self.clipped += clipped
-        try:
-            self._file.write(np.ascontiguousarray(data.T))
-        except (OSError, sf.LibsndfileError) as e:
-            raise AudioEncodeError(f"{self.path}: write failed: {e}") from e
-
-    def close(self) -> None:
-        """Close the sound file (finishing its header); closing twice is harmless."""
-        if not self._file.closed:
-            self._file.close()
+def _output_formats(output_paths: Mapping[str, Path], format: AudioFormat | None) -> dict[str, AudioFormat]:
+    """The format of each output: ``format``, else the one its extension names; else a :class:`ConfigError`."""
+    formats: dict[str, AudioFormat] = {}
+    for stem, path in output_paths.items():
+        extension = EXTENSIONS.get(file_suffix(path.name))
+        chosen = format if format is not None else extension.encode_as if extension is not None else None
+        if chosen is None:
+            allowed = sorted(e for e, x in EXTENSIONS.items() if x.encode_as is not None)
+            raise ConfigError(f"{path}: no output format for {path.suffix!r}; use one of {allowed}")
+        formats[stem] = chosen
+    return formats
 
 
-def _output_format(path: Path, bit_depth: int) -> tuple[str, str]:
-    """libsndfile ``(format, subtype)`` for streaming to ``path`` at ``bit_depth``; else a :class:`ConfigError`."""
-    extension = EXTENSIONS.get(file_suffix(path.name))
-    if extension is None or extension.encode_as not in STREAMED_FORMATS:
-        allowed = sorted(e for e, x in EXTENSIONS.items() if x.encode_as in STREAMED_FORMATS)
-        raise ConfigError(f"{path}: cannot stream to {path.suffix!r}; use one of {allowed}")
-    format_name = extension.encode_as.upper()
-    if bit_depth == 32 and format_name != "WAV":
-        raise ConfigError(f"{path}: 32-bit float output needs a .wav name")
-    if bit_depth not in (16, 24, 32):
-        raise ConfigError(f"bit_depth must be 16, 24 or 32 (float WAV), got {bit_depth}")
-    return format_name, "FLOAT" if bit_depth == 32 else f"PCM_{bit_depth}"
+@dataclass(frozen=True)
+class StemFiles:
+    """How the separated blocks become files: the stems written and how each is encoded.
+
+    ``two_stems``: the outputs are ``S`` and ``no_S`` (:func:`stemflow.engine.track.split_two_stems`);
+    ``residual_stem``: the stem that takes ``mixture - sum(stems)`` (``sum_to_mixture``). The
+    encoding fields are :func:`stemflow.audio.stream_encode.open_stem_writer`'s.
+    """
+
+    stems: tuple[str, ...]
+    two_stems: str | None = None
+    residual_stem: str | None = None
+    bit_depth: int = 24
+    clip: ClipPolicy = "none"
+    bitrate_kbps: int | None = None
+    output_rate: int | None = None
+
+    def outputs(self, stems: dict[str, np.ndarray], mixture: Callable[[], np.ndarray]) -> dict[str, np.ndarray]:
+        """The output blocks for one block of the model's ``stems`` (``mixture()``: the input of that block)."""
+        if self.residual_stem is not None:
+            stems = add_residual(mixture(), stems, self.residual_stem)
+        return split_two_stems(stems, self.two_stems) if self.two_stems else stems
 
 
-def _open_writers(
-    stack: contextlib.ExitStack, output_paths: Mapping[str, Path], sample_rate: int, bit_depth: int
-) -> dict[str, _StemWriter]:
-    """A writer per stem on a temporary sibling of its path; ``stack`` publishes or removes them.
+def _open_writers(stack: contextlib.ExitStack, output_paths: Mapping[str, Path], formats: Mapping[str, AudioFormat],
+                  sample_rate: int, files: StemFiles) -> dict[str, StemWriter]:
+    """A writer per output on a temporary sibling of its path; ``stack`` publishes or removes them.
 
     Leaving ``stack`` without an exception publishes every file under its final
-    name; with one, every writer is closed and its temporary file deleted.
+    name; with one, every writer is aborted and its temporary file deleted.
     """
-    formats = {stem: _output_format(path, bit_depth) for stem, path in output_paths.items()}
-    writers: dict[str, _StemWriter] = {}
+    writers: dict[str, StemWriter] = {}
     for stem, path in output_paths.items():
-        format_name, subtype = formats[stem]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             temp_path = stack.enter_context(atomic_path(path))
-            sound_file = sf.SoundFile(
-                temp_path, "w", samplerate=sample_rate, channels=2, subtype=subtype, format=format_name
-            )
-        except (OSError, sf.LibsndfileError) as e:
+        except OSError as e:
             raise AudioEncodeError(f"{path}: cannot open for writing: {e}") from e
-        writers[stem] = _StemWriter(path, sound_file, bit_depth)
-        stack.callback(writers[stem].close)  # runs before the temporary file is published or removed
+        writers[stem] = open_stem_writer(temp_path, sample_rate, format=formats[stem], bit_depth=files.bit_depth,
+                                         clip=files.clip, bitrate_kbps=files.bitrate_kbps,
+                                         output_rate=files.output_rate, name=str(path))
+        stack.callback(writers[stem].abort)  # runs before the temporary file is published or removed
     return writers
 
 
-def _write_blocks(
-    separator: Separator, source: FileSource, writers: Mapping[str, _StemWriter], progress: ProgressCallback | None
-) -> None:
-    """Separate ``source`` block by block, append each block to every writer, then close them."""
-    rows = {stem: separator.all_stems.index(stem) for stem in writers}
+def _write_blocks(separator: Separator, source: FileSource, writers: Mapping[str, StemWriter], files: StemFiles,
+                  progress: ProgressCallback | None) -> dict[str, EncodeResult]:
+    """Separate ``source`` block by block, turn each block into the outputs, write them; then finish the files."""
+    rows = {stem: separator.all_stems.index(stem) for stem in files.stems}
     for block in separator.iter_blocks(source):
+        start, stop = block.start, block.start + block.stems.shape[-1]
+        stems = {stem: block.stems[row].numpy() for stem, row in rows.items()}
+        # the block's input is still in the source: it releases only samples before the block being written
+        outputs = files.outputs(stems, lambda start=start, stop=stop: source.read(start, stop).numpy())
         for stem, writer in writers.items():
-            writer.write(block.stems[rows[stem]])
+            writer.write(outputs[stem])
         if progress is not None:
-            progress(block.start + block.stems.shape[-1], source.num_samples)
-    for writer in writers.values():
-        writer.close()
+            progress(stop, source.num_samples)
+    return {stem: writer.close() for stem, writer in writers.items()}
 
 
 def _publish(stems: contextlib.ExitStack, name: str) -> None:
@@ -221,6 +233,30 @@ def _publish(stems: contextlib.ExitStack, name: str) -> None:
         stems.close()
     except OSError as e:
         raise AudioEncodeError(f"{name}: cannot move the finished stems in place: {e}") from e
+
+
+def stem_files(separator: Separator, output_stems: Sequence[str], *, two_stems: str | None = None,
+               sum_to_mixture: bool = False, **encoding: Any) -> StemFiles:
+    """The :class:`StemFiles` of ``output_stems`` (file names to write) for ``separator``.
+
+    Without ``two_stems`` the outputs are stems of ``separator.all_stems``; with it,
+    ``two_stems`` and/or ``no_<two_stems>`` (the others summed over
+    ``separator.stems``). ``sum_to_mixture`` needs all the model's stems
+    (:func:`stemflow.engine.track.sum_to_mixture_stem`). ``encoding``: the
+    encoding fields of :class:`StemFiles`.
+
+    Raises:
+        ConfigError: no outputs, outputs the options do not give, or ``sum_to_mixture`` without a stem to take it.
+    """
+    residual_stem = sum_to_mixture_stem(separator, sum_to_mixture)
+    if two_stems is not None and two_stems not in separator.stems:
+        raise ConfigError(f"two_stems {two_stems!r} is not one of {list(separator.stems)}")
+    given = (two_stems, f"no_{two_stems}") if two_stems is not None else separator.all_stems
+    unknown = [s for s in output_stems if s not in given]
+    if unknown or not output_stems:
+        raise ConfigError(f"no or unknown stems {unknown}; this model gives {list(given)}")
+    base = separator.stems if two_stems is not None or residual_stem is not None else tuple(output_stems)
+    return StemFiles(stems=tuple(base), two_stems=two_stems, residual_stem=residual_stem, **encoding)
 
 
 def separate_file(
@@ -232,42 +268,52 @@ def separate_file(
     bit_depth: int = 24,
     progress: ProgressCallback | None = None,
     limits: DecodeLimits = DecodeLimits(),
+    format: AudioFormat | None = None,
+    clip: ClipPolicy = "none",
+    bitrate_kbps: int | None = None,
+    output_rate: int | None = None,
+    two_stems: str | None = None,
+    sum_to_mixture: bool = False,
 ) -> StreamResult:
     """Separate one audio file into per-stem files, in bounded memory.
 
-    ``output_paths``: stem name -> output file, for any of
-    ``separator.all_stems`` (the complement of a single-target model included).
-    ``block_seconds``: how much input is read at a time. ``bit_depth``: 16 or 24
-    (PCM), or 32 for float WAV. ``progress(done_samples, total_samples)`` is
-    called after each written block. Raises :class:`AudioDecodeError` (bad
-    input, NaN/inf), :class:`AudioEncodeError` or :class:`ConfigError`; on any
-    error no output file is left under a final name (an existing file there is
-    left untouched).
+    ``output_paths``: output name -> file. The names are stems of
+    ``separator.all_stems`` (the complement of a single-target model included),
+    or with ``two_stems=S`` any of ``S`` and ``no_S`` (the sum of the other
+    stems). ``sum_to_mixture``: the residual ``mixture - sum(stems)`` goes into
+    ``instrumental``, else ``other`` (:mod:`stemflow.engine.track`), computed block
+    by block from the block's input. ``block_seconds``: how much input is read at
+    a time. Encoding (:func:`stemflow.audio.stream_encode.open_stem_writer`):
+    ``format`` (default: from each path's extension), ``bit_depth`` (16/24 PCM,
+    32 float WAV), ``clip``, ``bitrate_kbps`` (lossy formats), ``output_rate``
+    (resampled as it streams; ``None``: the model's rate).
+    ``progress(done_samples, total_samples)`` is called after each written
+    block. Raises :class:`AudioDecodeError` (bad input, NaN/inf),
+    :class:`AudioEncodeError` or :class:`ConfigError`; on any error no output
+    file is left under a final name (an existing file there is left untouched).
     """
-    unknown = [s for s in output_paths if s not in separator.all_stems]
-    if unknown or not output_paths:
-        raise ConfigError(f"no or unknown stems {unknown}; this model gives {list(separator.all_stems)}")
     if block_seconds <= 0:
         raise ConfigError(f"block_seconds must be positive, got {block_seconds}")
+    files = stem_files(separator, tuple(output_paths), two_stems=two_stems, sum_to_mixture=sum_to_mixture,
+                       bit_depth=bit_depth, clip=clip, bitrate_kbps=bitrate_kbps, output_rate=output_rate)
     name = str(input_path)
     paths = {stem: Path(path) for stem, path in output_paths.items()}
+    formats = _output_formats(paths, format)
     with open_track(input_path, sample_rate=separator.sample_rate, channels=2, name=name, limits=limits) as track:
         block_frames = max(1, round(block_seconds * separator.sample_rate))
         source = FileSource(track, block_frames=block_frames, name=name)
         with contextlib.ExitStack() as stack:
-            writers = _open_writers(stack, paths, separator.sample_rate, bit_depth)
-            _write_blocks(separator, source, writers, progress)
+            writers = _open_writers(stack, paths, formats, separator.sample_rate, files)
+            results = _write_blocks(separator, source, writers, files, progress)
             finished = stack.pop_all()  # all stems written: publish them (below), not on leaving the block
         _publish(finished, name)
-    for writer in writers.values():
-        if writer.clipped:
-            logger.warning("%s: %d samples beyond full scale saturated", writer.path, writer.clipped)
     return StreamResult(
         num_samples=source.num_samples,
         sample_rate=separator.sample_rate,
-        output_paths={stem: w.path for stem, w in writers.items()},
-        clipped_samples={stem: w.clipped for stem, w in writers.items()},
+        output_paths=paths,
+        clipped_samples={stem: result.clipped_samples for stem, result in results.items()},
         mono_input=source.mono,
         peak_buffered_frames=source.peak_buffered_frames,
         notes=track.notes,
+        encoded=results,
     )

@@ -106,6 +106,17 @@ def add_residual(mixture: np.ndarray, stems: dict[str, np.ndarray], into: str) -
     return {stem: (audio + residual if stem == into else audio) for stem, audio in stems.items()}
 
 
+def split_two_stems(stems: dict[str, np.ndarray], target: str) -> dict[str, np.ndarray]:
+    """``target`` and ``no_<target>``, the sum of every other stem (demucs' ``--two-stems``).
+
+    Stems are float32 ``[2, N]``; the others are summed in ``stems``' order (zeros when there are none),
+    element-wise, so the stems of a block give the block of the whole-track result. Inputs are not modified.
+    """
+    others = [audio for stem, audio in stems.items() if stem != target]
+    rest = np.sum(others, axis=0, dtype=np.float32) if others else np.zeros_like(stems[target])
+    return {target: stems[target], f"no_{target}": rest}
+
+
 def sum_to_mixture_stem(separator: Separator, sum_to_mixture: bool) -> str | None:
     """The stem that takes the residual for ``separator`` (``None`` when the option is off).
 

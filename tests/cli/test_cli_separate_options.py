@@ -99,9 +99,10 @@ def test_two_stems_and_single_stems(capsys: pytest.CaptureFixture[str], model: t
                        "--two-stems", "drums")
     assert code == 2 and "the model gives vocals, instrumental; no drums" in err
     assert not (tmp_path / "bad").exists()
-    code, _, err = run(capsys, "separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "bad"), *model,
-                       "--two-stems", "vocals", "--stream")
-    assert code == 2 and "does not combine with --two-stems" in err
+    code, _, err = run(capsys, "separate", str(tmp_path / "song.wav"), "-o", str(tmp_path / "streamed"), *model,
+                       "--two-stems", "vocals", "--stream")  # --stream takes every option
+    assert code == 0 and "streamed" in err, err
+    assert sorted(p.name for p in (tmp_path / "streamed" / "song").glob("*.flac")) == ["no_vocals.flac", "vocals.flac"]
 
 
 @pytest.mark.skipif(not ffmpeg.ffmpeg_available(), reason="ffmpeg is not installed")
