@@ -125,12 +125,17 @@ def _limited(blocks: Iterator[np.ndarray], limits: DecodeLimits, rate: int, chan
         yield block
 
 
-def _soundfile_blocks(handle: sf.SoundFile, block_frames: int) -> Iterator[np.ndarray]:
-    """Native ``[channels, n]`` float32 blocks of an open sound file, front to back."""
+def _soundfile_blocks(handle: sf.SoundFile, block_frames: int, label: str) -> Iterator[np.ndarray]:
+    """Native ``[channels, n]`` float32 blocks read by libsndfile; a failure mid-file names the file and the frame."""
+    done = 0
     while True:
-        data = handle.read(block_frames, dtype="float32", always_2d=True)
+        try:
+            data = handle.read(block_frames, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioDecodeError(f"{label}: decoding failed after {done} frames: {e}") from e
         if data.shape[0] == 0:
             return
+        done += data.shape[0]
         yield np.ascontiguousarray(data.T)
 
 
@@ -187,7 +192,7 @@ def _open_soundfile(src: ResolvedSource, limits: DecodeLimits, block_frames: int
             return
         rate, channels, frames = int(handle.samplerate), int(handle.channels), int(handle.frames)
         limits.check(frames, rate, channels, src.label, declared=True)
-        blocks = _limited(_soundfile_blocks(handle, block_frames), limits, rate, channels, src.label)
+        blocks = _limited(_soundfile_blocks(handle, block_frames, src.label), limits, rate, channels, src.label)
         yield BlockStream(rate, channels, frames, handle.format in EXACT_LENGTH_FORMATS, blocks)
 
 

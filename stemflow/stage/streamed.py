@@ -106,6 +106,18 @@ class StreamedResult:
         return self.num_samples / self.sample_rate
 
 
+class StreamStepError(StemflowError):
+    """A streamed track failed in the step ``step`` (``measure`` or ``finish``: encoding) of the sink thread.
+
+    The original error is the ``__cause__``; a failure on the model thread
+    (decoding, separating) is raised as it is.
+    """
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.step = step
+
+
 class _Sink:
     """The sink thread's work: measure each block, add the residual, append every stem to its writer.
 
@@ -140,14 +152,20 @@ class _Sink:
         block = np.concatenate([b for _, b in self._pending], axis=-1)
         self._pending, self._pending_frames = [], 0
         stems = {stem: block[row] for row, stem in enumerate(self.stems)}
-        self.quality.push(mixture, stems)
+        try:
+            self.quality.push(mixture, stems)
+        except Exception as e:
+            raise StreamStepError("measure", e) from e
         if self.residual_stem is not None:
             residual = mixture.astype(np.float32, copy=True)
             for audio in stems.values():
                 residual -= audio
             stems[self.residual_stem] = stems[self.residual_stem] + residual
-        for stem, writer in self.writers.items():
-            writer.write(stems[stem])
+        try:
+            for stem, writer in self.writers.items():
+                writer.write(stems[stem])
+        except Exception as e:
+            raise StreamStepError("finish", e) from e
 
 
 def _drain(sink: _Sink, blocks: queue.Queue[tuple[np.ndarray, np.ndarray] | None], failure: list[BaseException],
@@ -185,8 +203,9 @@ def separate_streamed(
     The stems are the separator's ``stems`` (as :meth:`Separator.separate` returns them).
 
     Raises:
-        StemflowError: decoding, separating, measuring or encoding failed (every
-            file written is then removed).
+        StreamStepError: measuring or encoding failed (the step and the original error).
+        StemflowError: decoding or separating failed.
+        Every file written is removed before raising.
     """
     check_streamable(separator, source)
     started = time.perf_counter()
@@ -202,7 +221,10 @@ def separate_streamed(
                      min_frames=max(1, round(SINK_SECONDS * separator.sample_rate)))
         _run(separator, source, sink, rows)
         separated = time.perf_counter()
-        encoded = {stem: writer.close() for stem, writer in writers.items()}
+        try:
+            encoded = {stem: writer.close() for stem, writer in writers.items()}
+        except Exception as e:
+            raise StreamStepError("finish", e) from e
     except BaseException:
         for writer in writers.values():
             writer.abort()

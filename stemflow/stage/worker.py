@@ -39,7 +39,7 @@ from stemflow.hub.spec import ModelSpec, load_spec
 from stemflow.stage.failures import CorruptMarkerError
 from stemflow.stage.fetching import FetchedSource, SourceLimits, fetch_source
 from stemflow.stage.finishing import SeparatedTrack, StemOutput, finish_track, rows_from_marker, source_extra_json
-from stemflow.stage.streamed import separate_streamed
+from stemflow.stage.streamed import StreamStepError, separate_streamed
 from stemflow.stage.settings import (
     DEFAULT_MAX_DURATION_S,
     DEFAULT_MAX_SOURCE_BYTES,
@@ -177,6 +177,9 @@ class TrackWorker:
             sep.streamed = separate_streamed(separator, got.streamed, folder=folder,
                                              stem_format=self.output.stem_format,  # type: ignore[arg-type]
                                              bit_depth=self.output.bit_depth, residual_stem=self.residual_stem)
+        except StreamStepError as e:  # measuring or encoding, on the sink thread
+            sep.error, sep.error_step = e.__cause__ or e, e.step
+            return
         except Exception as e:  # noqa: BLE001 - becomes this track's error row
             sep.error, sep.error_step = e, "separate"
             return
