@@ -54,9 +54,7 @@ class AudioInput:
     @property
     def label(self) -> str:
         """What messages call this input."""
-        return self.name or (
-            self.url if self.stream is None else f"{self.url} (stream {self.stream})"
-        )
+        return self.name or (self.url if self.stream is None else f"{self.url} (stream {self.stream})")
 
 
 @contextlib.contextmanager
@@ -64,22 +62,15 @@ def _verified_copy(item: AudioInput, storage_options: StorageOptions) -> Iterato
     """A local path holding ``item``'s bytes, checked against its listed size and sha256."""
     with contextlib.ExitStack() as stack:
         try:
-            path = stack.enter_context(
-                local_copy(item.url, storage_options, max_bytes=item.size)
-            )
+            path = stack.enter_context(local_copy(item.url, storage_options, max_bytes=item.size))
         except FileNotFoundError as e:
-            what = (
-                "a committed stem is missing"
-                if item.sha256 is not None
-                else "no such object"
-            )
+            what = "a committed stem is missing" if item.sha256 is not None else "no such object"
             raise StorageError(f"{item.url}: {what}") from e
         if item.sha256 is not None:
             size = os.path.getsize(path)
             if size != item.size or sha256_file(path) != item.sha256:
                 raise StorageError(
-                    f"{item.url}: not the stem its marker lists ({size} bytes, sha256 differs); "
-                    "not used"
+                    f"{item.url}: not the stem its marker lists ({size} bytes, sha256 differs); not used"
                 )
         yield path
 
@@ -102,9 +93,7 @@ def open_inputs(
         for item in dict.fromkeys(inputs):
             path = stack.enter_context(_verified_copy(item, storage_options))
             opened[item] = stack.enter_context(
-                open_track(
-                    path, sample_rate=sample_rate, name=item.label, stream=item.stream
-                )
+                open_track(path, sample_rate=sample_rate, name=item.label, stream=item.stream)
             )
         yield opened
 
@@ -130,16 +119,11 @@ class BlockCursor:
             block = next(self._track.blocks, None)
             if block is None:
                 raise AudioDecodeError(
-                    f"{self._name}: ended after {self.position + self._have} of "
-                    f"{self.position + frames} frames"
+                    f"{self._name}: ended after {self.position + self._have} of {self.position + frames} frames"
                 )
             self._pending.append(block)
             self._have += block.shape[-1]
-        joined = (
-            self._pending[0]
-            if len(self._pending) == 1
-            else np.concatenate(self._pending, axis=1)
-        )
+        joined = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending, axis=1)
         self._pending = [joined[:, frames:]] if joined.shape[-1] > frames else []
         self._have -= frames
         self.position += frames

@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BLOCK_S = 10.0
 """Seconds read from every input at a time."""
 
+
 class QualityHook(Protocol):
     """Reference-free quality of a track's estimates, fed block by block (pass 1 only)."""
 
@@ -111,9 +112,7 @@ def _scored_length(
     return length
 
 
-def _labels(
-    stems: Sequence[str], reference_names: Sequence[str], track: str, model_name: str
-) -> dict[str, str]:
+def _labels(stems: Sequence[str], reference_names: Sequence[str], track: str, model_name: str) -> dict[str, str]:
     """``{stem: reference label}`` of the estimates that have a reference (the others are logged and skipped)."""
     empty = {name: np.zeros((2, 0), np.float32) for name in reference_names}
     labels = {}
@@ -144,22 +143,27 @@ def _run_pass(
     reading = cursors(opened)
     for _, frames in block_spans(length, block_frames):
         blocks = {item: cursor.read(frames) for item, cursor in reading.items()}
-        reference_blocks = {
-            s: blocks[i]
-            for s, i in references.items()
-            if s != "mixture" and i in blocks
-        }
+        reference_blocks = {s: blocks[i] for s, i in references.items() if s != "mixture" and i in blocks}
         for stem, stream in metrics.items():
             target = reference_for(stem, reference_blocks)
-            assert (
-                target is not None
-            )  # the stems in ``metrics`` have a reference (``_labels``)
+            assert target is not None  # the stems in ``metrics`` have a reference (``_labels``)
             stream.push(target[1], blocks[estimates[stem]])
         if quality is not None:
             quality.push(
                 blocks[references["mixture"]],
                 {s: blocks[i] for s, i in estimates.items()},
             )
+
+
+def _open_all(stack: contextlib.ExitStack, references: Mapping[str, AudioInput], estimates: Mapping[str, AudioInput],
+              sample_rate: int | None, storage_options: StorageOptions,
+              track: str) -> tuple[dict[AudioInput, TrackStream], int]:
+    """Open the estimates, then the references at the estimates' rate (or ``sample_rate``); held by ``stack``."""
+    opened = dict(stack.enter_context(open_inputs(estimates.values(), sample_rate, storage_options=storage_options)))
+    rate = sample_rate or _common_rate(opened, f"{track}: the estimates")
+    rest = [i for i in references.values() if i not in opened]
+    opened.update(stack.enter_context(open_inputs(rest, rate, storage_options=storage_options)))
+    return opened, rate
 
 
 def score_track_streamed(
@@ -193,34 +197,11 @@ def score_track_streamed(
         StemflowError: the estimates differ in sample rate.
     """
     baseline = model_name == MIXTURE_BASELINE
-    labels = _labels(
-        list(estimates), [s for s in references if s != "mixture"], track, model_name
-    )
+    labels = _labels(list(estimates), [s for s in references if s != "mixture"], track, model_name)
     with contextlib.ExitStack() as stack:
-        opened = dict(
-            stack.enter_context(
-                open_inputs(
-                    estimates.values(), sample_rate, storage_options=storage_options
-                )
-            )
-        )
-        rate = sample_rate or _common_rate(opened, f"{track}: the estimates")
-        opened.update(
-            stack.enter_context(
-                open_inputs(
-                    [i for i in references.values() if i not in opened],
-                    rate,
-                    storage_options=storage_options,
-                )
-            )
-        )
-        length = _scored_length(
-            {s: opened[i] for s, i in references.items()},
-            {s: opened[i] for s, i in estimates.items()},
-            track,
-            rate,
-            max_duration_s,
-        )
+        opened, rate = _open_all(stack, references, estimates, sample_rate, storage_options, track)
+        length = _scored_length({s: opened[i] for s, i in references.items()},
+                                {s: opened[i] for s, i in estimates.items()}, track, rate, max_duration_s)
         block_frames = max(1, round(block_s * rate))
         scores = {stem: metrics(rate) for stem in labels}
         hook = quality(list(estimates), rate) if quality is not None else None
@@ -228,25 +209,13 @@ def score_track_streamed(
     if any(stream.passes > 1 for stream in scores.values()):
         for stream in scores.values():
             stream.next_pass()
-        second = [i for s, i in references.items() if s != "mixture"] + list(
-            estimates.values()
-        )
+        second = [i for s, i in references.items() if s != "mixture"] + list(estimates.values())
         with open_inputs(second, rate, storage_options=storage_options) as opened:
             _run_pass(opened, references, estimates, scores, length, block_frames, None)
     quality_rows = hook.result() if hook is not None else ({}, {})
-    common = {
-        "model_name": model_name,
-        "model_id": model_id,
-        "track": track,
-        "status": "ok",
-        "error": None,
-        "duration_s": length / rate,
-        "sample_rate": rate,
-    }
-    return [
-        _row(common, stem, label, scores[stem].result(), quality_rows, baseline)
-        for stem, label in labels.items()
-    ]
+    common = {"model_name": model_name, "model_id": model_id, "track": track, "status": "ok", "error": None,
+              "duration_s": length / rate, "sample_rate": rate}
+    return [_row(common, stem, label, scores[stem].result(), quality_rows, baseline) for stem, label in labels.items()]
 
 
 def _row(

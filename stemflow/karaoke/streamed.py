@@ -62,24 +62,18 @@ def backing_of(stems: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
         StemflowError: no vocals, or neither an instrumental stem nor drums, bass and other.
     """
     if "vocals" not in stems:
-        raise StemflowError(
-            f"no 'vocals' stem among {sorted(stems)}: not a vocal separation"
-        )
+        raise StemflowError(f"no 'vocals' stem among {sorted(stems)}: not a vocal separation")
     if "instrumental" in stems:
         return stems["instrumental"], "instrumental"
     if all(s in stems for s in FOUR_STEMS):
-        return np.sum(
-            [stems[s].astype(np.float32) for s in FOUR_STEMS], axis=0, dtype=np.float32
-        ), "+".join(FOUR_STEMS)
+        return np.sum([stems[s].astype(np.float32) for s in FOUR_STEMS], axis=0, dtype=np.float32), "+".join(FOUR_STEMS)
     raise StemflowError(f"cannot build a backing track from stems {sorted(stems)}")
 
 
 class StreamingVocalSeparator(Protocol):
     """A vocal model that separates a track given as blocks: ``vocals`` blocks covering the same samples."""
 
-    def vocals_blocks(
-        self, blocks: Iterator[np.ndarray], num_samples: int, sample_rate: int
-    ) -> Iterator[np.ndarray]:
+    def vocals_blocks(self, blocks: Iterator[np.ndarray], num_samples: int, sample_rate: int) -> Iterator[np.ndarray]:
         """``[2, n]`` vocal blocks of the track whose ``[2, n]`` blocks are ``blocks`` (``num_samples`` in all)."""
 
 
@@ -101,9 +95,7 @@ class _Windows:
             self._open[2] += take
             start += take
             if self._open[2] == self.window:
-                self._done.append(
-                    (self._open[0], self._open[1], self.window * vocals.shape[0])
-                )
+                self._done.append((self._open[0], self._open[1], self.window * vocals.shape[0]))
                 self._open = [0.0, 0.0, 0]
         self._channels = vocals.shape[0]
 
@@ -119,9 +111,7 @@ class _Windows:
 class KaraokeScoreStream:
     """:func:`~stemflow.karaoke.scores.karaoke_scores` over blocks of the vocal and the backing (and the residue)."""
 
-    def __init__(
-        self, sample_rate: int, presence: PresenceSettings | None = None
-    ) -> None:
+    def __init__(self, sample_rate: int, presence: PresenceSettings | None = None) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         presence = presence or PresenceSettings()
@@ -142,14 +132,10 @@ class KaraokeScoreStream:
     def push(self, vocals: np.ndarray, backing: np.ndarray) -> None:
         """The next ``[channels, n]`` block of the vocal and of the backing (same shape)."""
         if vocals.shape != backing.shape:
-            raise ValueError(
-                f"vocals {vocals.shape} and backing {backing.shape} must have the same shape"
-            )
+            raise ValueError(f"vocals {vocals.shape} and backing {backing.shape} must have the same shape")
         mixture = vocals.astype(np.float64) + backing
         self._windows.push(vocals, mixture)
-        self._energy["vocals"] += float(
-            np.einsum("cn,cn->", vocals, vocals, dtype=np.float64)
-        )
+        self._energy["vocals"] += float(np.einsum("cn,cn->", vocals, vocals, dtype=np.float64))
         self._energy["mixture"] += float(np.einsum("cn,cn->", mixture, mixture))
         self._loudness["vocals"].push(vocals)
         self._loudness["backing"].push(backing)
@@ -161,9 +147,7 @@ class KaraokeScoreStream:
     def push_residue(self, vocals_of_backing: np.ndarray) -> None:
         """The next block of what the vocal model finds in the backing (for ``vocal_residue_db``)."""
         block = np.asarray(vocals_of_backing)
-        self._energy["found"] += float(
-            np.einsum("cn,cn->", block, block, dtype=np.float64)
-        )
+        self._energy["found"] += float(np.einsum("cn,cn->", block, block, dtype=np.float64))
         self._found_samples = (self._found_samples or 0) + block.shape[1]
 
     def result(self) -> dict[str, float]:
@@ -171,9 +155,7 @@ class KaraokeScoreStream:
         if self.samples == 0:
             raise ValueError("no sample was pushed")
         if self._found_samples not in (None, self.samples):
-            raise ValueError(
-                f"the vocal model returned {self._found_samples} samples for a backing of {self.samples}"
-            )
+            raise ValueError(f"the vocal model returned {self._found_samples} samples for a backing of {self.samples}")
         e_voc, e_mix, counts = self._windows.arrays()
         vocals_lufs, backing_lufs = (
             self._loudness["vocals"].loudness(),
@@ -186,9 +168,7 @@ class KaraokeScoreStream:
         scores = {
             "duration_s": self.samples / float(self.sample_rate),
             "vocal_coverage": coverage_of_windows(e_voc, e_mix, counts, self.presence),
-            "vocal_share": self._energy["vocals"] / e_mixture
-            if e_mixture > 0
-            else float("nan"),
+            "vocal_share": self._energy["vocals"] / e_mixture if e_mixture > 0 else float("nan"),
             "vocal_to_backing_lu": vocals_lufs - backing_lufs,
             "vocal_residue_db": residue,
             "vocals_lufs": vocals_lufs,
@@ -205,9 +185,7 @@ def floored_true_peak(peak: TruePeakAccumulator) -> float:
     return max(DB_FLOOR, 20.0 * math.log10(linear)) if linear > 0 else DB_FLOOR
 
 
-def separator_vocals(
-    separator: Any, *, block_frames: int = 1 << 18
-) -> StreamingVocalSeparator:
+def separator_vocals(separator: Any, *, block_frames: int = 1 << 18) -> StreamingVocalSeparator:
     """A :class:`StreamingVocalSeparator` over a :class:`stemflow.engine.separator.Separator` (its ``vocals`` stem).
 
     The blocks go through :class:`stemflow.engine.streaming.FileSource` and
@@ -236,13 +214,9 @@ def open_stems(
     output_url: str, model_id: str, track_id: str, storage_options: StorageOptions
 ) -> Iterator[tuple[dict[str, AudioInput], str]]:
     """The committed stems' inputs and the marker's source URL (``StorageError`` when not committed)."""
-    committed = committed_inputs(
-        output_url, model_id, track_id, storage_options=storage_options
-    )
+    committed = committed_inputs(output_url, model_id, track_id, storage_options=storage_options)
     if committed is None:
-        raise StorageError(
-            f"track {track_id!r} is not committed for {model_id!r} under {output_url!r}"
-        )
+        raise StorageError(f"track {track_id!r} is not committed for {model_id!r} under {output_url!r}")
     yield committed[1], committed[0].source_url
 
 
@@ -259,18 +233,11 @@ def stem_blocks(
     """
     with open_inputs(inputs.values(), None, storage_options=storage_options) as opened:
         tracks = {stem: opened[item] for stem, item in inputs.items()}
-        if (
-            len({t.sample_rate for t in tracks.values()}) != 1
-            or len({t.num_samples for t in tracks.values()}) != 1
-        ):
-            raise StorageError(
-                f"track {track_id!r}: stems differ in sample rate or length"
-            )
+        if len({t.sample_rate for t in tracks.values()}) != 1 or len({t.num_samples for t in tracks.values()}) != 1:
+            raise StorageError(f"track {track_id!r}: stems differ in sample rate or length")
         first = next(iter(tracks.values()))
         reading = cursors(opened)
-        for _, frames in block_spans(
-            first.num_samples, max(1, round(block_s * first.sample_rate))
-        ):
+        for _, frames in block_spans(first.num_samples, max(1, round(block_s * first.sample_rate))):
             yield (
                 first.sample_rate,
                 {s: reading[i].read(frames) for s, i in inputs.items()},

@@ -59,23 +59,17 @@ logger = logging.getLogger(__name__)
 _SUBTYPES = {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}
 
 
-def _file_names(
-    stems: Sequence[str], settings: DatasetSettings, track_id: str
-) -> list[str]:
+def _file_names(stems: Sequence[str], settings: DatasetSettings, track_id: str) -> list[str]:
     """The files a track gets: backing, vocals, and drums/bass/other with ``stems4`` when the model has them."""
     names = ["backing", "vocals"]
     if settings.stems4 and all(s in stems for s in FOUR_STEMS):
         names += list(FOUR_STEMS)
     elif settings.stems4:
-        logger.info(
-            "track %s: stems4 asked but the model gives %s", track_id, sorted(stems)
-        )
+        logger.info("track %s: stems4 asked but the model gives %s", track_id, sorted(stems))
     return names
 
 
-def _files_of(
-    blocks: Mapping[str, np.ndarray], names: Sequence[str]
-) -> dict[str, np.ndarray]:
+def _files_of(blocks: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
     backing, _ = backing_of(blocks)
     return {name: backing if name == "backing" else blocks[name] for name in names}
 
@@ -120,28 +114,19 @@ def _measure_residue(
     track_id: str,
 ) -> None:
     """Pass 2: the vocal model on the backing, streamed when it can be (else on the whole backing)."""
-    backing = (
-        backing_of(blocks)[0]
-        for _, blocks in stem_blocks(inputs, block_s, storage_options, track_id)
-    )
+    backing = (backing_of(blocks)[0] for _, blocks in stem_blocks(inputs, block_s, storage_options, track_id))
     if hasattr(separator, "vocals_blocks"):
-        for found in separator.vocals_blocks(
-            backing, scores.samples, scores.sample_rate
-        ):
+        for found in separator.vocals_blocks(backing, scores.samples, scores.sample_rate):
             scores.push_residue(found)
         return
-    whole = np.concatenate(
-        list(backing), axis=1
-    )  # a whole-array VocalSeparator: not bounded
+    whole = np.concatenate(list(backing), axis=1)  # a whole-array VocalSeparator: not bounded
     scores.push_residue(residue_vocals(separator, whole, scores.sample_rate))
 
 
 class _FileWriter:
     """One output file appended block by block (the gain applied, PCM quantised as the in-memory encoder does)."""
 
-    def __init__(
-        self, handle: sf.SoundFile, bit_depth: int, scale: np.float32, name: str
-    ) -> None:
+    def __init__(self, handle: sf.SoundFile, bit_depth: int, scale: np.float32, name: str) -> None:
         self._handle, self._bit_depth, self._scale, self._name = (
             handle,
             bit_depth,
@@ -151,11 +136,7 @@ class _FileWriter:
 
     def write(self, block: np.ndarray) -> None:
         samples = block * self._scale
-        data = (
-            samples
-            if self._bit_depth == 32
-            else quantise_pcm(samples, self._bit_depth)[0]
-        )  # type: ignore[arg-type]
+        data = samples if self._bit_depth == 32 else quantise_pcm(samples, self._bit_depth)[0]  # type: ignore[arg-type]
         try:
             self._handle.write(np.ascontiguousarray(data.T))
         except (OSError, sf.LibsndfileError) as e:
@@ -163,9 +144,7 @@ class _FileWriter:
 
 
 @contextlib.contextmanager
-def _created(
-    url: str, suffix: str, storage_options: StorageOptions
-) -> Iterator[str | None]:
+def _created(url: str, suffix: str, storage_options: StorageOptions) -> Iterator[str | None]:
     """A local path to write, published at ``url`` create-only when the block ends; ``None`` if ``url`` exists."""
     fs, path = filesystem(url, storage_options)
     if is_local_fs(fs):
@@ -208,13 +187,9 @@ def _write_files(
     with contextlib.ExitStack() as stack:
         writers: dict[str, _FileWriter] = {}
         for name in names:
-            local = stack.enter_context(
-                _created(urls[name], f".{settings.format}", storage_options)
-            )
+            local = stack.enter_context(_created(urls[name], f".{settings.format}", storage_options))
             if local is None:
-                logger.info(
-                    "keeping %s from an earlier attempt of this version", urls[name]
-                )
+                logger.info("keeping %s from an earlier attempt of this version", urls[name])
                 continue
             handle = stack.enter_context(
                 sf.SoundFile(
@@ -226,9 +201,7 @@ def _write_files(
                     format=settings.format.upper(),
                 )
             )
-            writers[name] = _FileWriter(
-                handle, settings.bit_depth, scale, f"{track_id}/{name}"
-            )
+            writers[name] = _FileWriter(handle, settings.bit_depth, scale, f"{track_id}/{name}")
         if not writers:
             return
         for _, blocks in stem_blocks(inputs, block_s, storage_options, track_id):
@@ -255,17 +228,11 @@ def score_and_write(
         inputs,
         source_url,
     ):
-        _, backing_source = backing_of(
-            {s: np.zeros((2, 0), np.float32) for s in inputs}
-        )
+        _, backing_source = backing_of({s: np.zeros((2, 0), np.float32) for s in inputs})
         names = _file_names(list(inputs), settings, track_id)
-        rate, stream, peaks = _measure(
-            inputs, names, settings, block_s, storage_options, track_id
-        )
+        rate, stream, peaks = _measure(inputs, names, settings, block_s, storage_options, track_id)
         if settings.residue and vocal_separator is not None:
-            _measure_residue(
-                vocal_separator, inputs, stream, block_s, storage_options, track_id
-            )
+            _measure_residue(vocal_separator, inputs, stream, block_s, storage_options, track_id)
         scores = stream.result()
         verdict = judge(scores, settings.thresholds)
         gain_db = gain_of_levels(
@@ -287,9 +254,7 @@ def score_and_write(
             "backing_lufs_out": scores["backing_lufs"] + gain_db,
         }
         if verdict.accepted or settings.include_rejected:
-            relative = {
-                name: f"{split}/{track_id}/{name}.{settings.format}" for name in names
-            }
+            relative = {name: f"{split}/{track_id}/{name}.{settings.format}" for name in names}
             _write_files(
                 inputs,
                 names,

@@ -135,11 +135,7 @@ class SilenceAccumulator:
 
     def push(self, block: np.ndarray) -> None:
         """Add ``[channels, n]``."""
-        joined = (
-            block
-            if self._carry is None
-            else np.concatenate([self._carry, block], axis=1)
-        )
+        joined = block if self._carry is None else np.concatenate([self._carry, block], axis=1)
         whole = joined.shape[1] // self.window * self.window
         if whole:
             energies, counts = window_energies(joined[:, :whole], self.window)
@@ -177,18 +173,12 @@ class LoudnessAccumulator:
     def __init__(self, sample_rate: float) -> None:
         self.hop = round(BLOCK_HOP_S * sample_rate)
         if self.hop <= 0:
-            raise ValueError(
-                f"sample_rate {sample_rate} too low for 100 ms gating steps"
-            )
+            raise ValueError(f"sample_rate {sample_rate} too low for 100 ms gating steps")
         self.per_block = 4  # 400 ms blocks of 100 ms sub-blocks
         self._sos = k_weighting_sos(sample_rate)
         self._zi: np.ndarray | None = None
-        self._carry: np.ndarray | None = (
-            None  # K-weighted samples of the sub-block under way
-        )
-        self._csum: np.ndarray | None = (
-            None  # [channels, <= 4]: the latest cumulative sums
-        )
+        self._carry: np.ndarray | None = None  # K-weighted samples of the sub-block under way
+        self._csum: np.ndarray | None = None  # [channels, <= 4]: the latest cumulative sums
         self._powers = array("d")  # one per complete 400 ms block
 
     def push(self, block: np.ndarray) -> None:
@@ -200,9 +190,7 @@ class LoudnessAccumulator:
             self._csum = np.zeros((channels, 1))
         if block.shape[1] == 0:
             return
-        weighted, self._zi = sps.sosfilt(
-            self._sos, block.astype(np.float64, copy=False), axis=-1, zi=self._zi
-        )
+        weighted, self._zi = sps.sosfilt(self._sos, block.astype(np.float64, copy=False), axis=-1, zi=self._zi)
         joined = np.concatenate([self._carry, weighted], axis=1)
         n_sub = joined.shape[1] // self.hop
         pieces = joined[:, : n_sub * self.hop].reshape(channels, n_sub, self.hop)
@@ -213,12 +201,8 @@ class LoudnessAccumulator:
         csum = np.concatenate([self._csum, latest[:, 1:]], axis=1)
         n_blocks = csum.shape[1] - self.per_block
         if n_blocks > 0:
-            z = (csum[:, self.per_block :] - csum[:, :n_blocks]) / (
-                self.per_block * self.hop
-            )
-            self._powers.frombytes(
-                np.ascontiguousarray(z.sum(axis=0)).tobytes()
-            )  # G_i = 1
+            z = (csum[:, self.per_block :] - csum[:, :n_blocks]) / (self.per_block * self.hop)
+            self._powers.frombytes(np.ascontiguousarray(z.sum(axis=0)).tobytes())  # G_i = 1
         self._csum = csum[:, -self.per_block :].copy()
 
     def loudness(self) -> float:
@@ -228,9 +212,7 @@ class LoudnessAccumulator:
     @property
     def nbytes(self) -> int:
         """Bytes of carried state, the per-100 ms powers excluded (:attr:`powers_nbytes`)."""
-        return sum(
-            a.nbytes for a in (self._zi, self._carry, self._csum) if a is not None
-        )
+        return sum(a.nbytes for a in (self._zi, self._carry, self._csum) if a is not None)
 
     @property
     def powers_nbytes(self) -> int:
@@ -257,9 +239,7 @@ class TruePeakAccumulator:
         self.sample_peak = 0.0
         self._peak = 0.0  # largest interpolated output so far
         self._blocks = 0  # output blocks done
-        self._padded: np.ndarray | None = (
-            None  # float32 input from block self._blocks's first read on
-        )
+        self._padded: np.ndarray | None = None  # float32 input from block self._blocks's first read on
 
     def push(self, block: np.ndarray) -> None:
         """Add ``[channels, n]``."""
@@ -271,14 +251,10 @@ class TruePeakAccumulator:
             return
         if self._padded is None:
             self._padded = np.zeros((block.shape[0], kernel.taps - 1), dtype=np.float32)
-        padded = np.concatenate(
-            [self._padded, block.astype(np.float32, copy=False)], axis=1
-        )
+        padded = np.concatenate([self._padded, block.astype(np.float32, copy=False)], axis=1)
         segments = kernel.segments(padded)
         if segments.shape[1]:
-            self._peak = kernel.segments_peak(
-                segments, max(self._peak, self._start_peak())
-            )
+            self._peak = kernel.segments_peak(segments, max(self._peak, self._start_peak()))
             self._blocks += segments.shape[1]
         self._padded = padded[:, segments.shape[1] * kernel.block :].copy()
 
@@ -292,9 +268,7 @@ class TruePeakAccumulator:
         kernel = self._kernel
         if kernel is None or self.sample_peak == 0.0 or self._padded is None:
             return self.sample_peak
-        n_blocks = -(
-            -(self.samples + kernel.taps - 1) // kernel.block
-        )  # blocks of the 'full' convolution
+        n_blocks = -(-(self.samples + kernel.taps - 1) // kernel.block)  # blocks of the 'full' convolution
         tail = np.zeros(
             (
                 self._padded.shape[0],
@@ -303,9 +277,7 @@ class TruePeakAccumulator:
             dtype=np.float32,
         )
         tail[:, : self._padded.shape[1]] = self._padded
-        return kernel.segments_peak(
-            kernel.segments(tail), max(self._peak, self._start_peak())
-        )
+        return kernel.segments_peak(kernel.segments(tail), max(self._peak, self._start_peak()))
 
     @property
     def nbytes(self) -> int:
@@ -327,19 +299,13 @@ class BleedAccumulator:
         self.n_stems = n_stems
         self.total = torch.zeros(n_stems, dtype=torch.float64)
         self.masked = torch.zeros(n_stems, dtype=torch.float64)
-        self._padded: np.ndarray | None = (
-            None  # float32 [stems, channels, m] from the next frame's start
-        )
+        self._padded: np.ndarray | None = None  # float32 [stems, channels, m] from the next frame's start
 
     def push(self, stems: np.ndarray) -> None:
         """Add ``[stems, channels, n]`` (the stems in a fixed order)."""
         if self._padded is None:
-            self._padded = np.zeros(
-                (*stems.shape[:2], BLEED_N_FFT // 2), dtype=np.float32
-            )
-        padded = np.concatenate(
-            [self._padded, stems.astype(np.float32, copy=False)], axis=-1
-        )
+            self._padded = np.zeros((*stems.shape[:2], BLEED_N_FFT // 2), dtype=np.float32)
+        padded = np.concatenate([self._padded, stems.astype(np.float32, copy=False)], axis=-1)
         n_frames = self._frames(padded)
         if n_frames:
             total, masked = bleed_sums(torch.from_numpy(padded), n_frames)
@@ -350,11 +316,7 @@ class BleedAccumulator:
     @staticmethod
     def _frames(padded: np.ndarray) -> int:
         """Complete frames in ``padded``."""
-        return (
-            1 + (padded.shape[-1] - BLEED_N_FFT) // BLEED_HOP
-            if padded.shape[-1] >= BLEED_N_FFT
-            else 0
-        )
+        return 1 + (padded.shape[-1] - BLEED_N_FFT) // BLEED_HOP if padded.shape[-1] >= BLEED_N_FFT else 0
 
     def ratios(self) -> list[float]:
         """Per stem, masked / total energy; NaN for a silent stem, or every stem when there is only one."""
@@ -363,10 +325,7 @@ class BleedAccumulator:
         tail = np.pad(self._padded, ((0, 0), (0, 0), (0, BLEED_N_FFT // 2)))
         total, masked = bleed_sums(torch.from_numpy(tail), self._frames(tail))
         total, masked = total + self.total, masked + self.masked
-        return [
-            float(masked[k] / total[k]) if total[k] > 0 else float("nan")
-            for k in range(self.n_stems)
-        ]
+        return [float(masked[k] / total[k]) if total[k] > 0 else float("nan") for k in range(self.n_stems)]
 
     @property
     def nbytes(self) -> int:

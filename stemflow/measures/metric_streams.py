@@ -67,9 +67,7 @@ def _block_pair(reference: Any, estimate: Any) -> tuple[np.ndarray, np.ndarray]:
     ref = _as_block(reference, "reference")
     est = _as_block(estimate, "estimate")
     if ref.shape != est.shape:
-        raise ValueError(
-            f"reference block {ref.shape} and estimate block {est.shape} must have the same shape"
-        )
+        raise ValueError(f"reference block {ref.shape} and estimate block {est.shape} must have the same shape")
     return ref, est
 
 
@@ -77,9 +75,7 @@ def _as_block(x: Any, name: str) -> np.ndarray:
     """:func:`as_signal` for a block, which may hold no sample."""
     arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     if arr.ndim == 2 and arr.shape[0] > 0 and arr.shape[1] == 0:
-        return (
-            arr.astype(np.float64) if not np.issubdtype(arr.dtype, np.floating) else arr
-        )
+        return arr.astype(np.float64) if not np.issubdtype(arr.dtype, np.floating) else arr
     return as_signal(arr, name)
 
 
@@ -116,15 +112,12 @@ class MetricStream:
     def result(self) -> Any:
         """The score of the pushed track (needs every pass, each with the same samples)."""
         if self.pass_index + 1 != self.passes:
-            raise ValueError(
-                f"{type(self).__name__} needs {self.passes} passes, got {self.pass_index + 1}"
-            )
+            raise ValueError(f"{type(self).__name__} needs {self.passes} passes, got {self.pass_index + 1}")
         if self.samples == 0:
             raise ValueError(f"{type(self).__name__}: no sample was pushed")
         if self.passes > 1 and self.samples != self._first_pass_samples:
             raise ValueError(
-                f"{type(self).__name__}: pass 2 had {self.samples} samples, pass 1 "
-                f"{self._first_pass_samples}"
+                f"{type(self).__name__}: pass 2 had {self.samples} samples, pass 1 {self._first_pass_samples}"
             )
         if self._value is None:
             self._value = (self._result(),)
@@ -146,9 +139,7 @@ class CsdrStream(MetricStream):
     def __init__(self, sample_rate: float, window_s: float = 1.0) -> None:
         super().__init__()
         self.window = _samples(window_s, sample_rate, "window_s")
-        self._done: list[
-            np.ndarray
-        ] = []  # [3] per whole frame: ||s||^2, ||s_hat - s||^2, ||s_hat||^2
+        self._done: list[np.ndarray] = []  # [3] per whole frame: ||s||^2, ||s_hat - s||^2, ||s_hat||^2
         self._open = np.zeros(3)  # the frame being filled
         self._filled = 0  # its samples so far
 
@@ -168,9 +159,7 @@ class CsdrStream(MetricStream):
 
     def frame_sdr(self) -> np.ndarray:
         """SDR of each frame in dB, ``[frames]`` (:func:`~stemflow.measures.metrics.framewise_sdr`)."""
-        frames = (
-            np.array(self._done) if self._done else self._open[None, :]
-        )  # shorter than a window: one frame
+        frames = np.array(self._done) if self._done else self._open[None, :]  # shorter than a window: one frame
         ref_energy, err_energy, est_energy = frames[:, 0], frames[:, 1], frames[:, 2]
         return _ratio_db(ref_energy, err_energy, (ref_energy == 0) | (est_energy == 0))
 
@@ -257,10 +246,7 @@ class SiSdrStream(MetricStream):
     def _result(self) -> float:
         if self._ref_energy == 0:
             return float("nan")
-        return 10.0 * math.log10(
-            (self._alpha * self._alpha * self._ref_energy + self.eps)
-            / (self._noise + self.eps)
-        )
+        return 10.0 * math.log10((self._alpha * self._alpha * self._ref_energy + self.eps) / (self._noise + self.eps))
 
 
 class BleedlessFullnessStream(MetricStream):
@@ -285,10 +271,7 @@ class BleedlessFullnessStream(MetricStream):
         self._framers = self._new_framers()
 
     def _new_framers(self) -> tuple[StftFramer, StftFramer]:
-        return tuple(
-            StftFramer(self.n_fft, self.hop_length, self._window, "constant")
-            for _ in range(2)
-        )
+        return tuple(StftFramer(self.n_fft, self.hop_length, self._window, "constant") for _ in range(2))
 
     def _push(self, ref: np.ndarray, est: np.ndarray) -> None:
         self._take(
@@ -299,17 +282,11 @@ class BleedlessFullnessStream(MetricStream):
     def _take(self, ref_spec: torch.Tensor, est_spec: torch.Tensor) -> None:
         if ref_spec.shape[-1] == 0:
             return
-        dbs = [
-            20.0 * torch.log10(torch.clamp(self._mel @ s.abs(), min=1e-10))
-            for s in (ref_spec, est_spec)
-        ]
+        dbs = [20.0 * torch.log10(torch.clamp(self._mel @ s.abs(), min=1e-10)) for s in (ref_spec, est_spec)]
         if self.pass_index == 0:
             self._max = [max(m, float(db.max())) for m, db in zip(self._max, dbs)]
             return
-        ref_db, est_db = (
-            torch.maximum(db, torch.tensor(m - 80.0, dtype=db.dtype))
-            for db, m in zip(dbs, self._max)
-        )
+        ref_db, est_db = (torch.maximum(db, torch.tensor(m - 80.0, dtype=db.dtype)) for db, m in zip(dbs, self._max))
         diff = est_db - ref_db
         above, below = diff[diff > 0], diff[diff < 0]
         self._sums[0] += float(above.sum())
@@ -334,9 +311,7 @@ class L1FreqStream(MetricStream):
     def __init__(self, *, n_fft: int = 2048, hop_length: int = 1024) -> None:
         super().__init__()
         window = torch.ones(n_fft, dtype=torch.float64)
-        self._framers = tuple(
-            StftFramer(n_fft, hop_length, window, "reflect") for _ in range(2)
-        )
+        self._framers = tuple(StftFramer(n_fft, hop_length, window, "reflect") for _ in range(2))
         self._sum = 0.0
         self._count = 0
 
@@ -373,23 +348,17 @@ class StemMetricsStream(MetricStream):
     stream takes two passes when SI-SDR, bleedless or fullness is asked for, else one.
     """
 
-    def __init__(
-        self, sample_rate: int, columns: tuple[str, ...] = METRIC_COLUMNS
-    ) -> None:
+    def __init__(self, sample_rate: int, columns: tuple[str, ...] = METRIC_COLUMNS) -> None:
         super().__init__()
         unknown = set(columns) - set(METRIC_COLUMNS)
         if unknown:
-            raise ValueError(
-                f"unknown metrics column(s) {sorted(unknown)}; valid: {', '.join(METRIC_COLUMNS)}"
-            )
+            raise ValueError(f"unknown metrics column(s) {sorted(unknown)}; valid: {', '.join(METRIC_COLUMNS)}")
         self.columns = tuple(columns)
         one_pass = {"csdr_db": lambda: CsdrStream(sample_rate), "usdr_db": UsdrStream}
         self._one_pass = {c: make() for c, make in one_pass.items() if c in columns}
         self._si_sdr = SiSdrStream() if "si_sdr_db" in columns else None
         wants_spectral = {"bleedless", "fullness"} & set(columns)
-        self._spectral = (
-            BleedlessFullnessStream(sample_rate) if wants_spectral else None
-        )
+        self._spectral = BleedlessFullnessStream(sample_rate) if wants_spectral else None
         self._two_pass = [s for s in (self._si_sdr, self._spectral) if s is not None]
         self.passes = 2 if self._two_pass else 1
 

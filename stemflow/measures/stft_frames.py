@@ -25,9 +25,7 @@ class StftFramer:
     (``k`` may be 0).
     """
 
-    def __init__(
-        self, n_fft: int, hop_length: int, window: torch.Tensor, pad_mode: str
-    ) -> None:
+    def __init__(self, n_fft: int, hop_length: int, window: torch.Tensor, pad_mode: str) -> None:
         self.n_fft, self.hop, self.window, self.pad_mode = (
             n_fft,
             hop_length,
@@ -35,12 +33,8 @@ class StftFramer:
             pad_mode,
         )
         self.pad = n_fft // 2
-        self._buffer: np.ndarray | None = (
-            None  # padded-signal samples from the next frame's start
-        )
-        self._head: list[
-            np.ndarray
-        ] = []  # raw samples held until the start can be padded
+        self._buffer: np.ndarray | None = None  # padded-signal samples from the next frame's start
+        self._head: list[np.ndarray] = []  # raw samples held until the start can be padded
         self._tail = np.zeros((0, 0))  # the last pad + 1 raw samples (reflect)
         self.samples = 0
 
@@ -59,11 +53,7 @@ class StftFramer:
             if self.pad_mode == "reflect" and held.shape[1] <= self.pad:
                 return self._none(x.shape[0])
             self._head = []
-            front = (
-                held[:, self.pad : 0 : -1]
-                if self.pad_mode == "reflect"
-                else np.zeros((held.shape[0], self.pad))
-            )
+            front = held[:, self.pad : 0 : -1] if self.pad_mode == "reflect" else np.zeros((held.shape[0], self.pad))
             self._buffer = np.concatenate([front, held], axis=1)
         else:
             self._buffer = np.concatenate([self._buffer, x], axis=1)
@@ -79,18 +69,11 @@ class StftFramer:
             held = np.concatenate(self._head, axis=1)
             if self.pad_mode == "reflect":
                 raise ValueError(
-                    f"signal of {held.shape[1]} samples is too short for n_fft={self.n_fft} "
-                    "with reflect padding"
+                    f"signal of {held.shape[1]} samples is too short for n_fft={self.n_fft} with reflect padding"
                 )
-            self._buffer = np.concatenate(
-                [np.zeros((held.shape[0], self.pad)), held], axis=1
-            )
+            self._buffer = np.concatenate([np.zeros((held.shape[0], self.pad)), held], axis=1)
         channels = self._buffer.shape[0]
-        end = (
-            self._tail[:, -2::-1]
-            if self.pad_mode == "reflect"
-            else np.zeros((channels, self.pad))
-        )
+        end = self._tail[:, -2::-1] if self.pad_mode == "reflect" else np.zeros((channels, self.pad))
         self._buffer = np.concatenate([self._buffer, end[:, : self.pad]], axis=1)
         return self._frames()
 
@@ -103,9 +86,7 @@ class StftFramer:
         if length < self.n_fft:
             return self._none(self._buffer.shape[0])
         count = 1 + (length - self.n_fft) // self.hop
-        used = torch.from_numpy(
-            np.ascontiguousarray(self._buffer[:, : (count - 1) * self.hop + self.n_fft])
-        )
+        used = torch.from_numpy(np.ascontiguousarray(self._buffer[:, : (count - 1) * self.hop + self.n_fft]))
         spec = torch.stft(
             used,
             self.n_fft,

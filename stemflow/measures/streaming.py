@@ -78,17 +78,13 @@ class StemAccumulator:
             "duration_s": levels.samples / float(self.sample_rate),
             "sample_rate_hz": float(self.sample_rate),
             "peak_dbfs": _db(levels.peak, power=False),
-            "true_peak_dbtp": _db(true_peak, power=False)
-            if true_peak > 0
-            else DB_FLOOR,
+            "true_peak_dbtp": _db(true_peak, power=False) if true_peak > 0 else DB_FLOOR,
             "loudness_lufs": self.loudness.loudness(),
             "rms_dbfs": _db(levels.energy / levels.values, power=True),
             "clipped_ratio": levels.clipped / levels.values,
             "silence_ratio": self.silence.ratio(),
             "stereo_correlation": self.moments.correlation(),
-            "energy_share": levels.energy / mixture_energy
-            if mixture_energy > 0
-            else float("nan"),
+            "energy_share": levels.energy / mixture_energy if mixture_energy > 0 else float("nan"),
         }
 
     @property
@@ -126,9 +122,7 @@ class QualityAccumulator:
         if len(set(self.stems)) != len(self.stems):
             raise ValueError(f"stem names must be unique, got {list(self.stems)}")
         if residual_stem is not None and residual_stem not in self.stems:
-            raise ValueError(
-                f"residual_stem {residual_stem!r} is not one of the stems {list(self.stems)}"
-            )
+            raise ValueError(f"residual_stem {residual_stem!r} is not one of the stems {list(self.stems)}")
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         self.sample_rate = sample_rate
@@ -154,22 +148,16 @@ class QualityAccumulator:
         """
         mix = _as_block(mixture, "mixture")
         if self._channels is not None and mix.shape[0] != self._channels:
-            raise ValueError(
-                f"mixture has {mix.shape[0]} channels, earlier blocks had {self._channels}"
-            )
+            raise ValueError(f"mixture has {mix.shape[0]} channels, earlier blocks had {self._channels}")
         unknown = [name for name in stems if name not in self._per_stem]
         missing = [name for name in self.stems if name not in stems]
         if unknown or missing:
-            raise ValueError(
-                f"stems must be exactly {list(self.stems)}: missing {missing}, unknown {unknown}"
-            )
+            raise ValueError(f"stems must be exactly {list(self.stems)}: missing {missing}, unknown {unknown}")
         model = {}
         for name in self.stems:
             audio = _as_block(stems[name], f"stems[{name!r}]")
             if audio.shape != mix.shape:
-                raise ValueError(
-                    f"stem {name!r} {audio.shape} and mixture {mix.shape} must have the same shape"
-                )
+                raise ValueError(f"stem {name!r} {audio.shape} and mixture {mix.shape} must have the same shape")
             model[name] = audio
         self._channels = mix.shape[0]
         self._push_checked(mix, model)
@@ -183,9 +171,7 @@ class QualityAccumulator:
             residual -= audio
         self._residual_energy += energy(residual)
         self._mixture_energy += energy(mix)
-        self._bleed.push(
-            np.stack([np.asarray(a, dtype=np.float32) for a in model.values()])
-        )
+        self._bleed.push(np.stack([np.asarray(a, dtype=np.float32) for a in model.values()]))
         recorded = model
         if self.residual_stem is not None:
             # exactly add_residual's float32 operations, in the same order
@@ -216,25 +202,12 @@ class QualityAccumulator:
             ValueError: no sample pushed yet (the whole-array measures refuse an empty signal too).
         """
         if self.samples == 0:
-            raise ValueError(
-                "mixture is empty: no sample was pushed to the QualityAccumulator"
-            )
+            raise ValueError("mixture is empty: no sample was pushed to the QualityAccumulator")
         mix_energy = self._mixture_energy
-        per_stem = {
-            name: self._per_stem[name].result(mix_energy) for name in self.stems
-        }
-        residual_db = (
-            _db(self._residual_energy / mix_energy, power=True)
-            if mix_energy > 0
-            else float("nan")
-        )
+        per_stem = {name: self._per_stem[name].result(mix_energy) for name in self.stems}
+        residual_db = _db(self._residual_energy / mix_energy, power=True) if mix_energy > 0 else float("nan")
         track = {"residual_db": residual_db}
-        track.update(
-            {
-                f"bleed_ratio_{name}": value
-                for name, value in zip(self.stems, self._bleed.ratios())
-            }
-        )
+        track.update({f"bleed_ratio_{name}": value for name, value in zip(self.stems, self._bleed.ratios())})
         return per_stem, track
 
     def held_nbytes(self) -> dict[str, int]:

@@ -27,9 +27,7 @@ from tests.karaoke.test_dataset import MODEL_ID, RATE, commit_toy_track, four_st
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _whole_row(
-    output_url: str, settings: DatasetSettings, found: np.ndarray | None = None
-) -> tuple[dict, dict]:
+def _whole_row(output_url: str, settings: DatasetSettings, found: np.ndarray | None = None) -> tuple[dict, dict]:
     """Scores, gain and encoded files as the whole-array build computed them."""
     stems, rate, _ = read_committed_stems(output_url, MODEL_ID, "t1")
     backing, _ = backing_of(stems)
@@ -52,10 +50,7 @@ def _whole_row(
     )
     scale = np.float32(10.0 ** (gain / 20.0))
     encoded = {
-        n: encode(
-            a * scale, rate, format=settings.format, bit_depth=settings.bit_depth
-        ).data
-        for n, a in files.items()
+        n: encode(a * scale, rate, format=settings.format, bit_depth=settings.bit_depth).data for n, a in files.items()
     }
     return {**scores, "loudness_gain_db": gain}, encoded
 
@@ -65,9 +60,7 @@ def _assert_close(got: dict, want: dict) -> None:
         if math.isnan(value):
             assert math.isnan(got[key]), key
         elif "true_peak" in key or key == "loudness_gain_db":
-            assert got[key] == pytest.approx(value, abs=1e-5), (
-                key
-            )  # float64 vs the float32 FFT true peak
+            assert got[key] == pytest.approx(value, abs=1e-5), key  # float64 vs the float32 FFT true peak
         else:
             assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
@@ -76,14 +69,10 @@ def _assert_close(got: dict, want: dict) -> None:
     ("fmt", "bit_depth", "stems4"),
     [("flac", 24, True), ("wav", 32, False), ("wav", 16, False)],
 )
-def test_streamed_build_equals_the_whole_array_build(
-    tmp_path: Path, fmt: str, bit_depth: int, stems4: bool
-) -> None:
+def test_streamed_build_equals_the_whole_array_build(tmp_path: Path, fmt: str, bit_depth: int, stems4: bool) -> None:
     output, version = str(tmp_path / "out"), str(tmp_path / "ds" / "v1")
     commit_toy_track(output, "t1", four_stems(1.0, 3, seconds=3.3))
-    settings = DatasetSettings(
-        format=fmt, bit_depth=bit_depth, stems4=stems4, loudness_lufs=-14.0
-    )  # type: ignore[arg-type]
+    settings = DatasetSettings(format=fmt, bit_depth=bit_depth, stems4=stems4, loudness_lufs=-14.0)  # type: ignore[arg-type]
     row = score_and_write(
         "t1",
         "",
@@ -103,17 +92,13 @@ def test_streamed_build_equals_the_whole_array_build(
         path = Path(version) / row[f"{name}_path"]
         expected = sf.read(io.BytesIO(data), dtype="float64")[0]
         np.testing.assert_array_equal(sf.read(path, dtype="float64")[0], expected)
-    assert sorted(p.name for p in (Path(version) / "train" / "t1").iterdir()) == sorted(
-        f"{n}.{fmt}" for n in encoded
-    )
+    assert sorted(p.name for p in (Path(version) / "train" / "t1").iterdir()) == sorted(f"{n}.{fmt}" for n in encoded)
 
 
 class _HalfBacking:
     """A streaming vocal model that "finds" half the backing, in its own block sizes."""
 
-    def vocals_blocks(
-        self, blocks: Iterator[np.ndarray], num_samples: int, sample_rate: int
-    ) -> Iterator[np.ndarray]:
+    def vocals_blocks(self, blocks: Iterator[np.ndarray], num_samples: int, sample_rate: int) -> Iterator[np.ndarray]:
         joined = [b * np.float32(0.5) for b in blocks]
         assert sum(b.shape[1] for b in joined) == num_samples and sample_rate == RATE
         for block in joined:
@@ -174,12 +159,8 @@ def _long_stem(path: Path, seconds: int, frequency: float) -> None:
     block = 10 * RATE
     with sf.SoundFile(path, "w", RATE, 2, subtype="PCM_24", format="FLAC") as handle:
         for start in range(0, seconds * RATE, block):
-            tone = 0.2 * np.sin(
-                2 * np.pi * frequency * (start + np.arange(block)) / RATE
-            )
-            handle.write(
-                np.stack([tone, tone], axis=1) + 0.01 * rng.standard_normal((block, 2))
-            )
+            tone = 0.2 * np.sin(2 * np.pi * frequency * (start + np.arange(block)) / RATE)
+            handle.write(np.stack([tone, tone], axis=1) + 0.01 * rng.standard_normal((block, 2)))
 
 
 def test_a_long_track_is_built_in_bounded_memory(tmp_path: Path) -> None:
@@ -208,9 +189,7 @@ def test_a_long_track_is_built_in_bounded_memory(tmp_path: Path) -> None:
         source_url="file:///music/long.wav",
         run_id="r1",
     )
-    whole_mb = (
-        4 * seconds * RATE * 2 * 4 / 1e6
-    )  # vocals, instrumental, backing x gain, mixture (float32)
+    whole_mb = 4 * seconds * RATE * 2 * 4 / 1e6  # vocals, instrumental, backing x gain, mixture (float32)
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, str(tmp_path), MODEL_ID],
         check=False,
@@ -223,9 +202,7 @@ def test_a_long_track_is_built_in_bounded_memory(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     grown_mb = (report["after_kb"] - report["before_kb"]) / 1024
-    print(
-        f"child peak RSS {report['after_kb'] / 1024:.0f} MB, grown by {grown_mb:.0f} MB (whole: {whole_mb:.0f} MB)"
-    )
+    print(f"child peak RSS {report['after_kb'] / 1024:.0f} MB, grown by {grown_mb:.0f} MB (whole: {whole_mb:.0f} MB)")
     assert grown_mb < whole_mb / 2
     row = report["row"]
     assert row["duration_s"] == seconds and row["backing_source"] == "instrumental"

@@ -22,9 +22,7 @@ RATE = 8000
 SCHEDULES = ([0, 1, 7, 333, 0, 5001], [4096], [10**6])
 
 
-def _push_all(
-    stream: MetricStream, ref: np.ndarray, est: np.ndarray, sizes: list[int]
-) -> object:
+def _push_all(stream: MetricStream, ref: np.ndarray, est: np.ndarray, sizes: list[int]) -> object:
     for index in range(stream.passes):
         if index:
             stream.next_pass()
@@ -55,9 +53,7 @@ def _close(got: float, want: float) -> bool:
 @pytest.mark.parametrize("sizes", SCHEDULES)
 def test_streams_equal_whole_array(n: int, sizes: list[int]) -> None:
     ref, est = _pair(n, n, silent_head=min(n, 8000) if n > 20000 else 0)
-    assert _close(
-        _push_all(CsdrStream(RATE), ref, est, sizes), metrics.csdr(ref, est, RATE)
-    )
+    assert _close(_push_all(CsdrStream(RATE), ref, est, sizes), metrics.csdr(ref, est, RATE))
     assert _close(_push_all(UsdrStream(), ref, est, sizes), metrics.sdr(ref, est))
     assert _close(_push_all(SiSdrStream(), ref, est, sizes), metrics.si_sdr(ref, est))
     assert _close(
@@ -68,15 +64,11 @@ def test_streams_equal_whole_array(n: int, sizes: list[int]) -> None:
     want = metrics.bleedless_fullness(ref, est, RATE)
     assert _close(got[0], want[0]) and _close(got[1], want[1])
     if n > 1024:
-        assert _close(
-            _push_all(L1FreqStream(), ref, est, sizes), metrics.l1_freq(ref, est)
-        )
+        assert _close(_push_all(L1FreqStream(), ref, est, sizes), metrics.l1_freq(ref, est))
 
 
 def test_csdr_frames_follow_the_track_not_the_blocks() -> None:
-    ref, est = _pair(
-        3 * RATE + 17, 3, silent_head=RATE
-    )  # frame 0 silent: NaN, the 17-sample tail is dropped
+    ref, est = _pair(3 * RATE + 17, 3, silent_head=RATE)  # frame 0 silent: NaN, the 17-sample tail is dropped
     stream = CsdrStream(RATE)
     _push_all(stream, ref, est, [999])
     frames = stream.frame_sdr()
@@ -89,9 +81,7 @@ def test_exact_estimate_keeps_the_special_values() -> None:
     ref, _ = _pair(2 * RATE, 4)
     scores = _push_all(StemMetricsStream(RATE), ref, ref.copy(), [1234])
     assert scores["csdr_db"] == math.inf
-    assert _close(
-        scores["si_sdr_db"], metrics.si_sdr(ref, ref)
-    )  # residual exactly 0: eps decides
+    assert _close(scores["si_sdr_db"], metrics.si_sdr(ref, ref))  # residual exactly 0: eps decides
     assert (scores["bleedless"], scores["fullness"]) == (100.0, 100.0)
     assert _close(scores["usdr_db"], metrics.sdr(ref, ref))
 

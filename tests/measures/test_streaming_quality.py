@@ -34,25 +34,15 @@ TWO = ("vocals", "instrumental")
 def tone(hz: float, n: int, sample_rate: int, amplitude: float) -> np.ndarray:
     """A stereo sine, the right channel a quarter period late, float64 ``[2, n]``."""
     t = np.arange(n) / sample_rate
-    return amplitude * np.stack(
-        [np.sin(2 * np.pi * hz * t), np.sin(2 * np.pi * hz * t - np.pi / 2)]
-    )
+    return amplitude * np.stack([np.sin(2 * np.pi * hz * t), np.sin(2 * np.pi * hz * t - np.pi / 2)])
 
 
 def make_track(kind: str) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
     """``(sample_rate, mixture, stems)``: float32 ``[2, n]``, the mixture = sum of stems + a small residual."""
     rng = np.random.default_rng(sum(map(ord, kind)))
-    sample_rate = (
-        48000
-        if kind in ("two_stems_48k", "mono_like")
-        else 96000
-        if kind == "rate_96k"
-        else 44100
-    )
+    sample_rate = 48000 if kind in ("two_stems_48k", "mono_like") else 96000 if kind == "rate_96k" else 44100
     seconds = {"short": 0.3, "rate_96k": 0.7}.get(kind, 2.3)
-    n = (
-        int(seconds * sample_rate) + 17
-    )  # not a whole number of windows, frames or blocks
+    n = int(seconds * sample_rate) + 17  # not a whole number of windows, frames or blocks
     names = TWO if kind in ("two_stems_48k", "mono_like", "rate_96k") else FOUR
     stems = {}
     for k, name in enumerate(names):
@@ -68,15 +58,11 @@ def make_track(kind: str) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
         for start, stop in ((0, 9000), (30001, 47000), (n - 5000, n)):
             for audio in stems.values():
                 audio[:, start:stop] = 0.0
-    if (
-        kind == "peak_at_end"
-    ):  # fs/4 at 45 degrees: samples at 0.7, the true peak 0.99 in the last block
+    if kind == "peak_at_end":  # fs/4 at 45 degrees: samples at 0.7, the true peak 0.99 in the last block
         t = np.arange(300)
         stems["vocals"][:, -300:] = 0.99 * np.sin(np.pi / 2 * t + np.pi / 4)
     stems = {name: audio.astype(np.float32) for name, audio in stems.items()}
-    mixture = sum(stems.values()) + (rng.standard_normal((2, n)) * 1e-3).astype(
-        np.float32
-    )
+    mixture = sum(stems.values()) + (rng.standard_normal((2, n)) * 1e-3).astype(np.float32)
     return sample_rate, mixture.astype(np.float32), stems
 
 
@@ -97,9 +83,7 @@ def schedules(n: int, sample_rate: int) -> dict[str, list[int]]:
     """Block sizes that add up to ``n``: one block, fixed 4096, random (0, 1, odd), around the 100 ms windows."""
     rng = np.random.default_rng(n)
     window = round(0.1 * sample_rate)
-    random_sizes = [0, 1, 3] + [
-        int(x) for x in rng.choice([0, 1, 2, 7, 511, 1023, 2049, 4095, 9999, 20011], 30)
-    ]
+    random_sizes = [0, 1, 3] + [int(x) for x in rng.choice([0, 1, 2, 7, 511, 1023, 2049, 4095, 9999, 20011], 30)]
     straddling = [window - 1, window + 1, 1, window - 3, 2 * window + 5]
     out = {}
     for name, pattern in (
@@ -134,9 +118,7 @@ def whole_array(mixture, stems, sample_rate, residual_stem):
     track = track_quality(mixture, stems)
     if residual_stem is not None:
         stems = add_residual(mixture, stems, residual_stem)
-    return {
-        name: stem_quality(audio, sample_rate, mixture) for name, audio in stems.items()
-    }, track
+    return {name: stem_quality(audio, sample_rate, mixture) for name, audio in stems.items()}, track
 
 
 def assert_close(column: str, streamed: float, expected: float, where: str) -> None:
@@ -161,9 +143,7 @@ def assert_results_close(got, expected, where: str) -> None:
     for name, columns in expected_stems.items():
         assert list(got_stems[name]) == list(STEM_COLUMNS)
         for column in STEM_COLUMNS:
-            assert_close(
-                column, got_stems[name][column], columns[column], f"{where}/{name}"
-            )
+            assert_close(column, got_stems[name][column], columns[column], f"{where}/{name}")
 
 
 @pytest.mark.parametrize("with_residual", [False, True], ids=["as_given", "residual"])
@@ -186,61 +166,34 @@ def test_streamed_equals_whole_array(kind: str, with_residual: bool) -> None:
 def test_edge_cases_are_exercised() -> None:
     """The signals above do reach the special values (otherwise the comparisons would prove less)."""
     sample_rate, mixture, stems = make_track("silent_stem")
-    per_stem, track = measure_blocks(
-        blocks_of(mixture, stems, [5000] * 30), FOUR, sample_rate
-    )
-    assert per_stem["bass"]["true_peak_dbtp"] == -200.0 and math.isnan(
-        per_stem["bass"]["loudness_lufs"]
-    )
-    assert math.isnan(per_stem["bass"]["stereo_correlation"]) and math.isnan(
-        track["bleed_ratio_bass"]
-    )
+    per_stem, track = measure_blocks(blocks_of(mixture, stems, [5000] * 30), FOUR, sample_rate)
+    assert per_stem["bass"]["true_peak_dbtp"] == -200.0 and math.isnan(per_stem["bass"]["loudness_lufs"])
+    assert math.isnan(per_stem["bass"]["stereo_correlation"]) and math.isnan(track["bleed_ratio_bass"])
     assert per_stem["bass"]["silence_ratio"] == 1.0
     sample_rate, mixture, stems = make_track("mono_like")
-    assert measure_blocks(blocks_of(mixture, stems, [4096] * 30), TWO, sample_rate)[0][
-        "vocals"
-    ]["stereo_correlation"] == pytest.approx(1.0, abs=1e-12)
+    assert measure_blocks(blocks_of(mixture, stems, [4096] * 30), TWO, sample_rate)[0]["vocals"][
+        "stereo_correlation"
+    ] == pytest.approx(1.0, abs=1e-12)
     sample_rate, mixture, stems = make_track("clipping")
-    assert (
-        measure_blocks([(mixture, stems)], FOUR, sample_rate)[0]["drums"][
-            "clipped_ratio"
-        ]
-        > 0.1
-    )
+    assert measure_blocks([(mixture, stems)], FOUR, sample_rate)[0]["drums"]["clipped_ratio"] > 0.1
     sample_rate, mixture, stems = make_track("silence_runs")
-    assert (
-        0.1
-        < measure_blocks([(mixture, stems)], FOUR, sample_rate)[0]["vocals"][
-            "silence_ratio"
-        ]
-        < 0.5
-    )
+    assert 0.1 < measure_blocks([(mixture, stems)], FOUR, sample_rate)[0]["vocals"]["silence_ratio"] < 0.5
     sample_rate, mixture, stems = make_track("peak_at_end")
     vocals = measure_blocks([(mixture, stems)], FOUR, sample_rate)[0]["vocals"]
-    assert (
-        vocals["true_peak_dbtp"] - vocals["peak_dbfs"] > 2.9
-    )  # the inter-sample peak is in the last block
+    assert vocals["true_peak_dbtp"] - vocals["peak_dbfs"] > 2.9  # the inter-sample peak is in the last block
     sample_rate, mixture, stems = make_track("short")
-    assert math.isnan(
-        measure_blocks([(mixture, stems)], FOUR, sample_rate)[0]["vocals"][
-            "loudness_lufs"
-        ]
-    )
+    assert math.isnan(measure_blocks([(mixture, stems)], FOUR, sample_rate)[0]["vocals"]["loudness_lufs"])
 
 
 def test_result_is_pure_and_pushing_may_continue() -> None:
     sample_rate, mixture, stems = make_track("four_stems")
     half = mixture.shape[1] // 2
     accumulator = QualityAccumulator(FOUR, sample_rate, residual_stem="other")
-    accumulator.push(
-        mixture[:, :half], {name: audio[:, :half] for name, audio in stems.items()}
-    )
+    accumulator.push(mixture[:, :half], {name: audio[:, :half] for name, audio in stems.items()})
     early = accumulator.result()
     assert early == accumulator.result()  # asking twice changes nothing
     assert early[0]["vocals"]["duration_s"] == half / sample_rate
-    accumulator.push(
-        mixture[:, half:], {name: audio[:, half:] for name, audio in stems.items()}
-    )
+    accumulator.push(mixture[:, half:], {name: audio[:, half:] for name, audio in stems.items()})
     once = measure_blocks([(mixture, stems)], FOUR, sample_rate, residual_stem="other")
     assert_results_close(accumulator.result(), once, "two pushes")
 
@@ -266,12 +219,8 @@ def test_held_memory_does_not_grow_with_the_track() -> None:
     for accumulator, seconds in ((short, 10), (long, 60)):
         held = accumulator.held_nbytes()
         assert held["history"] <= bound
-        assert held["block_powers"] == 2 * 8 * (
-            10 * seconds - 3
-        )  # one float64 per 100 ms hop, per stem
-    assert (
-        long.held_nbytes()["history"] <= bound < 60 * sample_rate * 2 * 4
-    )  # far less than one stem
+        assert held["block_powers"] == 2 * 8 * (10 * seconds - 3)  # one float64 per 100 ms hop, per stem
+    assert long.held_nbytes()["history"] <= bound < 60 * sample_rate * 2 * 4  # far less than one stem
 
 
 def test_errors_name_the_array() -> None:
