@@ -80,7 +80,8 @@ else:
     for stem, path in outputs.items():
         save_audio(path, result.stems[stem], result.sample_rate, format="flac", bit_depth=24)
 print(json.dumps({{"seconds": time.perf_counter() - started,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  # VmHWM is this process's own peak RSS; ru_maxrss would include the parent's at the fork
+                  "peak_rss_mib": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}}))
 """
 
 

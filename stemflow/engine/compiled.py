@@ -30,10 +30,12 @@ the ``mode`` presets (Triton kernels are compiled one by one anyway).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
 import torch
+import torch._inductor.config as inductor_config
 from torch import nn
 
 from stemflow.errors import ConfigError
@@ -42,8 +44,12 @@ logger = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
-CPU_INDUCTOR_OPTIONS: dict[str, object] = {"cpp.max_horizontal_fusion_size": 1, "max_fusion_size": 8}
-"""Inductor options of a CPU compile in ``"default"`` mode: bounded fusion (see the module docstring)."""
+CPU_INDUCTOR_OPTIONS: dict[str, object] = {"cpp.max_horizontal_fusion_size": 1, "max_fusion_size": 8, "compile_threads": 1}
+"""Inductor settings while a CPU model compiles in ``"default"`` mode: bounded fusion (see the module docstring).
+
+They are patched around the compiled calls (``torch._inductor.config.patch``):
+given as ``torch.compile(options=...)`` they did not reach the C++ scheduler
+here (the same 45 000-line kernel came out)."""
 
 
 def _device_type(model: nn.Module) -> str:
@@ -67,12 +73,15 @@ class ModelForward:
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         if compile:
             try:
-                if mode == "default" and _device_type(model) == "cpu":
-                    self._compiled = torch.compile(self._eager, dynamic=False, options=dict(CPU_INDUCTOR_OPTIONS))
-                else:
-                    self._compiled = torch.compile(self._eager, dynamic=False, mode=mode)
+                self._compiled = torch.compile(self._eager, dynamic=False, mode=mode)
             except Exception as e:  # noqa: BLE001 - any backend failure falls back to eager
                 logger.warning("torch.compile is not available (%s); running eagerly", e)
+
+    def _inductor_settings(self) -> contextlib.AbstractContextManager[object]:
+        """Bounded fusion while a CPU model compiles (module docstring); nothing to change elsewhere."""
+        if self.mode == "default" and _device_type(self.model) == "cpu":
+            return inductor_config.patch(CPU_INDUCTOR_OPTIONS)
+        return contextlib.nullcontext()
 
     @property
     def compiled(self) -> bool:
@@ -88,7 +97,8 @@ class ModelForward:
         if self._prepare is not None:
             self._prepare()
         try:
-            return self._compiled(x)[:rows]
+            with self._inductor_settings():  # compilation happens inside the first call
+                return self._compiled(x)[:rows]
         except Exception as e:  # noqa: BLE001 - compilation errors surface at the first call
             logger.warning("torch.compile failed (%s: %s); falling back to eager", type(e).__name__, e)
             self._compiled = None

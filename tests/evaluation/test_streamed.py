@@ -147,11 +147,12 @@ _CHILD = textwrap.dedent("""
     from stemflow.measures.metric_streams import StemMetricsStream
     root = sys.argv[1]
     refs = {"mixture": AudioInput(root + "/mixture.flac"), "vocals": AudioInput(root + "/vocals.flac")}
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM is this process's own peak RSS; ru_maxrss would include the parent's at the fork
+    before = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
     rows = score_track_streamed(model_name="m", model_id="m-1", track="long", references=refs,
                                 estimates={"vocals": AudioInput(root + "/estimate.flac")},
                                 metrics=lambda rate: StemMetricsStream(rate, columns=("csdr_db", "usdr_db")))
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
     print(json.dumps({"before_kb": before, "after_kb": after, "rows": rows}))
 """)
 

@@ -144,11 +144,12 @@ _CHILD = textwrap.dedent("""
     from stemflow.karaoke.settings import DatasetSettings
     from stemflow.karaoke.track_build import score_and_write
     root, model_id = sys.argv[1], sys.argv[2]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM is this process's own peak RSS; ru_maxrss would include the parent's at the fork
+    before = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
     row = score_and_write("long", "", "train", output_url=root + "/out", model_id=model_id,
                           version_url=root + "/ds/v1", settings=DatasetSettings(loudness_lufs=-14.0),
                           vocal_separator=None, storage_options=None)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
     print(json.dumps({"before_kb": before, "after_kb": after, "row": row}))
 """)
 

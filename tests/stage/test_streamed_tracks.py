@@ -178,7 +178,8 @@ worker = TrackWorker(ModelSpec(config_path={config!r}, checkpoint_path={checkpoi
                      separator=Separator(Gain(config), batch_size=8), stream_above_bytes={stream_above!r})
 outcome = worker.finish(worker.separate("long", {source!r}, worker.fetch({source!r})))
 print(json.dumps({{"status": outcome.status, "error": outcome.error,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  # VmHWM is this process's own peak RSS; ru_maxrss would include the parent's at the fork
+                  "peak_rss_mib": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}}))
 """
 
 
