@@ -20,7 +20,7 @@ output, so a catalogue run that uses it gets another ``model_id``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,7 +33,7 @@ from stemflow.audio.formats import AudioFormat
 from stemflow.audio.source import AudioSource
 from stemflow.engine.separator import Separator
 from stemflow.errors import ConfigError, StemflowError
-from stemflow.measures.quality import stem_quality, track_quality
+from stemflow.measures.streaming import measure_blocks
 
 RESIDUAL_STEMS = ("instrumental", "other")
 """Stems that may take the residual under ``sum_to_mixture``, in order of preference."""
@@ -149,12 +149,12 @@ def measure_track(
     per_stem: dict[str, dict[str, float]] = {}
     per_track: dict[str, float] = {}
     if measure_quality:
-        # all stems, the complement of a single-target model included, should add up to the mixture
-        per_track = track_quality(decoded.samples, stems)
+        # track columns on all the model's stems (the complement of a single-target model included), stem
+        # columns after the residual: measured over slices, so the measures' float64 work arrays stay small
+        per_stem, per_track = measure_blocks(_slices(decoded.samples, stems, decoded.sample_rate), list(stems),
+                                             decoded.sample_rate, residual_stem=residual_stem)
     if residual_stem is not None:
         stems = add_residual(decoded.samples, stems, residual_stem)
-    if measure_quality:
-        per_stem = {stem: stem_quality(audio, decoded.sample_rate, decoded.samples) for stem, audio in stems.items()}
     return TrackResult(
         name=name,
         sample_rate=decoded.sample_rate,
@@ -166,6 +166,18 @@ def measure_track(
         timings_s={**timings_s, "quality": time.perf_counter() - started},
         residual_stem=residual_stem,
     )
+
+
+MEASURE_SLICE_S = 10.0
+"""Seconds of a track in memory measured at a time (:func:`measure_track`)."""
+
+
+def _slices(mixture: np.ndarray, stems: dict[str, np.ndarray],
+            sample_rate: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """``(mixture, stems)`` views of consecutive :data:`MEASURE_SLICE_S` slices of a whole track."""
+    step = max(1, round(MEASURE_SLICE_S * sample_rate))
+    for start in range(0, max(mixture.shape[-1], 1), step):
+        yield mixture[:, start : start + step], {name: audio[:, start : start + step] for name, audio in stems.items()}
 
 
 def separate_track(
