@@ -18,14 +18,15 @@ date: code that checks them cannot run inside the graph. If compiling fails
 (no C++ compiler, an unsupported op), the forward falls back to eager once and
 logs a warning.
 
-On the CPU, inductor's default fusion joins the band kernels' many small
-independent loops (one per band width group, stem and layer) into one C++
-function: 45 000 lines for the tiny Mel-RoFormer fixture, which GCC had not
-built after 50 minutes at ``-O3`` on 2 cores. :data:`CPU_INDUCTOR_OPTIONS`
-bounds the fusion (no horizontal fusion, at most 8 nodes per kernel), so the
-same graph becomes a few dozen small kernels built in minutes (427 s for that
-fixture on 2 loaded cores), with the same output (3e-8 from eager). GPUs keep
-the ``mode`` presets (Triton kernels are compiled one by one anyway).
+On the CPU with one torch thread, inductor writes the whole model's
+overlap-add (the iSTFT's ``unfold_backward``, 4 000 small loops) as one serial
+C++ function of 45 000 lines, which GCC had not built after 50 minutes at
+``-O3``; with two or more threads the same loops are OpenMP regions, which GCC
+outlines into small functions and builds in minutes (the tiny Mel-RoFormer
+fixture: 427 s on 2 loaded cores, 3e-8 from eager). So a CPU compile generates
+its kernels for at least :data:`MIN_CPU_COMPILE_THREADS` threads
+(``torch._inductor.config.cpp.threads``, patched around the compiled calls).
+GPUs keep the ``mode`` presets.
 """
 
 from __future__ import annotations
@@ -44,12 +45,8 @@ logger = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
-CPU_INDUCTOR_OPTIONS: dict[str, object] = {"cpp.max_horizontal_fusion_size": 1, "max_fusion_size": 8, "compile_threads": 1}
-"""Inductor settings while a CPU model compiles in ``"default"`` mode: bounded fusion (see the module docstring).
-
-They are patched around the compiled calls (``torch._inductor.config.patch``):
-given as ``torch.compile(options=...)`` they did not reach the C++ scheduler
-here (the same 45 000-line kernel came out)."""
+MIN_CPU_COMPILE_THREADS = 2
+"""Fewest threads a CPU compile generates its kernels for (see the module docstring)."""
 
 
 def _device_type(model: nn.Module) -> str:
@@ -78,9 +75,9 @@ class ModelForward:
                 logger.warning("torch.compile is not available (%s); running eagerly", e)
 
     def _inductor_settings(self) -> contextlib.AbstractContextManager[object]:
-        """Bounded fusion while a CPU model compiles (module docstring); nothing to change elsewhere."""
-        if self.mode == "default" and _device_type(self.model) == "cpu":
-            return inductor_config.patch(CPU_INDUCTOR_OPTIONS)
+        """OpenMP kernels while a CPU model compiles (module docstring); nothing to change elsewhere."""
+        if _device_type(self.model) == "cpu":
+            return inductor_config.patch({"cpp.threads": max(MIN_CPU_COMPILE_THREADS, torch.get_num_threads())})
         return contextlib.nullcontext()
 
     @property

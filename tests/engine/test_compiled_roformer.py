@@ -2,14 +2,15 @@
 
 ``Separator(compile=True)`` pads every batch to ``batch_size`` rows, so tracks of
 different lengths (and their short last batches) all reach the graph in one
-shape: ``torch._dynamo``'s counters must show a single graph and no
-recompilation across them, and the stems must equal the eager ones within 1e-4.
+shape: ``torch._dynamo``'s counters must not move after the first track (no new
+graph, no recompilation, no graph break), and the stems must equal the eager
+ones within 1e-4.
 
-Inductor's C++ build of even these tiny models takes more than ten minutes on a
-2-core CPU (measured here: one fixture had not finished after 12 minutes), so
-the test runs with ``STEMFLOW_COMPILE_TESTS=1`` (on a GPU machine, or a CPU with
-cores to spare); the rest of the suite covers the eager path the compiled one
-must equal.
+Inductor's C++ build of the Mel-RoFormer fixture takes about 7 minutes on this
+2-core machine (it took hours before :mod:`stemflow.engine.compiled` made a CPU
+compile emit OpenMP kernels), so the test runs with ``STEMFLOW_COMPILE_TESTS=1``
+(on a GPU machine, or a CPU with cores to spare); the rest of the suite covers
+the eager path the compiled one must equal.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("STEMFLOW_COMPILE_TESTS") != "1",
-                    reason="inductor's C++ build takes >10 min on a 2-core CPU: set STEMFLOW_COMPILE_TESTS=1")
+                    reason="inductor's C++ build takes ~7 min per fixture on a 2-core CPU: set STEMFLOW_COMPILE_TESTS=1")
 @pytest.mark.parametrize("name", ["mel_roformer_vocals", "bs_roformer_4stem"])
 def test_compiled_equals_eager_and_never_recompiles_across_track_lengths(name: str) -> None:
     folder = FIXTURES / name
@@ -43,12 +44,17 @@ def test_compiled_equals_eager_and_never_recompiles_across_track_lengths(name: s
     torch._dynamo.reset()
     counters.clear()
     compiled_separator = Separator(model, batch_size=3, compile=True)
-    compiled = [compiled_separator.separate(track, model.config.audio.sample_rate) for track in tracks]
+    compiled = [compiled_separator.separate(tracks[0], model.config.audio.sample_rate)]
+    first = (dict(counters["stats"]), dict(counters["frames"]))  # what compiling the forward took
+    compiled += [compiled_separator.separate(track, model.config.audio.sample_rate) for track in tracks[1:]]
     assert compiled_separator.compiled  # inductor ran (gcc is installed), not the eager fallback
     for want, got in zip(eager, compiled):
         for stem in compiled_separator.stems:
             assert got[stem].shape == want[stem].shape
             assert np.abs(got[stem] - want[stem]).max() <= 1e-4, stem
-    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    # compiled once, by the first track: the other lengths (a short last batch, a track under one chunk)
+    # reuse the same graphs (the forward is two frames for dynamo, each compiled once)
+    assert first[0]["unique_graphs"] >= 1 and first[1]["ok"] == first[1]["total"]
+    assert (dict(counters["stats"]), dict(counters["frames"])) == first
     assert not counters["recompiles"], dict(counters["recompiles"])
-    assert counters["frames"]["ok"] == 1, dict(counters["frames"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
