@@ -1,7 +1,7 @@
 """benchmarks/bench_gpu.py --smoke: the whole GPU script, run as documented, on this CPU with the tiny fixture model.
 
 The compiled run is part of it only with ``STEMFLOW_COMPILE_TESTS=1``: inductor's C++ build
-of even the tiny fixture takes more than ten minutes on a 2-core CPU
+of the tiny fixture takes about seven minutes on a 2-core CPU
 (``tests/engine/test_compiled_roformer.py`` has the same switch).
 """
 
