@@ -33,6 +33,7 @@ OPT_IN = pytest.mark.skipif(os.environ.get("STEMFLOW_COMPILE_TESTS") != "1",
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # one C++ build of a few minutes, longer on a loaded machine
 @pytest.mark.parametrize("name", ["mel_roformer_vocals", pytest.param("bs_roformer_4stem", marks=OPT_IN)])
 def test_compiled_equals_eager_and_never_recompiles_across_track_lengths(name: str) -> None:
     folder = FIXTURES / name
