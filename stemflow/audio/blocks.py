@@ -35,6 +35,7 @@ import soundfile as sf
 from stemflow.audio import ffmpeg
 from stemflow.audio.formats import FFMPEG_EXTENSIONS
 from stemflow.audio.source import ResolvedSource, local_path
+from stemflow.audio.stderr_tail import StderrTail
 from stemflow.errors import AudioDecodeError
 
 UNKNOWN_FRAMES = 1 << 62
@@ -143,18 +144,20 @@ def _ffmpeg_blocks(path: str, audio_index: int, channels: int, label: str, block
                    timeout_s: float) -> Iterator[np.ndarray]:
     """Native ``[channels, n]`` float32 blocks of one audio stream, read from an ffmpeg pipe.
 
-    ffmpeg's messages go to an anonymous temporary file (nothing to clean up
-    after a kill); a watchdog kills ffmpeg when one read waits ``timeout_s``
-    for data; closing the generator early kills it too.
+    ffmpeg's messages are drained into a bounded tail (:class:`StderrTail`:
+    no file, bounded memory however much a damaged input makes it write); a
+    watchdog kills ffmpeg when one read waits ``timeout_s`` for data; closing
+    the generator early kills it too.
     """
     binary = ffmpeg.binary_path(ffmpeg.FFMPEG_BINARY, label)
     args = [binary, "-nostdin", "-v", "error", "-i", path, "-map", f"0:a:{audio_index}", "-vn", "-sn", "-dn",
             "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
     expired = threading.Event()
     with contextlib.ExitStack() as stack:
-        errors = stack.enter_context(ffmpeg.stderr_sink())
+        errors = stack.enter_context(StderrTail())
         process = stack.enter_context(subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
             args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors))
+        errors.child_started()
         stack.callback(lambda: process.poll() is None and process.kill())
 
         def expire() -> None:

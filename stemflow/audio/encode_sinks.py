@@ -13,8 +13,9 @@ sinks, so the two write the same files:
   fixed schedule makes the Vorbis audio independent of how the samples
   arrived. PCM, FLAC and MP3 do not depend on it (checked: same bytes).
 * :class:`FfmpegSink`: ``ffmpeg -f f32le -ar R -ac C -i pipe:0 <args> <path>``
-  fed on stdin as blocks come. Its messages go to an anonymous temporary file
-  (a pipe could fill and block it; only its last 4 KiB are read); every write
+  fed on stdin as blocks come. Its messages are drained into a bounded tail
+  (:class:`~stemflow.audio.stderr_tail.StderrTail`: a pipe read on a thread,
+  so it can neither block ffmpeg nor fill memory or disk); every write
   and the final wait run under a watchdog that kills a process taking no input
   for ``timeout_s``; a process that exits early or fails is an
   :class:`~stemflow.errors.AudioEncodeError` naming the file.
@@ -28,22 +29,19 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 
 from stemflow.audio import ffmpeg
+from stemflow.audio.stderr_tail import StderrTail
 from stemflow.errors import AudioEncodeError
-from stemflow.tempfiles import temp_root
 
 WRITE_FRAMES = 65536
 """Frames per libsndfile write (see the module docstring)."""
-
-_STDERR_TAIL_BYTES = 4096
 
 
 class SoundFileSink:
@@ -137,7 +135,7 @@ class FfmpegSink:
             "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
             *output_args, str(path),
         ]  # fmt: skip
-        self._errors: IO[bytes] = tempfile.TemporaryFile(dir=temp_root())  # noqa: SIM115 - lives as long as ffmpeg
+        self._errors = StderrTail()
         try:
             self._process = subprocess.Popen(  # fixed argument list, no shell
                 args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._errors
@@ -145,6 +143,7 @@ class FfmpegSink:
         except OSError as e:
             self._errors.close()
             raise AudioEncodeError(f"{name}: could not start {binary}: {e}") from e
+        self._errors.child_started()
 
     def _kill(self) -> None:
         """The watchdog's action: ffmpeg took no input (or did not finish) within ``timeout_s``."""
@@ -170,13 +169,10 @@ class FfmpegSink:
         """What went wrong, for the error message: the watchdog, or ffmpeg's last message."""
         if self._timed_out:
             return f"{self.name}: encoding failed: ffmpeg made no progress for {self.timeout_s:g} s (killed)"
-        with contextlib.suppress(OSError, ValueError):
-            self._errors.seek(0, 2)
-            size = self._errors.tell()
-            self._errors.seek(max(0, size - _STDERR_TAIL_BYTES))
-            lines = self._errors.read().decode("utf-8", "replace").strip().splitlines()
-            if lines:
-                return f"{self.name}: encoding failed ({action}): ffmpeg: {lines[-1]}"
+        if self._process.poll() is not None:
+            self._errors.finish()  # every message is in once ffmpeg has exited
+        if self._errors.last:
+            return f"{self.name}: encoding failed ({action}): ffmpeg: {self._errors.last}"
         return f"{self.name}: encoding failed ({action}): ffmpeg exited with status {self._process.returncode}"
 
     def write(self, data: np.ndarray) -> None:
@@ -208,6 +204,6 @@ class FfmpegSink:
                 self._process.kill()
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             self._process.wait(self.timeout_s)
-        for stream in (self._process.stdin, self._errors):
-            with contextlib.suppress(OSError, ValueError):
-                stream.close()  # type: ignore[union-attr]
+        with contextlib.suppress(OSError, ValueError):
+            self._process.stdin.close()  # type: ignore[union-attr]
+        self._errors.close()

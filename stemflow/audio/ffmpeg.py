@@ -23,17 +23,14 @@ import json
 import logging
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
+from stemflow.audio.stderr_tail import StderrTail
 from stemflow.errors import AudioDecodeError, AudioEncodeError
-from stemflow.tempfiles import temp_dir, temp_root
+from stemflow.tempfiles import temp_dir
 
 logger = logging.getLogger(__name__)
 
@@ -92,51 +89,47 @@ def encoder_path(label: str) -> str:
     return _binary(FFMPEG_BINARY, purpose=f"{label}: encoding", error=AudioEncodeError)
 
 
-@contextmanager
-def stderr_sink() -> Iterator[IO[bytes]]:
-    """An anonymous temporary file for a piped ffmpeg's messages (a pipe could fill and block it)."""
-    with tempfile.TemporaryFile(dir=temp_root()) as sink:
-        yield sink
-
-
-def check_exit(returncode: int, errors: IO[bytes], label: str, *, timed_out_s: float | None) -> None:
+def check_exit(returncode: int, errors: StderrTail, label: str, *, timed_out_s: float | None) -> None:
     """Raise :class:`AudioDecodeError` for a piped ffmpeg decode that failed or was killed; log its warnings."""
-    errors.seek(0)
-    lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+    errors.finish()
     if timed_out_s is not None:
         raise AudioDecodeError(f"{label}: not decodable: ffmpeg gave no data for {timed_out_s:.0f} s (killed)")
     if returncode != 0:
-        detail = lines[-1] if lines else f"exit status {returncode}"
-        raise AudioDecodeError(f"{label}: not decodable: ffmpeg failed: {detail}")
-    if lines:  # e.g. a damaged AAC frame that was skipped
-        logger.warning("%s: ffmpeg reported %d problem(s), last: %s", label, len(lines), lines[-1])
+        raise AudioDecodeError(f"{label}: not decodable: ffmpeg failed: {errors.last or f'exit status {returncode}'}")
+    if errors.last:  # e.g. a damaged AAC frame that was skipped
+        logger.warning("%s: ffmpeg reported %d problem(s), last: %s", label, errors.count, errors.last)
 
 
 def _run(
     args: list[str], *, purpose: str, error: type[Exception], stdin: bytes | None, timeout_s: float
 ) -> bytes:
-    """Run one ffmpeg/ffprobe command; return its stdout or raise ``error`` with its stderr."""
-    try:
-        completed = subprocess.run(  # noqa: S603 - fixed argument list, no shell
-            args,
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise error(f"{purpose}: {Path(args[0]).name} did not finish within {timeout_s:.0f} s") from e
-    except OSError as e:
-        raise error(f"{purpose}: could not start {args[0]}: {e}") from e
-    if completed.returncode != 0:
-        message = completed.stderr.decode("utf-8", "replace").strip().splitlines()
-        detail = message[-1] if message else f"exit status {completed.returncode}"
-        raise error(f"{purpose}: {Path(args[0]).name} failed: {detail}")
-    if completed.stderr.strip():  # e.g. a damaged AAC frame that was skipped
-        lines = completed.stderr.decode("utf-8", "replace").strip().splitlines()
-        logger.warning("%s: %s reported %d problem(s), last: %s", purpose, Path(args[0]).name, len(lines), lines[-1])
-    return completed.stdout
+    """Run one ffmpeg/ffprobe command; return its stdout or raise ``error`` with its last message.
+
+    stderr is drained into a bounded tail (:class:`StderrTail`): a damaged input
+    can make ffmpeg write a line per frame, which is never held whole.
+    """
+    tool = Path(args[0]).name
+    with StderrTail() as errors:
+        try:
+            process = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
+                args, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=errors,
+            )
+        except OSError as e:
+            raise error(f"{purpose}: could not start {args[0]}: {e}") from e
+        errors.child_started()
+        with process:
+            try:
+                stdout, _ = process.communicate(input=stdin, timeout=timeout_s)
+            except subprocess.TimeoutExpired as e:
+                process.kill()
+                raise error(f"{purpose}: {tool} did not finish within {timeout_s:.0f} s") from e
+        errors.finish()
+        if process.returncode != 0:
+            raise error(f"{purpose}: {tool} failed: {errors.last or f'exit status {process.returncode}'}")
+        if errors.last:  # e.g. a damaged AAC frame that was skipped
+            logger.warning("%s: %s reported %d problem(s), last: %s", purpose, tool, errors.count, errors.last)
+    return stdout
 
 
 def probe_streams(path: str | Path, *, name: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[StreamInfo]:
