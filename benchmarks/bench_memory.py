@@ -1,6 +1,6 @@
 """Peak memory of one long input: the streamed default path against the in-memory path, by input length.
 
-Each measurement is a fresh subprocess (its ``ru_maxrss``) that separates one
+Each measurement is a fresh subprocess (its own peak RSS, ``VmHWM``) that separates one
 48 kHz stereo MP3 (a 10 s tone MP3 concatenated without re-encoding, so a
 2-hour file is made in seconds) into two FLAC stems:
 
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path("/work/shared/fixtures/roformer/mel_roformer_vocals")
+FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "roformer" / "mel_roformer_vocals"
 
 _CHILD = """
 import json, resource, sys, time

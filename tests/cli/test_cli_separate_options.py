@@ -8,6 +8,8 @@ instrumental complement), so each call takes about a second.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +62,14 @@ def test_version_and_models_list_json(capsys: pytest.CaptureFixture[str]) -> Non
     assert set(rows["spleeter-2stems"]) >= {"architecture", "stems", "reported_sdr", "license", "cached", "aliases"}
     code, stdout, _ = run(capsys, "models", "list")
     assert code == 0 and "also known as" in stdout and "spleeter:2stems" in stdout
-    code, stdout, _ = run(capsys, "--show-completion", "bash")  # completion is on (--install-completion)
-    assert code == 0 and "_stemflow_completion()" in stdout and "_STEMFLOW_COMPLETE" in stdout
+    # completion is on (--install-completion); typer finds the user's shell among the process's parents, so
+    # the command runs as a child of bash, as a user types it (in-process, the parents are whatever ran pytest,
+    # which in CI may be no shell at all); the trailing `; exit` keeps bash from exec'ing its single command
+    command = f"'{Path(sys.executable).parent / 'stemflow'}' --show-completion; exit $?"
+    shown = subprocess.run(["bash", "-c", command],
+                           capture_output=True, text=True, timeout=120, cwd=Path.home(), check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "_stemflow_completion()" in shown.stdout and "_STEMFLOW_COMPLETE" in shown.stdout
 
 
 def test_device_auto_is_the_default_and_a_missing_gpu_is_a_clear_error(
