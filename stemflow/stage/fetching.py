@@ -44,6 +44,7 @@ from stemflow.stage.failures import SourceLimitError
 from stemflow.stage.settings import DEFAULT_STREAM_ABOVE_BYTES
 from stemflow.stage.streamed import StreamedSource
 from stemflow.store.objects import object_info, read_bytes
+from stemflow.store.paths import filesystem, is_local_fs
 from stemflow.store.retry import RetryPolicy
 from stemflow.store.streams import local_copy
 from stemflow.tempfiles import temp_file
@@ -100,8 +101,13 @@ def fetch_source(
         data = read_bytes(url, storage_options, retry=retry)
         info = check_duration(data, url, limits.max_duration_s)
         if threshold is not None and _streams(info, separator.sample_rate, threshold):
-            path = stack.enter_context(_spooled(data, _suffix(url)))
+            # a local source is read in place; a remote one is spooled from the bytes read (no second GET), which
+            # are then dropped: nothing of the source stays in memory while it streams
+            local = is_local_fs(filesystem(url, storage_options)[0])
+            spool = (local_copy(url, storage_options, retry=retry, max_bytes=limits.max_source_bytes) if local
+                     else _spooled(data, _suffix(url)))
             del data
+            path = stack.enter_context(spool)
             return _streamed(path, url, separator, limits, stack, started)
         decode_started = time.perf_counter()
         decoded = decode_track(separator, data, name=url, limits=limits.decode_limits())
@@ -142,13 +148,28 @@ def _suffix(url: str) -> str:
     return suffix.lower() if _SUFFIX.match(suffix) else ""
 
 
+def _spooled(data: bytes, suffix: str) -> contextlib.AbstractContextManager[str]:
+    """``data`` in a temporary file of this process (swept after a kill), removed afterwards.
+
+    The file is written here, so the context holds its path, not ``data``: once
+    the caller drops its own reference the bytes are freed while the file is read.
+    """
+    stack = contextlib.ExitStack()
+    try:
+        descriptor, path = stack.enter_context(temp_file("source", suffix))
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        stack.close()
+        raise
+    return _holding(stack, str(path))
+
+
 @contextlib.contextmanager
-def _spooled(data: bytes, suffix: str) -> Iterator[str]:
-    """``data`` in a temporary file of this process (swept after a kill), removed afterwards."""
-    with temp_file("source", suffix) as (descriptor, path), os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        yield str(path)
+def _holding(stack: contextlib.ExitStack, path: str) -> Iterator[str]:
+    """``path`` until the block ends, then ``stack`` closed (the file removed)."""
+    with stack:
+        yield path
 
 
 def check_source_size(url: str, max_source_bytes: int | None, *, storage_options: Mapping[str, Any],

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
 import soundfile as sf
@@ -142,14 +143,29 @@ def test_tracks_above_the_threshold_stream_and_shorter_ones_do_not(tmp_path: Pat
     spec = ModelSpec(config_path=tiny_model.config, checkpoint_path=tiny_model.checkpoint)
     job = ShardJob(output_url=str(tmp_path / "out"), model_id="m", run_id="r", run_date="2026-12-02")
     # a.wav decodes to 3.3 s x 44100 x 2 x 4 B = 1.16 MB; c.flac to 1.7 s = 0.6 MB
+    # (a.wav is 0.58 MB, under the threshold as an object: its header decides)
     worker = TrackWorker(spec, job=job, torch_threads=1, stream_above_bytes=1_000_000)
+    before = _ours()
     long, short = worker.fetch(str(paths["wav"])), worker.fetch(str(paths["mono"]))
     try:
         assert long.streamed is not None and long.decoded is None
         assert long.streamed.num_samples == int(3.3 * RATE)
         assert short.streamed is None and short.decoded is not None
+        assert _ours() == before  # a local source streams from its own file: no copy
     finally:
         long.streamed.stack.close()
+    # a remote one is spooled from the bytes already read (no second read), and the spool goes with the stream
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/streamed-threshold/a.wav", paths["wav"].read_bytes())
+    remote = worker.fetch("memory://streamed-threshold/a.wav")
+    try:
+        assert remote.streamed is not None and remote.streamed.num_samples == int(3.3 * RATE)
+        spools = _ours() - before
+        assert len(spools) == 1 and next(iter(spools)).endswith(".wav")
+    finally:
+        remote.streamed.stack.close()
+        fs.rm("/streamed-threshold", recursive=True)
+    assert _ours() == before
 
 
 _CHILD = """
