@@ -313,14 +313,34 @@ def run_shard(tracks: Sequence[Mapping[str, Any]], model_spec: ModelSpec, job: S
     return ShardResult(outcomes=tuple(sink.outcomes), wall_s=wall_s, workers=workers)
 
 
+AGENT_WAIT_S = 120.0
+"""How long :func:`submit_job` waits for a cluster whose job agent is not up yet (a fresh or loaded head)."""
+
+_NO_AGENT = "No available agent to submit job"
+
+
 def submit_job(address: str, entrypoint: str, *, runtime_env: Mapping[str, Any] | None = None,
-               submission_id: str | None = None, metadata: Mapping[str, str] | None = None) -> str:
-    """Submit ``entrypoint`` to the cluster's Ray Jobs API at ``address`` (``http://head:8265``); the job id."""
+               submission_id: str | None = None, metadata: Mapping[str, str] | None = None,
+               agent_wait_s: float = AGENT_WAIT_S) -> str:
+    """Submit ``entrypoint`` to the cluster's Ray Jobs API at ``address`` (``http://head:8265``); the job id.
+
+    Ray answers "No available agent to submit job, please try again later" (HTTP 500)
+    until a head's job agent is up: that answer is retried every 2 s for
+    ``agent_wait_s``; any other error is raised at once (nothing was submitted).
+    """
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    return client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env or {}),
-                             submission_id=submission_id, metadata=dict(metadata or {}))
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=dict(runtime_env or {}),
+                                     submission_id=submission_id, metadata=dict(metadata or {}))
+        except RuntimeError as e:
+            if _NO_AGENT not in str(e) or time.monotonic() > deadline:
+                raise
+            logger.info("%s: the cluster's job agent is not up yet; retrying", address)
+            time.sleep(2.0)
 
 
 def wait_for_job(address: str, job_id: str, *, poll_s: float = 10.0, timeout_s: float | None = None,

@@ -99,3 +99,35 @@ def test_the_submit_flow_runs_stemflow_on_the_cluster_and_follows_it_to_the_end(
 
     with pytest.raises(StemflowError, match=r"ended FAILED(.|\n)*cannot-be-here"):
         submit_catalogue(str(tmp_path / "cannot-be-here"), str(tmp_path / "out2"), **common)
+
+
+def test_submission_waits_for_a_job_agent_that_is_not_up_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's "No available agent" (a fresh or loaded head) is retried; any other error is raised at once."""
+    import ray.job_submission
+
+    from stemflow.stage import ray_adapter
+
+    answers: list[Any] = []
+
+    class Head:  # answers as a head whose job agent starts late
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        def submit_job(self, **kwargs: Any) -> str:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Head)
+    monkeypatch.setattr(ray_adapter.time, "sleep", lambda s: None)
+    not_up = RuntimeError("Request failed with status code 500: No available agent to submit job, please try again "
+                          "later..")
+    answers[:] = [not_up, not_up, "raysubmit_1"]
+    assert ray_adapter.submit_job("http://head:8265", "echo") == "raysubmit_1" and answers == []
+    answers[:] = [RuntimeError("Request failed with status code 400: job already exists"), "unused"]
+    with pytest.raises(RuntimeError, match="already exists"):
+        ray_adapter.submit_job("http://head:8265", "echo")
+    answers[:] = [not_up, "unused"]
+    with pytest.raises(RuntimeError, match="No available agent"):
+        ray_adapter.submit_job("http://head:8265", "echo", agent_wait_s=-1)
