@@ -152,7 +152,8 @@ def _spooled(data: bytes, suffix: str) -> contextlib.AbstractContextManager[str]
     """``data`` in a temporary file of this process (swept after a kill), removed afterwards.
 
     The file is written here, so the context holds its path, not ``data``: once
-    the caller drops its own reference the bytes are freed while the file is read.
+    the caller drops its own reference the bytes are freed while the file is read
+    (a ``@contextmanager`` generator keeps its arguments for the whole block).
     """
     stack = contextlib.ExitStack()
     try:
